@@ -1,0 +1,68 @@
+"""``crossmodal convert``: a checkpoint, Caffe files or an IR folder → IR + Keras + ONNX."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crossmodal.cli.options import (
+    csv_list, echo_json, handle_errors, json_option, parse_size, step_printer,
+)
+
+
+@click.command("convert")
+@click.argument("weights", type=click.Path(exists=True, path_type=Path))
+@click.option("--out-dir", "-o", required=True, type=click.Path(path_type=Path),
+              help="Folder for model.json, weights.h5, model.keras, model.weights.h5, model.onnx.")
+@click.option("--to", "targets", default="ir,keras,onnx", show_default=True,
+              help="Comma-separated targets: ir, keras, onnx.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class names, lines '/a/airfield 0' (categories_places365.txt).")
+@click.option("--io-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Indoor/outdoor flags, lines 'name 1|2' (IO_places365.txt).")
+@click.option("--preprocess", default=None,
+              help="Preprocessing: torchvision, places365, caffe, a JSON file or JSON text. "
+                   "Default: what the model card says for a known checkpoint, caffe for Caffe "
+                   "models, else torchvision.")
+@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Caffe weights, when WEIGHTS is a deploy .prototxt.")
+@click.option("--mean-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Caffe mean image (.binaryproto), e.g. places365CNN_mean.binaryproto.")
+@click.option("--mean-mode", type=click.Choice(["channel", "image"]), default="channel", show_default=True,
+              help="Subtract the mean file's per-channel means or the full mean image.")
+@click.option("--rgb-input", is_flag=True,
+              help="Caffe only: fold BGR→RGB into conv1_1 so the emitted models take RGB.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 21).")
+@click.option("--onnx-outputs", default="fc7", show_default=True,
+              help="Extra ONNX outputs after logits and prob (blob or layer names; 'none' for none).")
+@click.option("--input-size", default=None,
+              help="Input H or HxW, for networks whose fc6 does not reveal it (non-square maps).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow unpickling a whole pickled model. Runs code from the file: only for trusted files.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@json_option
+@handle_errors
+def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel, mean_file, mean_mode,
+            rgb_input, opset, onnx_outputs, input_size, trust_pickle, quiet, as_json):
+    """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
+    --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
+    from crossmodal.convert.pipeline import convert as run_convert
+
+    extra = [] if onnx_outputs.strip().lower() == "none" else csv_list(onnx_outputs)
+    options = dict(trust_pickle=trust_pickle, input_size=parse_size(input_size), preprocess=preprocess)
+    if weights.suffix == ".prototxt":
+        options.update(caffemodel=caffemodel, mean_file=mean_file, mean_mode=mean_mode, rgb_input=rgb_input)
+    elif caffemodel or mean_file or rgb_input:
+        raise click.UsageError("--caffemodel, --mean-file and --rgb-input go with a Caffe .prototxt")
+    result = run_convert(weights, out_dir, targets=csv_list(targets), labels=labels, io_labels=io_labels,
+                         opset=opset, onnx_outputs=extra, on_step=step_printer(quiet or as_json), **options)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    g = result.model.graph
+    click.echo(f"{g.name}: {g.parameter_count():,} parameters, {g.num_classes} classes, "
+               f"input {'×'.join(map(str, g.input.shape))} {g.preprocess.channel_order} "
+               f"{g.preprocess.value_range} (preprocess: {g.preprocess.name})")
+    for a in result.artifacts:
+        click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
+    click.echo(f"done in {result.timings['total']:.1f} s")

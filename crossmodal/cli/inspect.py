@@ -1,0 +1,44 @@
+"""``crossmodal inspect``: a layer table of any model file the toolkit reads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crossmodal.cli.options import echo_json, handle_errors, json_option, parse_size
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Caffe weights, when PATH is a deploy .prototxt.")
+@click.option("--input-size", default=None, help="Input H or HxW for checkpoints with non-square maps.")
+@click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole pickled model (trusted files only).")
+@json_option
+@handle_errors
+def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
+    """Show the layers, output shapes, parameter counts, input, preprocessing and labels
+    of PATH: an IR folder, a checkpoint, a Caffe .prototxt, an .onnx or a .keras file."""
+    from crossmodal.convert.summary import summarize
+
+    options = {}
+    if path.suffix == ".prototxt":
+        options["caffemodel"] = caffemodel
+    elif path.suffix not in (".onnx", ".keras"):
+        options.update(trust_pickle=trust_pickle, input_size=parse_size(input_size))
+    s = summarize(path, **options)
+    if as_json:
+        echo_json(s.to_json())
+        return
+    click.echo(f"{s.path} ({s.format})")
+    click.echo(f"{'layer':<22} {'kind':<14} {'output shape':<22} {'parameters':>14}")
+    for r in s.layers:
+        shape = "×".join(str(d) for d in r.output_shape)
+        click.echo(f"{r.name:<22} {r.kind:<14} {shape:<22} {r.parameters:>14,}")
+    click.echo(f"{'total':<60} {s.parameters:>14,}")
+    click.echo(f"input: {s.input}")
+    if s.outputs:
+        click.echo(f"outputs: {', '.join(s.outputs)}")
+    if s.preprocess:
+        click.echo(f"preprocess: {s.preprocess}")
+    click.echo(f"labels: {s.labels if s.labels else 'none (convert with --labels categories_places365.txt)'}")

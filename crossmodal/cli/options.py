@@ -1,0 +1,57 @@
+"""Options and error handling shared by the commands."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Callable
+
+import click
+
+from crossmodal.errors import CrossmodalError
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn library errors into one line on stderr and the error's exit code (2: bad input)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CrossmodalError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(fn)
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def parse_size(value: str | None) -> tuple[int, int] | None:
+    """``224`` or ``20x28`` → (H, W)."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"expected H or HxW, got {value!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise click.BadParameter(f"expected H or HxW, got {value!r}")
+    return parts[0], parts[1]
+
+
+def csv_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def step_printer(quiet: bool = False) -> Callable[[str], None]:
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(f"· {msg}", err=True))

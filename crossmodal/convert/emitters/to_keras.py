@@ -1,0 +1,194 @@
+"""IR → Keras 3 functional model (channels_last), with keras.applications names.
+
+The model takes the preprocessed float32 batch (N, H, W, C) and returns the logits
+(pre-softmax), exactly like ``keras.applications.VGG16(weights=None, classes=K,
+classifier_activation=None)``, so its weights load there by layer name and back.
+A conv or dense followed by a ReLU becomes one layer with ``activation="relu"``;
+dropout (identity at inference) and the final softmax have no layer. The fc6
+weights are permuted from CHW to HWC input order, so only native layers are used.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossmodal.convert import layouts
+from crossmodal.convert.ir import Graph, IRModel, Layer, infer_shapes, pool_output_size
+from crossmodal.convert.registry import check_supported, converter, lookup
+from crossmodal.errors import UnsupportedError
+from crossmodal.models.vgg import keras_names
+
+
+@dataclass
+class KerasContext:
+    model: IRModel
+    names: dict[str, str]                      # IR layer → Keras layer name
+    fused: set[str]                            # ReLU layers folded into their producer
+    fused_into: set[str] = field(default_factory=set)  # conv/dense layers that carry a ReLU
+    tensors: dict[str, object] = field(default_factory=dict)  # IR layer → Keras tensor
+    shapes: dict[str, tuple] = field(default_factory=dict)    # IR layer → (C, H, W) or (F,)
+    pending_weights: list = field(default_factory=list)        # (keras layer, [arrays])
+
+
+def fused_relus(graph: Graph) -> set[str]:
+    """ReLU layers that directly follow a conv2d/dense whose only consumer they are."""
+    layers, consumers = graph.layers, {}
+    for layer in layers:
+        for src in layer.inputs:
+            consumers.setdefault(src, []).append(layer.name)
+    kinds = {l.name: l.kind for l in layers}
+    return {l.name for l in layers
+            if l.kind == "relu" and kinds.get(l.inputs[0]) in ("conv2d", "dense")
+            and consumers[l.inputs[0]] == [l.name]}
+
+
+def _activation(ctx: KerasContext, layer: Layer) -> str | None:
+    return "relu" if layer.name in ctx.fused_into else None
+
+
+@converter("conv2d", "keras")
+def _conv(ctx: KerasContext, layer: Layer, x):
+    import keras
+    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    same = (sh, sw) == (1, 1) and (kh - 1) == 2 * ph and (kw - 1) == 2 * pw
+    if not same and (ph or pw):
+        x = keras.layers.ZeroPadding2D((ph, pw), name=f"{ctx.names[layer.name]}_pad")(x)
+    conv = keras.layers.Conv2D(layer.attrs["out_channels"], (kh, kw), strides=(sh, sw),
+                               padding="same" if same else "valid", activation=_activation(ctx, layer),
+                               name=ctx.names[layer.name])
+    ctx.pending_weights.append((conv, [layouts.conv_oihw_to_hwio(ctx.model.tensor(layer, "weight")),
+                                       ctx.model.tensor(layer, "bias")]))
+    return conv(x)
+
+
+def _pool(cls_name: str, ctx: KerasContext, layer: Layer, x):
+    import keras
+    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    _, h, w = ctx.shapes[layer.inputs[0]]
+    ceil = bool(layer.attrs.get("ceil_mode", False))
+    want = (pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil))
+    valid = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+    same = (-(-h // sh), -(-w // sw))
+    if (ph, pw) == (0, 0) and want == valid:
+        padding = "valid"
+    elif (ph, pw) == (0, 0) and want == same and (kh, kw) == (sh, sw):
+        padding = "same"  # Caffe's ceil rounding: one extra window at the end, padding ignored
+    else:
+        raise UnsupportedError(f"layer {layer.name}: pooling k={kh}x{kw} s={sh}x{sw} pad={ph}x{pw} "
+                               f"{'ceil' if ceil else 'floor'} on a {h}x{w} map has no Keras equivalent")
+    cls = getattr(keras.layers, cls_name)
+    return cls((kh, kw), strides=(sh, sw), padding=padding, name=ctx.names[layer.name])(x)
+
+
+@converter("max_pool2d", "keras")
+def _max_pool(ctx, layer, x):
+    return _pool("MaxPooling2D", ctx, layer, x)
+
+
+@converter("avg_pool2d", "keras")
+def _avg_pool(ctx, layer, x):
+    if any(layer.attrs["pad"]):
+        raise UnsupportedError(f"layer {layer.name}: padded average pooling has no Keras equivalent")
+    return _pool("AveragePooling2D", ctx, layer, x)
+
+
+@converter("relu", "keras")
+def _relu(ctx, layer, x):
+    import keras
+    if layer.name in ctx.fused:
+        return x
+    return keras.layers.ReLU(name=layer.name)(x)
+
+
+@converter("dropout", "keras")
+def _dropout(ctx, layer, x):
+    return x
+
+
+@converter("softmax", "keras")
+def _softmax(ctx, layer, x):
+    return x  # the model's output is the logits; probabilities are computed outside
+
+
+@converter("flatten", "keras")
+def _flatten(ctx, layer, x):
+    import keras
+    return keras.layers.Flatten(name=ctx.names[layer.name])(x)
+
+
+@converter("dense", "keras")
+def _dense(ctx, layer, x):
+    import keras
+    w = ctx.model.tensor(layer, "weight")
+    src = ctx.model.graph.layer(layer.inputs[0])
+    if src.kind == "flatten":  # channel-first flatten in the IR, channel-last in Keras
+        w = layouts.dense_chw_rows_to_hwc(w, tuple(src.attrs["shape"]))
+    dense = keras.layers.Dense(layer.attrs["out_features"], activation=_activation(ctx, layer),
+                               name=ctx.names[layer.name])
+    ctx.pending_weights.append((dense, [layouts.dense_oi_to_io(w), ctx.model.tensor(layer, "bias")]))
+    return dense(x)
+
+
+def keras_outputs(graph: Graph) -> dict[str, str]:
+    """IR layer → the Keras layer whose output equals it, for every layer that has one.
+
+    A fused ReLU maps to its conv/dense layer (whose own pre-ReLU output Keras does
+    not expose); dropout maps to what its input maps to; softmax has no Keras layer.
+    """
+    names, fused, exposed = keras_names(graph), fused_relus(graph), {}
+    carriers = {graph.layer(n).inputs[0] for n in fused}
+    for layer in graph.layers:
+        if layer.kind in ("conv2d", "dense"):
+            target = None if layer.name in carriers else names[layer.name]
+        elif layer.kind == "relu":
+            target = names[layer.inputs[0]] if layer.name in fused else layer.name
+        elif layer.kind == "dropout":
+            target = exposed.get(layer.inputs[0])
+        else:
+            target = names.get(layer.name)
+        if target:
+            exposed[layer.name] = target
+    return exposed
+
+
+def build_keras(model: IRModel):
+    """Build the Keras model of ``model`` with its weights set; returns (model, IR→Keras names).
+
+    The name map sends each IR layer to the Keras layer whose output equals it
+    (a fused ReLU maps to its conv/dense layer; dropout to the layer before it).
+    """
+    import keras
+
+    graph = model.graph
+    check_supported(graph, ["keras"])
+    names = keras_names(graph)
+    fused = fused_relus(graph)
+    ctx = KerasContext(model, names, fused, {graph.layer(n).inputs[0] for n in fused}, shapes=infer_shapes(graph))
+    c, h, w = graph.input.shape
+    inp = keras.Input(shape=(h, w, c), name="input", dtype="float32")
+    ctx.tensors[graph.input.name] = inp
+    for layer in graph.layers:
+        ctx.tensors[layer.name] = lookup(layer.kind, "keras")(ctx, layer, ctx.tensors[layer.inputs[0]])
+    logits = ctx.tensors[graph.resolve("logits")]
+    kmodel = keras.Model(inp, logits, name=graph.name.replace("-", "_"))
+    for klayer, arrays in ctx.pending_weights:
+        klayer.set_weights(arrays)
+    return kmodel, keras_outputs(graph)
+
+
+def save_keras(kmodel, path: Path) -> list[Path]:
+    """Save ``model.keras`` and ``model.weights.h5`` beside it, each atomically."""
+    path = Path(path)
+    weights_path = path.with_name(path.stem + ".weights.h5")
+    tmp_model = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    tmp_weights = path.with_name(f".{path.stem}.{os.getpid()}.tmp.weights.h5")
+    try:
+        kmodel.save(tmp_model)
+        kmodel.save_weights(tmp_weights)
+        os.replace(tmp_model, path)
+        os.replace(tmp_weights, weights_path)
+    finally:
+        tmp_model.unlink(missing_ok=True)
+        tmp_weights.unlink(missing_ok=True)
+    return [path, weights_path]

@@ -1,0 +1,221 @@
+"""Engines that run a converted model and return any IR layer's output, NCHW.
+
+Every engine takes the same preprocessed float32 batch (N, C, H, W) and returns
+``{ir_layer_name: array}`` with maps in NCHW (Keras' NHWC outputs are transposed
+back), so outputs compare one to one. Layers an engine cannot observe (e.g. a
+conv whose ReLU Keras fused into it) are simply absent. Heavy frameworks are
+imported when an engine is created.
+
+Reduced precision (TF32) is switched off in every engine unless ``allow_tf32``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from crossmodal.convert.ir import IRModel
+from crossmodal.errors import InputError
+
+ENGINES = ("torch", "ir", "keras", "onnx", "tf2onnx")
+
+
+@dataclass
+class Engine:
+    name: str
+    run: Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
+    observable: set[str]
+    device: str = "cpu"
+    info: dict = field(default_factory=dict)
+
+
+def ir_engine(model: IRModel, dtype=np.float64) -> Engine:
+    from crossmodal.convert import reference
+
+    def run(x, layers):
+        return reference.run(model, x, layers, dtype=dtype)
+    return Engine("ir", run, {l.name for l in model.graph.layers},
+                  info={"dtype": np.dtype(dtype).name, "evaluator": "crossmodal.convert.reference"})
+
+
+def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, label: str = "torch") -> Engine:
+    """The IR's tensors in a PyTorch network (:mod:`~crossmodal.convert.emitters.to_torch`)."""
+    import torch
+
+    from crossmodal.convert.emitters.to_torch import build_torch
+
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+    dev = torch.device("cuda" if device.startswith("cuda") and torch.cuda.is_available() else "cpu")
+    module = build_torch(model).to(dev)
+
+    def run(x, layers):
+        with torch.inference_mode():
+            out = module.forward_layers(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev), set(layers))
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return Engine(label, run, {l.name for l in model.graph.layers}, str(dev),
+                  {"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32})
+
+
+def keras_engine(model_path: Path, graph, allow_tf32: bool = False) -> Engine:
+    """A saved ``.keras`` model, with a sub-model on the layers that match IR layers."""
+    import keras
+    import tensorflow as tf
+
+    from crossmodal.convert.emitters.to_keras import keras_outputs
+
+    tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
+    try:
+        kmodel = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as exc:  # a corrupt archive raises many kinds
+        raise InputError(f"not a loadable Keras model ({exc.__class__.__name__})", model_path) from None
+    mapping = {ir: k for ir, k in keras_outputs(graph).items() if _has_layer(kmodel, k)}
+    gpus = tf.config.list_physical_devices("GPU")
+
+    def run(x, layers):
+        wanted = [l for l in layers if l in mapping]
+        knames = list(dict.fromkeys(mapping[l] for l in wanted))
+        sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
+        outs = sub(np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32), training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        by_k = {k: np.asarray(o) for k, o in zip(knames, outs)}
+        return {l: _to_ir_layout(by_k[mapping[l]], graph.layer(l)) for l in wanted}
+    return Engine("keras", run, set(mapping), "gpu" if gpus else "cpu",
+                  {"keras": keras.__version__, "tensorflow": tf.__version__, "allow_tf32": allow_tf32,
+                   "devices": [d.name for d in gpus] or ["cpu"]})
+
+
+def _has_layer(kmodel, name: str) -> bool:
+    try:
+        kmodel.get_layer(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _to_ir_layout(a: np.ndarray, layer) -> np.ndarray:
+    """Keras output → IR layout: maps NHWC → NCHW; a flatten's HWC order → CHW order."""
+    if a.ndim == 4:
+        return a.transpose(0, 3, 1, 2)
+    if layer.kind == "flatten":
+        c, h, w = layer.attrs["shape"]
+        return a.reshape(len(a), h, w, c).transpose(0, 3, 1, 2).reshape(len(a), -1)
+    return a
+
+
+def onnx_providers(device: str, allow_tf32: bool = False) -> list:
+    """ONNX Runtime providers for ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    import onnxruntime as ort
+
+    if device == "cpu" or "CUDAExecutionProvider" not in ort.get_available_providers():
+        if device.startswith("cuda"):
+            raise InputError("CUDA was asked for, but onnxruntime has no CUDA execution provider here")
+        return ["CPUExecutionProvider"]
+    dev_id = int(device.split(":")[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": dev_id, "use_tf32": int(allow_tf32)}), "CPUExecutionProvider"]
+
+
+def onnx_session(source, device: str = "cpu", allow_tf32: bool = False):
+    """An InferenceSession on ``source`` (path or serialized bytes); returns (session, providers used).
+
+    With ``device="auto"`` CUDA is tried and silently dropped when it does not really
+    work (onnxruntime-gpu lists CUDA even on machines without a GPU).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = onnx_providers(device, allow_tf32)
+    try:
+        sess = ort.InferenceSession(source, opts, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        if device == "auto" and providers[0] != "CPUExecutionProvider":
+            sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        else:
+            where = source if isinstance(source, (str, os.PathLike)) else None
+            raise InputError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:160]})", where) from None
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in sess.get_providers():
+        raise InputError("CUDA was asked for, but onnxruntime could not start it on this machine")
+    return sess, sess.get_providers()
+
+
+def onnx_engine(model_path: Path, graph, device: str = "cpu", allow_tf32: bool = False,
+                label: str = "onnx", proto=None) -> Engine:
+    """An ONNX model, with every IR layer's tensor added as an extra graph output."""
+    import onnx
+    import onnxruntime as ort
+
+    from crossmodal.convert.emitters.to_onnx import layer_tensors
+
+    if proto is None:
+        try:
+            proto = onnx.load(str(model_path))
+        except Exception as exc:  # DecodeError and friends
+            raise InputError(f"not a readable ONNX model ({exc.__class__.__name__})", model_path) from None
+    tensors = layer_tensors(proto)
+    mapping = {}
+    for layer in graph.layers:  # dropout has no node: it is its input
+        if layer.name in tensors:
+            mapping[layer.name] = tensors[layer.name]
+        elif layer.kind == "dropout" and layer.inputs[0] in mapping:
+            mapping[layer.name] = mapping[layer.inputs[0]]
+    existing = {o.name for o in proto.graph.output}
+    for t in dict.fromkeys(mapping.values()):
+        if t not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    sess, providers = onnx_session(proto.SerializeToString(), device, allow_tf32)
+    input_name = sess.get_inputs()[0].name
+
+    def run(x, layers):
+        wanted = [l for l in layers if l in mapping]
+        names = list(dict.fromkeys(mapping[l] for l in wanted))
+        outs = dict(zip(names, sess.run(names, {input_name: np.ascontiguousarray(x, np.float32)})))
+        return {l: outs[mapping[l]] for l in wanted}
+    dev = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+    return Engine(label, run, set(mapping), dev, {"onnxruntime": ort.__version__, "providers": providers,
+                                                 "allow_tf32": allow_tf32})
+
+
+def tf2onnx_engine(keras_path: Path, graph, opset: int = 17) -> Engine:
+    """An independent ONNX path: the saved Keras model converted by tf2onnx (a cross-check).
+
+    Its tensors follow TensorFlow's layout (NHWC), so only flat outputs (dense layers,
+    logits) are compared. Needs far more memory than the direct emitter on VGG16.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not hasattr(np, "product"):  # tf2onnx 1.17 calls np.product, removed in NumPy 2
+        np.product = np.prod  # type: ignore[attr-defined]
+    import tf2onnx
+
+    from crossmodal.convert.emitters.to_keras import keras_outputs
+
+    kmodel = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
+    flat = {ir: k for ir, k in keras_outputs(graph).items()
+            if graph.layer(ir).kind in ("dense", "relu", "dropout") and len(kmodel.get_layer(k).output.shape) == 2}
+    knames = list(dict.fromkeys(flat.values()))
+    sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
+    c, h, w = graph.input.shape
+    spec = (tf.TensorSpec((None, h, w, c), tf.float32, name="input"),)
+    proto, _ = tf2onnx.convert.from_keras(sub, input_signature=spec, opset=opset)
+    sess, providers = onnx_session(proto.SerializeToString(), "cpu")
+    out_names = [o.name for o in sess.get_outputs()]
+
+    def run(x, layers):
+        outs = dict(zip(knames, sess.run(out_names, {sess.get_inputs()[0].name: np.ascontiguousarray(
+            x.transpose(0, 2, 3, 1), np.float32)})))
+        return {l: outs[flat[l]] for l in layers if l in flat}
+    return Engine("tf2onnx", run, set(flat), "cpu", {"tf2onnx": tf2onnx.__version__, "providers": providers})
+
+
+def available(names: Iterable[str]) -> list[str]:
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise InputError(f"unknown engine(s) {unknown}; choose from {list(ENGINES)}")
+    return list(names)

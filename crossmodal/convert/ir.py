@@ -1,0 +1,416 @@
+"""The intermediate representation (IR): a framework-neutral, versioned model graph.
+
+An :class:`IRModel` is a :class:`Graph` (plain data, saved as ``model.json``) plus
+a mapping of tensor name → ``numpy.ndarray`` (saved as ``weights.h5``).
+
+Conventions (the IR's own, whatever the source framework):
+
+* activations are **NCHW** (batch, channels, height, width), float32;
+* ``conv2d`` weights are **OIHW** (out channels, in channels, kernel H, kernel W),
+  biases ``(O,)``;
+* ``dense`` weights are **(out, in)** and a ``dense`` that follows ``flatten``
+  reads its input in **CHW** order (channel-first flatten, as PyTorch and Caffe do);
+  the ``flatten`` layer records the pre-flatten ``(C, H, W)`` it expects;
+* every layer's output is addressed by the layer's name; ``Graph.blobs`` maps
+  public feature names (``fc7``, ``pool5``, ``logits``, ``prob``) onto layer names.
+
+This module is pure: no file I/O (see :mod:`crossmodal.convert.ir_io`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from crossmodal.errors import InputError, UnsupportedError
+
+FORMAT_VERSION = "1.0"
+
+#: Every layer kind the IR knows, with the tensor roles it owns (in order).
+LAYER_KINDS: dict[str, tuple[str, ...]] = {
+    "conv2d": ("weight", "bias"),
+    "relu": (),
+    "max_pool2d": (),
+    "avg_pool2d": (),
+    "flatten": (),
+    "dense": ("weight", "bias"),
+    "dropout": (),
+    "softmax": (),
+}
+
+#: Storage layout of each tensor role, per kind (recorded in the JSON and HDF5).
+TENSOR_LAYOUTS: dict[tuple[str, str], str] = {
+    ("conv2d", "weight"): "OIHW",
+    ("conv2d", "bias"): "O",
+    ("dense", "weight"): "OI",
+    ("dense", "bias"): "O",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A stored tensor: its name in ``weights.h5``, shape, layout and SHA-256."""
+
+    name: str
+    shape: tuple[int, ...]
+    layout: str
+    dtype: str = "float32"
+    sha256: str = ""
+
+
+@dataclass
+class Layer:
+    """One node of the graph.
+
+    ``attrs`` by kind:
+
+    * ``conv2d``: ``kernel`` (kh, kw), ``stride`` (sh, sw), ``pad`` (ph, pw),
+      ``in_channels``, ``out_channels``;
+    * ``max_pool2d`` / ``avg_pool2d``: ``kernel``, ``stride``, ``pad``, ``ceil_mode``;
+    * ``flatten``: ``shape`` (C, H, W) of its input;
+    * ``dense``: ``in_features``, ``out_features``;
+    * ``dropout``: ``rate`` (identity at inference);
+    * ``softmax``: ``axis`` (1).
+    """
+
+    name: str
+    kind: str
+    inputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The network input: ``shape`` is (C, H, W) per sample, batch excluded."""
+
+    name: str = "input"
+    shape: tuple[int, int, int] = (3, 224, 224)
+    layout: str = "NCHW"
+    channel_order: str = "RGB"
+    value_range: str = "0-1"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the network input, as data.
+
+    Steps, in order: decode to RGB → resize → center crop → to float in
+    ``value_range`` ("0-1": pixel/255, "0-255": pixel) → reorder channels to
+    ``channel_order`` → subtract mean (``mean`` per channel, or the tensor named
+    ``mean_image`` of shape (3, H, W), already in ``channel_order``, center-cropped
+    to the crop size) → divide by ``std``.
+
+    ``resize`` is either an int (the shorter side becomes this, aspect kept) or
+    ``(H, W)`` (exact size, aspect not kept). ``crop`` is (H, W).
+    ``mean`` and ``std`` are in ``channel_order`` and in units of ``value_range``.
+    """
+
+    resize: int | tuple[int, int] = 256
+    crop: tuple[int, int] = (224, 224)
+    interpolation: str = "bilinear"
+    channel_order: str = "RGB"
+    value_range: str = "0-1"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean_image: str | None = None
+    name: str = "torchvision"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["resize"] = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+        d["crop"], d["mean"], d["std"] = list(self.crop), list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: object = None) -> "Preprocess":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown preprocessing keys {unknown}; known: {sorted(known)}", source)
+        kw = dict(d)
+        if isinstance(kw.get("resize"), list):
+            kw["resize"] = tuple(int(v) for v in kw["resize"])
+        for key in ("crop", "mean", "std"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        if isinstance(kw.get("crop"), tuple) and len(kw["crop"]) == 1:
+            kw["crop"] = (kw["crop"][0], kw["crop"][0])
+        spec = cls(**kw)
+        spec.validate(source)
+        return spec
+
+    def validate(self, source: object = None) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise InputError(f"channel_order must be RGB or BGR, not {self.channel_order!r}", source)
+        if self.value_range not in ("0-1", "0-255"):
+            raise InputError(f"value_range must be '0-1' or '0-255', not {self.value_range!r}", source)
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise InputError("mean and std need three values each, std non-zero", source)
+
+
+#: Named preprocessing presets (``--preprocess NAME``).
+PREPROCESS_PRESETS: dict[str, Preprocess] = {
+    # torchvision's ImageNet recipe: shorter side 256, center crop 224.
+    "torchvision": Preprocess(),
+    # The Places365 authors' PyTorch demo scripts: Resize((256, 256)), CenterCrop(224).
+    "places365": Preprocess(resize=(256, 256), name="places365"),
+    # Caffe: BGR, 0-255, per-channel mean of places365CNN_mean.binaryproto, 256×256 then crop.
+    "caffe": Preprocess(
+        resize=(256, 256), channel_order="BGR", value_range="0-255",
+        mean=(104.051, 112.514, 116.676), std=(1.0, 1.0, 1.0), name="caffe",
+    ),
+}
+
+
+@dataclass
+class Labels:
+    """Class names in output order, with optional indoor(1)/outdoor(2) flags."""
+
+    names: list[str]
+    indoor_outdoor: list[int] | None = None
+    source: str | None = None
+
+
+@dataclass
+class Provenance:
+    """Where the IR came from."""
+
+    source_file: str = ""
+    source_sha256: str = ""
+    source_format: str = ""
+    reader: str = ""
+    tool_version: str = ""
+    framework_versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Graph:
+    """The model graph: layers in topological (here: sequential) order."""
+
+    name: str
+    input: InputSpec
+    layers: list[Layer]
+    outputs: list[str]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    labels: Labels | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    blobs: dict[str, str] = field(default_factory=dict)
+    format_version: str = FORMAT_VERSION
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def resolve(self, name: str) -> str:
+        """A public blob name (``fc7``, ``logits``) or a layer name → the layer name.
+
+        Blob names win: ``fc7`` is the post-ReLU feature (Caffe's in-place blob), not
+        the dense layer also called ``fc7`` (address that one by listing all layers).
+        """
+        if name in self.blobs:
+            return self.blobs[name]
+        if any(layer.name == name for layer in self.layers):
+            return name
+        raise InputError(f"no layer or blob named {name!r}; known: {[l.name for l in self.layers]}")
+
+    @property
+    def num_classes(self) -> int:
+        last_dense = [l for l in self.layers if l.kind == "dense"][-1]
+        return int(last_dense.attrs["out_features"])
+
+    def parameter_count(self) -> int:
+        return sum(int(np.prod(t.shape)) for l in self.layers for t in l.tensors.values())
+
+    # --- (de)serialisation of the JSON part -------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "crossmodal-ir",
+            "format_version": self.format_version,
+            "name": self.name,
+            "input": {**dataclasses.asdict(self.input), "shape": list(self.input.shape)},
+            "preprocess": self.preprocess.to_dict(),
+            "layers": [
+                {
+                    "name": l.name,
+                    "kind": l.kind,
+                    "inputs": list(l.inputs),
+                    "attrs": _jsonable(l.attrs),
+                    "tensors": {
+                        role: {**dataclasses.asdict(t), "shape": list(t.shape)}
+                        for role, t in l.tensors.items()
+                    },
+                }
+                for l in self.layers
+            ],
+            "outputs": list(self.outputs),
+            "blobs": dict(self.blobs),
+            "labels": None if self.labels is None else dataclasses.asdict(self.labels),
+            "provenance": dataclasses.asdict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: object = None) -> "Graph":
+        if d.get("format") != "crossmodal-ir":
+            raise InputError("not a crossmodal IR graph (missing 'format': 'crossmodal-ir')", source)
+        version = str(d.get("format_version", ""))
+        if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            raise InputError(f"IR format version {version} is not readable by this version "
+                             f"(reads {FORMAT_VERSION.split('.')[0]}.x)", source)
+        try:
+            layers = [
+                Layer(
+                    name=l["name"], kind=l["kind"], inputs=list(l["inputs"]),
+                    attrs=_untuple(l.get("attrs", {})),
+                    tensors={r: TensorSpec(**{**t, "shape": tuple(t["shape"])})
+                             for r, t in l.get("tensors", {}).items()},
+                )
+                for l in d["layers"]
+            ]
+            inp = d["input"]
+            graph = cls(
+                name=d["name"],
+                input=InputSpec(**{**inp, "shape": tuple(inp["shape"])}),
+                layers=layers,
+                outputs=list(d["outputs"]),
+                preprocess=Preprocess.from_dict(d["preprocess"], source),
+                labels=None if d.get("labels") is None else Labels(**d["labels"]),
+                provenance=Provenance(**d.get("provenance", {})),
+                blobs=dict(d.get("blobs", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"malformed IR graph: {exc!r}", source) from None
+        return graph
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """Output length of a pooling window sweep (PyTorch/Caffe rule for ceil mode).
+
+    In ceil mode the last window must start inside the input or left padding
+    (a window that would start in the right padding is dropped).
+    """
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shape of every layer: (C, H, W) for maps, (F,) for vectors."""
+    shapes: dict[str, tuple[int, ...]] = {graph.input.name: tuple(graph.input.shape)}
+    for layer in graph.layers:
+        shape, a = shapes[layer.inputs[0]], layer.attrs
+        if layer.kind == "conv2d":
+            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+            shape = (a["out_channels"], (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
+        elif layer.kind in ("max_pool2d", "avg_pool2d"):
+            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+            ceil = bool(a.get("ceil_mode", False))
+            shape = (shape[0], pool_output_size(shape[1], kh, sh, ph, ceil),
+                     pool_output_size(shape[2], kw, sw, pw, ceil))
+        elif layer.kind == "flatten":
+            shape = (int(np.prod(shape)),)
+        elif layer.kind == "dense":
+            shape = (a["out_features"],)
+        shapes[layer.name] = tuple(int(v) for v in shape)
+    return shapes
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _untuple(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}
+
+
+def tensor_sha256(array: np.ndarray) -> str:
+    """SHA-256 of a tensor's bytes as stored: C order, little-endian, its own dtype."""
+    arr = np.ascontiguousarray(array)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return hashlib.sha256(memoryview(arr).cast("B")).hexdigest()
+
+
+@dataclass
+class IRModel:
+    """A graph plus its tensors (name → array in the layout the graph records)."""
+
+    graph: Graph
+    weights: dict[str, np.ndarray]
+
+    def tensor(self, layer: Layer, role: str) -> np.ndarray:
+        return self.weights[layer.tensors[role].name]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the graph's structure and every tensor's hash (cache keys)."""
+        h = hashlib.sha256()
+        for layer in self.graph.layers:
+            h.update(json.dumps([layer.name, layer.kind, _jsonable(layer.attrs)], sort_keys=True).encode())
+            for role in sorted(layer.tensors):
+                spec = layer.tensors[role]
+                h.update((spec.sha256 or tensor_sha256(self.weights[spec.name])).encode())
+        return h.hexdigest()
+
+
+def validate(model: IRModel) -> None:
+    """Check kinds, wiring, tensor presence and shapes; list *every* problem at once."""
+    graph, problems = model.graph, []
+    seen = {graph.input.name}
+    unknown = sorted({l.kind for l in graph.layers if l.kind not in LAYER_KINDS})
+    if unknown:
+        raise UnsupportedError(f"unsupported layer kinds {unknown}")
+    for layer in graph.layers:
+        for src in layer.inputs:
+            if src not in seen:
+                problems.append(f"layer {layer.name!r} reads {src!r}, which comes later or not at all")
+        seen.add(layer.name)
+        expected = LAYER_KINDS[layer.kind]
+        if tuple(sorted(layer.tensors)) != tuple(sorted(expected)):
+            problems.append(f"layer {layer.name!r} ({layer.kind}) has tensors {sorted(layer.tensors)}, "
+                            f"expected {list(expected)}")
+            continue
+        for role, spec in layer.tensors.items():
+            arr = model.weights.get(spec.name)
+            if arr is None:
+                problems.append(f"tensor {spec.name!r} of layer {layer.name!r} is missing")
+            elif tuple(arr.shape) != tuple(spec.shape):
+                problems.append(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, graph says {spec.shape}")
+    for out in graph.outputs:
+        if out not in seen:
+            problems.append(f"output {out!r} is not a layer")
+    for blob, target in graph.blobs.items():
+        if target not in seen:
+            problems.append(f"blob {blob!r} points at unknown layer {target!r}")
+    if graph.labels is not None and len(graph.labels.names) != graph.num_classes:
+        problems.append(f"{len(graph.labels.names)} labels for {graph.num_classes} classes")
+    if problems:
+        raise InputError("invalid IR: " + "; ".join(problems))
+
+
+def with_hashes(model: IRModel) -> IRModel:
+    """Fill in every TensorSpec's SHA-256 from the arrays (returns a new graph)."""
+    layers = [
+        dataclasses.replace(l, tensors={
+            r: dataclasses.replace(t, sha256=tensor_sha256(model.weights[t.name]),
+                                   dtype=str(model.weights[t.name].dtype))
+            for r, t in l.tensors.items()})
+        for l in model.graph.layers
+    ]
+    return IRModel(dataclasses.replace(model.graph, layers=layers), model.weights)

@@ -1,0 +1,343 @@
+"""Layer-by-layer numerical equivalence of a converted model across engines.
+
+The same preprocessed float32 batch runs through every engine; each observable
+IR layer is compared with the reference engine (the source checkpoint in PyTorch
+when given, else the IR's NumPy evaluator in float64). Statistics are accumulated
+batch by batch, so memory stays bounded whatever the number of images.
+
+Gates (defaults): on the logits and fc7, max|Δ| / max|ref| ≤ ``tolerance``
+(1e-5), and no top-1 disagreement. Every other layer is reported, and the first
+layer (in graph order) above the tolerance is named as where an engine diverges.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from crossmodal.convert.engines import Engine
+from crossmodal.convert.ir import IRModel
+from crossmodal.errors import InputError
+
+GATED_BLOBS = ("logits", "fc7")
+
+
+@dataclass
+class LayerStats:
+    """Running comparison of one engine's layer output with the reference.
+
+    ``rel`` = max|Δ| / max|ref|; ``cosine_min`` = the lowest per-sample cosine similarity.
+    """
+
+    max_abs: float = 0.0
+    max_ref: float = 0.0
+    sum_abs: float = 0.0
+    count: int = 0
+    cosine_min: float = 1.0
+    shape_mismatch: str | None = None
+
+    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        if ref.shape != out.shape:  # a diverging layer, e.g. ceil vs floor pooling
+            self.shape_mismatch = f"{tuple(out.shape[1:])} vs reference {tuple(ref.shape[1:])}"
+            self.max_abs, self.count = float("inf"), self.count + 1
+            return
+        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+        diff = np.abs(out64 - ref64)
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.max_ref = max(self.max_ref, float(np.abs(ref64).max(initial=0.0)))
+        self.sum_abs += float(diff.sum())
+        self.count += diff.size
+        r, o = ref64.reshape(len(ref64), -1), out64.reshape(len(out64), -1)
+        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
+        dots = np.einsum("ij,ij->i", r, o)
+        cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(
+            np.linalg.norm(r - o, axis=1) == 0, 1.0, 0.0))
+        self.cosine_min = min(self.cosine_min, float(cos.min(initial=1.0)))
+
+    @property
+    def rel(self) -> float:
+        if self.shape_mismatch:
+            return float("inf")
+        return self.max_abs / self.max_ref if self.max_ref > 0 else (0.0 if self.max_abs == 0 else float("inf"))
+
+    def to_dict(self) -> dict:
+        out = {"max_abs": _finite(self.max_abs), "rel": _finite(self.rel),
+               "mean_abs": _finite(self.sum_abs / max(self.count, 1)), "cosine_min": self.cosine_min}
+        if self.shape_mismatch:
+            out["shape_mismatch"] = self.shape_mismatch
+        return out
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no infinity: a non-finite figure (a shape mismatch) is written as null."""
+    return v if np.isfinite(v) else None
+
+
+@dataclass
+class ClassifierStats:
+    """Top-1 / top-5 agreement of an engine's logits with the reference's."""
+
+    n: int = 0
+    top1_agree: int = 0
+    top5_set_agree: int = 0
+
+    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        k = min(5, ref.shape[1])
+        self.n += len(ref)
+        self.top1_agree += int((ref.argmax(1) == out.argmax(1)).sum())
+        ref5 = np.sort(np.argsort(-ref, axis=1, kind="stable")[:, :k], axis=1)
+        out5 = np.sort(np.argsort(-out, axis=1, kind="stable")[:, :k], axis=1)
+        self.top5_set_agree += int((ref5 == out5).all(axis=1).sum())
+
+    def to_dict(self) -> dict:
+        return {"images": self.n, "top1_agreement": self.top1_agree / max(self.n, 1),
+                "top5_set_agreement": self.top5_set_agree / max(self.n, 1),
+                "argmax_flips": self.n - self.top1_agree}
+
+
+@dataclass
+class VerifyReport:
+    reference: str
+    layers: list[str]
+    blobs: dict[str, str]
+    tolerance: float
+    inputs: dict
+    engines: dict[str, dict] = field(default_factory=dict)
+    comparisons: dict[str, dict[str, LayerStats]] = field(default_factory=dict)
+    classifier: dict[str, ClassifierStats] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+
+    def gates(self) -> list[dict]:
+        rows = []
+        gated = {self.blobs.get(b, b): b for b in GATED_BLOBS if self.blobs.get(b, b) in self.layers}
+        for engine, layers in self.comparisons.items():
+            for layer, blob in gated.items():
+                if layer in layers:
+                    rel = layers[layer].rel
+                    rows.append({"engine": engine, "check": f"{blob} max|Δ|/max|ref|", "value": _finite(rel),
+                                 "limit": self.tolerance, "passed": bool(rel <= self.tolerance)})
+            if engine in self.classifier:
+                flips = self.classifier[engine].n - self.classifier[engine].top1_agree
+                rows.append({"engine": engine, "check": "top-1 disagreements", "value": flips,
+                             "limit": 0, "passed": flips == 0})
+        return rows
+
+    def first_divergence(self) -> dict[str, str | None]:
+        return {engine: next((l for l in self.layers if l in layers and layers[l].rel > self.tolerance), None)
+                for engine, layers in self.comparisons.items()}
+
+    @property
+    def passed(self) -> bool:
+        gates = self.gates()
+        return bool(gates) and all(g["passed"] for g in gates) and not self.errors_that_fail()
+
+    def errors_that_fail(self) -> dict[str, str]:
+        """Engine failures that fail the run (tf2onnx is an optional cross-check)."""
+        return {k: v for k, v in self.errors.items() if k != "tf2onnx"}
+
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "tolerance": {"rel": self.tolerance, "top1_disagreements": 0, "gated": list(GATED_BLOBS)},
+            "inputs": self.inputs,
+            "engines": self.engines,
+            "layers": self.layers,
+            "blobs": self.blobs,
+            "comparisons": {e: {l: s.to_dict() for l, s in layers.items()} for e, layers in self.comparisons.items()},
+            "classifier": {e: c.to_dict() for e, c in self.classifier.items()},
+            "gates": self.gates(),
+            "first_divergence": self.first_divergence(),
+            "errors": self.errors,
+            "environment": self.environment,
+        }
+
+
+def environment(seed: int | None) -> dict:
+    import sys
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+           "numpy": np.__version__, "seed": seed}
+    for name in ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            env[name] = getattr(mod, "__version__", "?")
+    return env
+
+
+def compare_engines(reference: Engine, others: list[Engine], batches: Iterable[np.ndarray],
+                    layers: list[str], logits_layer: str,
+                    on_batch: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+    """Run every batch through the reference and the other engines; accumulate stats.
+
+    Returns (comparisons engine → layer → LayerStats, classifier engine → ClassifierStats).
+    """
+    comparisons = {e.name: {l: LayerStats() for l in layers if l in e.observable} for e in others}
+    classifier = {e.name: ClassifierStats() for e in others if logits_layer in e.observable}
+    want_ref = [l for l in layers if l in reference.observable]
+    for batch in batches:
+        ref = reference.run(batch, want_ref)
+        for engine in others:
+            outs = engine.run(batch, [l for l in layers if l in engine.observable])
+            for layer, value in outs.items():
+                if layer in ref:
+                    comparisons[engine.name][layer].update(ref[layer], value)
+            if engine.name in classifier and logits_layer in outs:
+                classifier[engine.name].update(ref[logits_layer], outs[logits_layer])
+        if on_batch:
+            on_batch(len(batch))
+    for engine in others:  # layers the reference could not observe
+        comparisons[engine.name] = {l: s for l, s in comparisons[engine.name].items() if s.count}
+    return comparisons, classifier
+
+
+def batches_of(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
+def random_inputs(model: IRModel, n: int, seed: int) -> np.ndarray:
+    """``n`` random-pixel images, preprocessed by the model's own spec: (n, C, H, W) float32."""
+    from PIL import Image
+
+    from crossmodal.evaluate.images import preprocess
+
+    spec, rng = model.graph.preprocess, np.random.default_rng(seed)
+    h, w = spec.resize if isinstance(spec.resize, tuple) else (spec.resize, spec.resize)
+    mean_image = model.weights.get(spec.mean_image) if spec.mean_image else None
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+    return np.stack([preprocess(img, spec, mean_image) for img in imgs]).astype(np.float32)
+
+
+def image_inputs(model: IRModel, folder: Path, workers: int = 2) -> tuple[np.ndarray, list[str], list]:
+    """Every readable image under ``folder``, preprocessed: (array, files used, failures)."""
+    from crossmodal.evaluate.images import list_images, load_batch
+
+    files = list_images(folder)
+    if not files:
+        raise InputError("no JPEG/PNG/BMP/GIF/WebP image in this folder", folder)
+    spec = model.graph.preprocess
+    mean_image = model.weights.get(spec.mean_image) if spec.mean_image else None
+    x, failures = load_batch(files, spec, mean_image, workers=workers)
+    if len(x) == 0:
+        raise InputError(f"none of the {len(files)} image files could be read "
+                         f"(first: {failures[0][0]}: {failures[0][1]})", folder)
+    failed = {str(f[0]) for f in failures}
+    return x, [str(f) for f in files if str(f) not in failed], failures
+
+
+def check_input_size(model: IRModel) -> None:
+    spec, shape = model.graph.preprocess, model.graph.input.shape
+    if tuple(spec.crop) != tuple(shape[1:]):
+        raise InputError(f"the preprocessing crops to {spec.crop[0]}×{spec.crop[1]}, but this model takes "
+                         f"{shape[1]}×{shape[2]} inputs (its fc6 fixes the size)")
+
+
+def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: str, allow_tf32: bool,
+                   trust_pickle: bool) -> Engine:
+    """The reference built from the original weights, after checking they are the IR's source."""
+    from crossmodal.convert.engines import ir_engine, torch_engine
+    from crossmodal.convert.readers.from_torch import file_sha256
+
+    recorded = model.graph.provenance.source_sha256
+    actual = file_sha256(source)
+    if recorded and recorded != actual:
+        raise InputError(f"is not the checkpoint this IR was made from (SHA-256 {actual[:12]}…, the IR "
+                         f"records {recorded[:12]}… from {model.graph.provenance.source_file})", source)
+    if prototxt is not None or source.suffix == ".caffemodel":
+        from crossmodal.convert.readers.from_caffe import read_caffe
+        if prototxt is None:
+            raise InputError("a .caffemodel source needs --prototxt (the deploy prototxt)", source)
+        src_model = read_caffe(prototxt, source, preprocess=model.graph.preprocess)
+        engine = ir_engine(src_model)
+        engine.name, engine.info["source"] = "caffe", str(source)
+        return engine
+    from crossmodal.convert.readers.from_torch import read_torch_checkpoint
+    h, w = model.graph.input.shape[1:]
+    src_model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=(h, w),
+                                      preprocess=model.graph.preprocess)
+    engine = torch_engine(src_model, device, allow_tf32)
+    engine.info["source"] = str(source)
+    return engine
+
+
+def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "keras", "onnx"),
+               source: Path | None = None, prototxt: Path | None = None, images: Path | None = None,
+               random: int = 2, seed: int = 0, batch_size: int = 2, layers: str | list[str] = "all",
+               tolerance: float = 1e-5, device: str = "cpu", allow_tf32: bool = False,
+               trust_pickle: bool = False, on_step: Callable[[str], None] | None = None,
+               on_batch: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify the converted models in ``model_dir`` against the reference. See module doc."""
+    from crossmodal.convert import engines as E
+    from crossmodal.convert.ir_io import load_ir
+
+    step = on_step or (lambda msg: None)
+    model_dir = Path(model_dir)
+    model = load_ir(model_dir)
+    graph = model.graph
+    names = E.available(engines)
+    check_input_size(model)
+    if layers == "all" or layers == ["all"]:
+        wanted = [l.name for l in graph.layers]
+    else:
+        wanted = list(dict.fromkeys(graph.resolve(l) for l in layers))
+        for blob in GATED_BLOBS:
+            if blob in graph.blobs and graph.blobs[blob] not in wanted:
+                wanted.append(graph.blobs[blob])
+        wanted.sort(key=[l.name for l in graph.layers].index)
+
+    if images is not None:
+        step(f"reading images from {images}")
+        x, files, failures = image_inputs(model, images)
+        inputs = {"kind": "images", "folder": str(images), "count": len(x), "files": files,
+                  "unreadable": [{"path": str(p), "reason": r} for p, r in failures]}
+    else:
+        x = random_inputs(model, random, seed)
+        inputs = {"kind": "random", "count": len(x), "seed": seed}
+    inputs["preprocess"] = graph.preprocess.to_dict()
+
+    if source is not None:
+        step(f"loading the source {source}")
+        reference = _source_engine(model, Path(source), prototxt, device, allow_tf32, trust_pickle)
+        ref_label = f"{reference.name} (source {Path(source).name})"
+    else:
+        reference = E.ir_engine(model)
+        ref_label = "ir (NumPy reference evaluator, float64)"
+    others, errors = [], {}
+    builders = {
+        "ir": lambda: E.ir_engine(model),
+        "torch": lambda: E.torch_engine(model, device, allow_tf32, label="torch"),
+        "keras": lambda: E.keras_engine(_need(model_dir / "model.keras"), graph, allow_tf32),
+        "onnx": lambda: E.onnx_engine(_need(model_dir / "model.onnx"), graph, device, allow_tf32),
+        "tf2onnx": lambda: E.tf2onnx_engine(_need(model_dir / "model.keras"), graph),
+    }
+    for name in names:
+        if name == reference.name:
+            continue
+        step(f"starting engine {name}")
+        try:
+            others.append(builders[name]())
+        except InputError:
+            raise
+        except Exception as exc:  # an optional engine that fails is reported, not fatal
+            if name != "tf2onnx":
+                raise
+            errors[name] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    step(f"comparing {len(wanted)} layers on {len(x)} inputs, batch {batch_size}")
+    comparisons, classifier = compare_engines(reference, others, batches_of(x, batch_size), wanted,
+                                              graph.resolve("logits"), on_batch)
+    report = VerifyReport(ref_label, wanted, dict(graph.blobs), tolerance, inputs,
+                          engines={e.name: {"device": e.device, **e.info} for e in [reference, *others]},
+                          comparisons=comparisons, classifier=classifier, errors=errors,
+                          environment=environment(seed if images is None else None))
+    return report
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise InputError(f"missing {path.name}: convert with --to including "
+                         f"{'keras' if path.suffix == '.keras' else 'onnx'}", path.parent)
+    return path

@@ -1,0 +1,74 @@
+"""Human-readable renderings of a verification report (Markdown and a console table)."""
+from __future__ import annotations
+
+from crossmodal.convert.verify import VerifyReport
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2e}"
+
+
+def markdown(report: VerifyReport) -> str:
+    """Engines × layers table of max|Δ|/max|ref|; the worst cell in bold, breaches marked ✗."""
+    data = report.to_json()
+    engines = list(report.comparisons)
+    verdict = "PASSED" if report.passed else "FAILED"
+    lines = [f"# crossmodal verify: {verdict}", "",
+             f"Reference: {report.reference}. Inputs: {data['inputs']['count']} "
+             f"({data['inputs']['kind']}). Tolerance: max|Δ|/max|ref| ≤ {report.tolerance:g} on "
+             f"logits and fc7, no top-1 disagreement.", ""]
+    lines += ["## Gates", "", "| engine | check | value | limit | result |", "|---|---|---|---|---|"]
+    for g in data["gates"]:
+        value = "shape differs" if g["value"] is None else _fmt(g["value"]) if isinstance(g["value"], float) else g["value"]
+        lines.append(f"| {g['engine']} | {g['check']} | {value} | {g['limit']} | {'✓' if g['passed'] else '✗'} |")
+    lines += ["", "## Classifier agreement", "", "| engine | top-1 | top-5 set | argmax flips |", "|---|---|---|---|"]
+    for e, c in data["classifier"].items():
+        lines.append(f"| {e} | {c['top1_agreement']:.2%} | {c['top5_set_agreement']:.2%} | {c['argmax_flips']} |")
+    worst = max(((s.rel, e, l) for e, ls in report.comparisons.items() for l, s in ls.items()), default=None)
+    aliases = {v: k for k, v in report.blobs.items()}
+    lines += ["", "## Layers: max|Δ| / max|ref|", "",
+              "| layer | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
+    for layer in report.layers:
+        cells = []
+        for e in engines:
+            s = report.comparisons[e].get(layer)
+            if s is None:
+                cells.append("·")
+                continue
+            cell = _fmt(s.rel) + (" ✗" if s.rel > report.tolerance else "")
+            cells.append(f"**{cell}**" if worst and (s.rel, e, layer) == worst else cell)
+        name = f"{layer} ({aliases[layer]})" if layer in aliases else layer
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "· = not observable in that engine (e.g. a conv whose ReLU Keras fuses into it).", ""]
+    div = {e: l for e, l in report.first_divergence().items() if l}
+    if div:
+        lines += ["## First divergent layer", ""] + [f"- {e}: `{l}`" for e, l in div.items()] + [""]
+    if report.errors:
+        lines += ["## Engines that did not run", ""] + [f"- {e}: {m}" for e, m in report.errors.items()] + [""]
+    lines += ["## Environment", "", "| engine | device | details |", "|---|---|---|"]
+    for e, info in data["engines"].items():
+        details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "device")
+        lines.append(f"| {e} | {info.get('device', '')} | {details} |")
+    lines += ["", "`" + ", ".join(f"{k} {v}" for k, v in data["environment"].items()) + "`", ""]
+    return "\n".join(lines)
+
+
+def console(report: VerifyReport) -> str:
+    """A compact table: per engine, the gated figures, agreement and first divergence."""
+    data, out = report.to_json(), []
+    div = report.first_divergence()
+    out.append(f"reference: {report.reference}; {data['inputs']['count']} inputs ({data['inputs']['kind']})")
+    out.append(f"{'engine':<10} {'logits rel':>11} {'fc7 rel':>11} {'worst rel':>11} {'top-1':>7} "
+               f"{'top-5':>7} {'flips':>5}  first divergence")
+    logits, fc7 = report.blobs.get("logits"), report.blobs.get("fc7")
+    for e, layers in report.comparisons.items():
+        c = data["classifier"].get(e, {})
+        worst = max((s.rel for s in layers.values()), default=0.0)
+        lr = _fmt(layers[logits].rel) if logits in layers else "·"
+        fr = _fmt(layers[fc7].rel) if fc7 in layers else "·"
+        out.append(f"{e:<10} {lr:>11} {fr:>11} {_fmt(worst):>11} {c.get('top1_agreement', 0):>7.1%} "
+                   f"{c.get('top5_set_agreement', 0):>7.1%} {c.get('argmax_flips', '·'):>5}  {div.get(e) or '-'}")
+    for e, msg in report.errors.items():
+        out.append(f"{e:<10} did not run: {msg}")
+    out.append("PASSED" if report.passed else "FAILED")
+    return "\n".join(out)

@@ -1,0 +1,128 @@
+"""The IR: JSON + HDF5 round trip, per-tensor SHA-256, versioning, validation, layouts."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from crossmodal.convert import layouts
+from crossmodal.convert.ir import (
+    FORMAT_VERSION, LAYER_KINDS, IRModel, Labels, Layer, Preprocess, infer_shapes, pool_output_size, validate,
+)
+from crossmodal.convert.ir_io import load_ir, save_ir
+from crossmodal.errors import InputError, UnsupportedError
+from crossmodal.models.synthetic import random_state_dict
+from crossmodal.models.vgg import build_graph, create_spec
+
+
+@pytest.fixture
+def tiny_model(tiny_spec, tiny_preprocess):
+    graph = build_graph(tiny_spec, tiny_preprocess)
+    graph.labels = Labels([f"/c/class{i}" for i in range(tiny_spec.num_classes)], [1, 2] * 5, "x.txt")
+    return IRModel(graph, random_state_dict(tiny_spec, seed=3))
+
+
+def test_round_trip_keeps_graph_and_tensors_exactly(tmp_path, tiny_model):
+    save_ir(tiny_model, tmp_path)
+    loaded = load_ir(tmp_path)
+    assert loaded.graph.to_dict()["layers"] == json.loads((tmp_path / "model.json").read_text())["layers"]
+    assert [l.name for l in loaded.graph.layers] == [l.name for l in tiny_model.graph.layers]
+    for name, arr in tiny_model.weights.items():
+        assert np.array_equal(loaded.weights[name], arr)
+    assert loaded.graph.labels.names == tiny_model.graph.labels.names
+    assert loaded.graph.preprocess == tiny_model.graph.preprocess
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["format_version"] == FORMAT_VERSION
+    conv = next(l for l in data["layers"] if l["kind"] == "conv2d")
+    assert conv["tensors"]["weight"]["layout"] == "OIHW" and len(conv["tensors"]["weight"]["sha256"]) == 64
+    with h5py.File(tmp_path / "weights.h5") as f:
+        assert f["fc6.weight"].attrs["layout"] == "OI"
+
+
+def test_tampered_tensor_is_caught_by_its_hash(tmp_path, tiny_model):
+    save_ir(tiny_model, tmp_path)
+    with h5py.File(tmp_path / "weights.h5", "a") as f:
+        f["conv2_1.weight"][0, 0, 0, 0] += 1.0
+    with pytest.raises(InputError, match=r"conv2_1.weight SHA-256 mismatch"):
+        load_ir(tmp_path)
+
+
+def test_newer_major_version_is_refused(tmp_path, tiny_model):
+    save_ir(tiny_model, tmp_path)
+    data = json.loads((tmp_path / "model.json").read_text())
+    data["format_version"] = "2.0"
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="version 2.0"):
+        load_ir(tmp_path)
+
+
+def test_missing_ir_names_the_folder(tmp_path):
+    with pytest.raises(InputError, match="missing model.json"):
+        load_ir(tmp_path)
+
+
+def test_validate_lists_every_problem_at_once(tiny_model):
+    del tiny_model.weights["fc7.bias"]
+    tiny_model.weights["conv1_1.weight"] = np.zeros((1, 1, 1, 1), np.float32)
+    tiny_model.graph.labels.names.pop()
+    with pytest.raises(InputError) as err:
+        validate(tiny_model)
+    text = str(err.value)
+    assert "fc7.bias" in text and "conv1_1.weight" in text and "9 labels for 10 classes" in text
+
+
+def test_unknown_layer_kinds_are_all_reported(tiny_model):
+    tiny_model.graph.layers.insert(3, Layer("bn", "batch_norm", ["relu1_1"]))
+    tiny_model.graph.layers.insert(5, Layer("lrn", "lrn", ["pool1"]))
+    with pytest.raises(UnsupportedError, match=r"\['batch_norm', 'lrn'\]"):
+        validate(tiny_model)
+
+
+def test_preprocess_spec_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(InputError, match="unknown preprocessing keys"):
+        Preprocess.from_dict({"resize": 256, "colour": "RGB"})
+    with pytest.raises(InputError, match="channel_order"):
+        Preprocess.from_dict({"channel_order": "GBR"})
+    spec = Preprocess.from_dict(Preprocess(resize=(256, 256), channel_order="BGR").to_dict())
+    assert spec.resize == (256, 256) and spec.channel_order == "BGR"
+
+
+def test_vgg16_places365_has_the_published_parameter_count():
+    spec = create_spec("vgg16_places365")
+    graph = build_graph(spec)
+    assert graph.parameter_count() == spec.parameter_count() == 135_755_949
+    shapes = infer_shapes(graph)
+    assert shapes["pool5"] == (512, 7, 7) and shapes["fc8a"] == (365,)
+    assert graph.blobs["fc7"] == "relu7" and graph.blobs["logits"] == "fc8a"
+    assert set(l.kind for l in graph.layers) <= set(LAYER_KINDS)
+
+
+@pytest.mark.parametrize("size,k,s,p,ceil,expected", [
+    (224, 2, 2, 0, False, 112), (13, 3, 2, 0, True, 6), (13, 3, 2, 0, False, 6),
+    (14, 3, 2, 0, True, 7), (14, 3, 2, 0, False, 6), (15, 2, 2, 0, True, 8), (15, 2, 2, 0, False, 7),
+    (5, 3, 2, 1, True, 3),
+])
+def test_pool_output_size_follows_caffe_and_torch(size, k, s, p, ceil, expected):
+    import torch
+    assert pool_output_size(size, k, s, p, ceil) == expected
+    out = torch.nn.MaxPool2d(k, s, p, ceil_mode=ceil)(torch.zeros(1, 1, size, size))
+    assert out.shape[-1] == expected
+
+
+def test_fc6_row_permutation_matches_a_channel_last_flatten(rng):
+    """On a 3×5×7 map (C, H, W distinct) the permuted weight on an HWC flatten equals the
+    original weight on a CHW flatten; the inverse restores the original."""
+    c, h, w = 3, 5, 7
+    fmap = rng.standard_normal((2, c, h, w))
+    weight = rng.standard_normal((4, c * h * w))
+    chw = fmap.reshape(2, -1) @ weight.T
+    hwc = fmap.transpose(0, 2, 3, 1).reshape(2, -1) @ layouts.dense_chw_rows_to_hwc(weight, (c, h, w)).T
+    np.testing.assert_allclose(hwc, chw, rtol=1e-12)
+    swapped = fmap.transpose(0, 3, 2, 1).reshape(2, -1) @ layouts.dense_chw_rows_to_hwc(weight, (c, h, w)).T
+    assert not np.allclose(swapped, chw)
+    assert np.array_equal(layouts.dense_hwc_rows_to_chw(layouts.dense_chw_rows_to_hwc(weight, (c, h, w)),
+                                                        (c, h, w)), weight)
+    k = rng.standard_normal((8, 3, 3, 5))
+    assert np.array_equal(layouts.conv_hwio_to_oihw(layouts.conv_oihw_to_hwio(k)), k)

@@ -1,0 +1,179 @@
+"""Label mapping against the real Places365 label list, muting and scoring."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossmodal.errors import InputError
+from crossmodal.evaluate.labels import (
+    build_mapping, load_aliases, merge_aliases, normalise, parse_aliases, score,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PLACES365 = SHARED / "places365" / "categories_places365.txt"
+
+#: Places205 categories with no Places365 counterpart (per the project's analysis).
+NO_COUNTERPART = {"abbey", "basilica", "bayou", "cathedral_outdoor", "cottage_garden", "dock",
+                  "dinette_home", "fairway", "game_room", "garbage_dump", "herb_garden",
+                  "kitchenette", "monastery_outdoor", "parlor", "pulpit", "sandbar", "sea_cliff",
+                  "train_railway", "track_outdoor", "veranda"}
+
+
+@pytest.fixture(scope="module")
+def places365() -> list[str]:
+    if not PLACES365.is_file():
+        pytest.skip(f"needs the Places365 label list at {PLACES365} (shared data, not in the repo)")
+    rows = [line.split() for line in PLACES365.read_text().splitlines() if line.strip()]
+    assert [int(r[1]) for r in rows] == list(range(365))
+    return [r[0] for r in rows]
+
+
+def test_normalise():
+    assert normalise("/s/stadium/baseball") == "stadium_baseball"
+    assert normalise("/a/airfield") == "airfield"
+    assert normalise("/a/apartment_building/outdoor") == "apartment_building_outdoor"
+    assert normalise("apartment_building_outdoor") == "apartment_building_outdoor"
+    assert normalise(" a/abbey ") == "abbey"
+
+
+def test_packaged_aliases():
+    aliases = load_aliases()
+    assert aliases == {"temple_east_asia": "/t/temple/asia", "temple_south_asia": "/t/temple/asia",
+                       "underwater_coral_reef": "/u/underwater/ocean_deep"}
+
+
+def test_mapping_real_labels(places365):
+    targets = ["stadium_baseball", "temple_east_asia", "abbey", "temple_south_asia",
+               "underwater_coral_reef", "airfield"]
+    m = build_mapping(places365, targets, load_aliases())
+    idx = {name: i for i, name in enumerate(places365)}
+    assert m.target_to_source == (idx["/s/stadium/baseball"], idx["/t/temple/asia"], None,
+                                  idx["/t/temple/asia"], idx["/u/underwater/ocean_deep"], idx["/a/airfield"])
+    assert m.unmapped == ("abbey",)
+    assert m.shared == {idx["/t/temple/asia"]: (1, 3)}
+    assert m.shared_groups() == [("/t/temple/asia", ("temple_east_asia", "temple_south_asia"))]
+    assert len(m.muted) == 365 - 4 and idx["/a/airfield"] not in m.muted
+    assert m.via_alias["underwater_coral_reef"] == "/u/underwater/ocean_deep"
+    assert m.kept_sources.tolist() == sorted(idx[n] for n in ["/s/stadium/baseball", "/t/temple/asia",
+                                                              "/u/underwater/ocean_deep", "/a/airfield"])
+
+
+def test_made_up_205_list_unmapped_set(places365):
+    exact = places365[::12]  # 31 real names, written Places205 style
+    made_up = [n for n in exact] + [f"/{n[0]}/{n}" for n in sorted(NO_COUNTERPART)] + [
+        "/t/temple/east_asia", "/t/temple/south_asia", "/u/underwater/coral_reef"]
+    targets = [normalise(n) for n in made_up]
+    m = build_mapping(places365, targets, load_aliases())
+    assert set(m.unmapped) == NO_COUNTERPART
+    assert sum(s is not None for s in m.target_to_source) == len(exact) + 3
+    assert len(m.muted) == 365 - len(exact) - 2  # the temples share one label
+
+
+def test_user_label_map_adds_and_overrides(places365, tmp_path):
+    user = tmp_path / "map.csv"
+    user.write_text("target_category,source_label,note\n"
+                    "abbey,/c/church/outdoor,closest\n"
+                    "airfield,,treat as absent\n"
+                    "not_in_data,/a/airfield,\n")
+    aliases = merge_aliases(load_aliases(), load_aliases(user))
+    m = build_mapping(places365, ["abbey", "airfield", "temple_east_asia"], aliases)
+    assert m.target_to_source[0] == places365.index("/c/church/outdoor")
+    assert m.unmapped == ("airfield",)
+    assert m.target_to_source[2] == places365.index("/t/temple/asia")
+    assert "not_in_data" in m.unused_aliases
+
+
+def test_alias_errors(places365, tmp_path):
+    with pytest.raises(InputError, match="not one of the model's 365 labels"):
+        build_mapping(places365, ["abbey"], {"abbey": "/a/abbey_ruins"})
+    with pytest.raises(InputError, match="header"):
+        parse_aliases("abbey,/a/airfield\n")
+    with pytest.raises(InputError, match="line 3: target 'x' is listed twice"):
+        parse_aliases("target_category,source_label,note\nx,a,\nx,b,\n")
+    with pytest.raises(InputError, match="not found"):
+        load_aliases(tmp_path / "nope.csv")
+
+
+# --------------------------------------------------------------------------- scoring
+def _toy():
+    # sources 0..5; targets: t0→s1, t1→s3, t2→s3 (shared), t3 unmapped; s0, s2, s4, s5 muted
+    sources = ["/s/zero", "/o/one", "/t/two", "/t/three", "/f/four", "/f/five"]
+    targets = ["one", "three_a", "three_b", "lost"]
+    m = build_mapping(sources, targets, {"three_a": "/t/three", "three_b": "/t/three"})
+    assert m.target_to_source == (1, 3, 3, None) and m.muted == (0, 2, 4, 5)
+    return m
+
+
+def test_score_toy_by_hand():
+    m = _toy()
+    logits = np.array([
+        [9, 5, 0, 1, 0, 0],   # true t0: unmuted argmax s0 (muted) → wrong; muted → s1 right
+        [0, 1, 0, 2, 0, 0],   # true t1: s3 → right (shared)
+        [0, 1, 0, 2, 0, 0],   # true t2: s3 → right for the other sharer too
+        [0, 3, 0, 2, 0, 0],   # true t2: s1 top-1 wrong, s3 second → top-2 right
+        [0, 3, 0, 2, 0, 0],   # true t3: unmapped
+    ], dtype=np.float32)
+    labels = [0, 1, 2, 2, 3]
+    s = score(logits, labels, m, unmapped="exclude", k=2)
+    assert s.included.tolist() == [True, True, True, True, False]
+    assert s.top1.tolist() == [True, True, True, False, False]
+    assert s.topk.tolist() == [True, True, True, True, False]
+    assert s.top1_unmuted.tolist() == [False, True, True, False, False]
+    assert s.topk_unmuted.tolist() == [True, True, True, True, False]  # row 0: s0, s1
+    assert s.left_out == {"lost": 1} and s.kept_unmapped == {}
+    assert s.shared_images == 3 and s.shared_top1_hits == 2
+    assert s.predicted_targets()[1] == [("three_a", "three_b"), ("one",)]
+    assert s.predicted_targets(muted=False)[0] == [(), ("one",)]
+    assert s.accuracy()["top1"] == pytest.approx(3 / 4)
+    kept = score(logits, labels, m, unmapped="keep", k=2)
+    assert kept.included.all() and kept.kept_unmapped == {"lost": 1} and kept.left_out == {}
+    assert kept.accuracy()["top1"] == pytest.approx(3 / 5)
+
+
+def _independent(logits, labels, t2s, allowed, k):
+    """Plain-Python reference: rank allowed sources by (-logit, index)."""
+    top1, topk = [], []
+    for row, t in zip(logits, labels):
+        ranked = sorted(allowed, key=lambda s: (-float(row[s]), s))[:k]
+        src = t2s[t]
+        top1.append(src is not None and ranked[0] == src)
+        topk.append(src is not None and src in ranked)
+    return top1, topk
+
+
+def test_score_random_against_independent(places365):
+    rng = np.random.default_rng(0)
+    targets = [normalise(n) for n in places365[::7]] + ["temple_east_asia", "temple_south_asia", "abbey"]
+    m = build_mapping(places365, targets, load_aliases())
+    n = 400
+    labels = rng.integers(0, len(targets), n)
+    logits = rng.normal(size=(n, 365)).astype(np.float32)
+    logits[:50, 0] = 100.0  # /a/airfield (index 0, kept: every 7th from 0) wins outright
+    logits[50:60, 1] = 100.0  # a muted label wins the unmuted argmax
+    t2s = list(m.target_to_source)
+    allowed = sorted({s for s in t2s if s is not None})
+    s = score(logits, labels, m, unmapped="keep", k=5)
+    top1, top5 = _independent(logits, labels, t2s, allowed, 5)
+    assert s.top1.tolist() == top1 and s.topk.tolist() == top5
+    top1_u, top5_u = _independent(logits, labels, t2s, list(range(365)), 5)
+    assert s.top1_unmuted.tolist() == top1_u and s.topk_unmuted.tolist() == top5_u
+    assert not s.top1_unmuted[50:60].any()
+    ex = score(logits, labels, m, unmapped="exclude", k=5)
+    abbey = targets.index("abbey")
+    assert ex.left_out == ({"abbey": int((labels == abbey).sum())} if (labels == abbey).any() else {})
+    assert ex.n_scored == n - int((labels == abbey).sum())
+    temples = np.isin(labels, [len(targets) - 3, len(targets) - 2])
+    assert ex.shared_images == int(temples.sum())
+    assert set(np.unique(ex.pred)) <= set(allowed)
+
+
+def test_score_input_checks():
+    m = _toy()
+    with pytest.raises(InputError, match="shape"):
+        score(np.zeros((2, 5)), [0, 1], m)
+    with pytest.raises(InputError, match="labels must lie"):
+        score(np.zeros((1, 6)), [4], m)
+    with pytest.raises(InputError, match="exclude"):
+        score(np.zeros((1, 6)), [0], m, unmapped="drop")
