@@ -30,17 +30,26 @@ def converter(kind: str, target: str) -> Callable[[Callable], Callable]:
     return register
 
 
+def _load_emitters() -> None:
+    """Import every emitter module so that its converters are registered (cheap: no frameworks)."""
+    import importlib
+    for target in TARGETS:
+        importlib.import_module(f"crossmodal.convert.emitters.to_{target}")
+
+
 def lookup(kind: str, target: str) -> Callable:
     return _CONVERTERS[(kind, target)]
 
 
 def coverage(target: str) -> set[str]:
     """The layer kinds ``target`` can emit."""
+    _load_emitters()
     return {k for (k, t) in _CONVERTERS if t == target}
 
 
 def check_supported(graph: Graph, targets: Iterable[str]) -> None:
     """Raise one :class:`UnsupportedError` listing every (layer, kind, target) gap."""
+    _load_emitters()
     gaps = [f"{layer.name} ({layer.kind}) → {target}"
             for target in targets for layer in graph.layers
             if (layer.kind, target) not in _CONVERTERS]

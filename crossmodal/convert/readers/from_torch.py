@@ -84,9 +84,9 @@ def _torch_load(path: Path, trust_pickle: bool):
                 "Convert a state_dict instead, or re-run with --trust-pickle if you trust its source",
                 path) from None
         raise InputError(f"not a readable PyTorch checkpoint ({_first_line(text)})", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ModuleNotFoundError) as exc:
+    except Exception as exc:  # torch.load raises anything from KeyError to RuntimeError on garbage
         raise InputError(f"not a readable PyTorch checkpoint, truncated or corrupt "
-                         f"({_first_line(str(exc))})", path) from None
+                         f"({exc.__class__.__name__}: {_first_line(str(exc))})", path) from None
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         obj = obj.state_dict()
     return obj

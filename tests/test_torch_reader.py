@@ -1,0 +1,170 @@
+"""The PyTorch reader: every checkpoint layout, architecture inference, and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crossmodal.convert.readers.from_torch import infer_spec, normalise_key, read_torch_checkpoint
+from crossmodal.errors import InputError, UnsupportedError
+from crossmodal.models.synthetic import LAYOUTS, keyed, write_checkpoint
+from crossmodal.models.vgg import CFGS, create_spec, torchvision_keys
+
+
+class PickledVGG(torch.nn.Module):
+    """A whole-model pickle, as in whole_vgg16_places365.pth.tar (class importable here)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        from crossmodal.models.vgg import build_torch_module
+        net = build_torch_module(spec)
+        self.features, self.classifier = net.features, net.classifier
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("module.features.0.weight", "features.0.weight"),
+    ("features.module.10.bias", "features.10.bias"),
+    ("module.module.classifier.6.weight", "classifier.6.weight"),
+    ("features.conv1_1.weight", "features.conv1_1.weight"),
+])
+def test_normalise_key_strips_dataparallel_wrappers(key, expected):
+    assert normalise_key(key) == expected
+
+
+@pytest.mark.parametrize("layout,suffix", [(layout, suffix) for layout in LAYOUTS if layout != "safetensors"
+                                           for suffix in (".pth", ".pth.tar", ".pt")]
+                         + [("safetensors", ".safetensors")])
+def test_every_layout_reads_to_the_same_ir(tmp_path, tiny_spec, layout, suffix):
+    path = tmp_path / ("tiny" + suffix)
+    weights = write_checkpoint(tiny_spec, path, layout=layout, seed=7)
+    model = read_torch_checkpoint(path, input_size=(20, 28))
+    assert model.graph.input.shape == (3, 20, 28)
+    assert model.graph.layer("flatten").attrs["shape"] == (3, 5, 7)
+    assert model.graph.num_classes == 10 and model.graph.provenance.source_sha256
+    final = "fc8"
+    for name, arr in weights.items():
+        assert np.array_equal(model.weights[name.replace("fc8", final)], arr), name
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "vgg13", "vgg16", "vgg19"])
+def test_architecture_and_class_count_are_inferred_from_shapes(arch):
+    """Shapes only (zero-stride views): no memory for 140M parameters."""
+    spec = create_spec(arch, num_classes=365)
+    from crossmodal.models.vgg import build_graph
+    state = {}
+    for layer in build_graph(spec).layers:
+        for t in layer.tensors.values():
+            state[t.name] = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), t.shape, (0,) * len(t.shape))
+    inferred, layout = infer_spec(keyed(spec, state, "torchvision"))
+    assert (inferred.arch, inferred.num_classes, inferred.input_shape, layout) == (arch, 365, (3, 224, 224), "torchvision")
+    assert list(inferred.cfg) == CFGS[arch]
+    inferred, layout = infer_spec(keyed(spec, state, "named"))
+    assert (inferred.arch, layout) == (arch, "named")
+
+
+def test_named_layout_keeps_fc8a(tmp_path, tiny_spec):
+    import dataclasses
+    spec = dataclasses.replace(tiny_spec, final_name="fc8a")
+    path = tmp_path / "named.pth"
+    write_checkpoint(spec, path, layout="named")
+    model = read_torch_checkpoint(path, input_size=(20, 28))
+    assert model.graph.blobs["logits"] == "fc8a" and "fc8a.weight" in model.weights
+
+
+def test_square_input_is_inferred_from_fc6(tmp_path):
+    spec = create_spec("vgg_tiny3", input_shape=(3, 56, 56))
+    path = tmp_path / "sq.pth"
+    write_checkpoint(spec, path, layout="torchvision")
+    assert read_torch_checkpoint(path).graph.input.shape == (3, 56, 56)
+
+
+def test_non_square_map_without_input_size_asks_for_it(tmp_path, tiny_spec):
+    path = tmp_path / "t.pth"
+    write_checkpoint(tiny_spec, path)
+    with pytest.raises(InputError, match="--input-size"):
+        read_torch_checkpoint(path)
+
+
+def test_pickled_whole_model_is_refused_unless_trusted(tmp_path, tiny_spec):
+    path = tmp_path / "whole_vgg_tiny_places365.pth.tar"
+    torch.save(PickledVGG(tiny_spec), path)
+    with pytest.raises(InputError, match=r"pickled Python object.*--trust-pickle"):
+        read_torch_checkpoint(path, input_size=(20, 28))
+    model = read_torch_checkpoint(path, input_size=(20, 28), trust_pickle=True)
+    assert model.graph.num_classes == 10
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "not a readable PyTorch checkpoint"),
+    (b"hello, I am a text file\n", "not a readable PyTorch checkpoint"),
+])
+def test_non_checkpoint_files_are_refused(tmp_path, content, match):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match) as err:
+        read_torch_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, tiny_spec):
+    path = tmp_path / "t.pth"
+    write_checkpoint(tiny_spec, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_torch_checkpoint(path, input_size=(20, 28))
+
+
+def test_truncated_safetensors_is_refused(tmp_path, tiny_spec):
+    path = tmp_path / "t.safetensors"
+    write_checkpoint(tiny_spec, path, layout="safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InputError, match="not a readable safetensors"):
+        read_torch_checkpoint(path, input_size=(20, 28))
+
+
+def _save(path, state):
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, path)
+
+
+def test_missing_extra_and_misshapen_keys_are_all_named(tmp_path, tiny_spec):
+    from crossmodal.models.synthetic import random_state_dict
+    state = keyed(tiny_spec, random_state_dict(tiny_spec), "torchvision")
+    del state["classifier.3.bias"]
+    state["classifier.9.weight"] = np.zeros((2, 2), np.float32)
+    state["features.3.weight"] = np.zeros((3, 4, 3, 2), np.float32)
+    path = tmp_path / "bad.pth"
+    _save(path, state)
+    with pytest.raises(InputError) as err:
+        read_torch_checkpoint(path, input_size=(20, 28))
+    text = str(err.value)
+    assert "missing keys: classifier.3.bias" in text
+    assert "unexpected keys: classifier.9.weight" in text
+    assert "features.3.weight has shape (3, 4, 3, 2), expected (3, 4, 3, 3)" in text
+
+
+def test_another_architecture_is_refused_with_its_keys(tmp_path):
+    path = tmp_path / "resnet.pth"
+    _save(path, {"conv1.weight": np.zeros((4, 3, 7, 7), np.float32),
+                 "layer1.0.conv1.weight": np.zeros((4, 4, 3, 3), np.float32),
+                 "fc.weight": np.zeros((365, 4), np.float32)})
+    with pytest.raises(InputError, match=r"not a VGG checkpoint.*conv1.weight"):
+        read_torch_checkpoint(path)
+
+
+def test_batchnorm_vgg_is_reported_unsupported(tmp_path):
+    path = tmp_path / "bn.pth"
+    _save(path, {"features.0.weight": np.zeros((4, 3, 3, 3), np.float32),
+                 "features.1.weight": np.zeros(4, np.float32),
+                 "features.1.running_mean": np.zeros(4, np.float32),
+                 "classifier.0.weight": np.zeros((4, 4), np.float32)})
+    with pytest.raises(UnsupportedError, match="batch-norm"):
+        read_torch_checkpoint(path)
+
+
+def test_torchvision_key_table_matches_torchvision_vgg16_indices():
+    keys = torchvision_keys(create_spec("vgg16"))
+    assert keys["conv1_1.weight"] == "features.0.weight"
+    assert keys["conv2_1.weight"] == "features.5.weight"
+    assert keys["conv5_3.weight"] == "features.28.weight"
+    assert keys["fc8.bias"] == "classifier.6.bias"
