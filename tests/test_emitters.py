@@ -82,7 +82,7 @@ def test_keras_without_the_fc6_permutation_would_be_wrong(tiny_ir, batch, ref, m
     """The permutation is what makes a 3×5×7 map right: skipping it must break the output."""
     from crossmodal.convert import layouts
     from crossmodal.convert.emitters.to_keras import build_keras
-    monkeypatch.setattr(layouts, "dense_chw_rows_to_hwc", lambda w, chw: w)
+    monkeypatch.setattr(layouts, "dense_chw_oi_to_hwc_io", lambda w, chw: layouts.dense_oi_to_io(w))
     model, _ = build_keras(tiny_ir)
     assert rel_err(model(batch.transpose(0, 2, 3, 1)).numpy(), ref["logits"]) > 1e-2
 

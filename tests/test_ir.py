@@ -124,5 +124,7 @@ def test_fc6_row_permutation_matches_a_channel_last_flatten(rng):
     assert not np.allclose(swapped, chw)
     assert np.array_equal(layouts.dense_hwc_rows_to_chw(layouts.dense_chw_rows_to_hwc(weight, (c, h, w)),
                                                         (c, h, w)), weight)
+    np.testing.assert_array_equal(layouts.dense_chw_oi_to_hwc_io(weight, (c, h, w)),
+                                  layouts.dense_oi_to_io(layouts.dense_chw_rows_to_hwc(weight, (c, h, w))))
     k = rng.standard_normal((8, 3, 3, 5))
     assert np.array_equal(layouts.conv_hwio_to_oihw(layouts.conv_oihw_to_hwio(k)), k)

@@ -1,6 +1,7 @@
 """``crossmodal demo``: the whole convert → verify job on a full-size VGG16 with random weights."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,12 +9,15 @@ import click
 
 from crossmodal.cli.options import handle_errors, step_printer
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 @click.command("demo")
 @click.option("--out-dir", "-o", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--layout", type=click.Choice(["named", "torchvision", "csail", "dataparallel", "safetensors"]),
+              default="named", show_default=True,
+              help="Checkpoint key layout to write (named = the authors' dissection conversion).")
 @click.option("--model", "model_name", default="vgg16_places365", show_default=True,
               help="A registered architecture (vgg16_places365, vgg_tiny, …).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -21,7 +25,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="categories_places365.txt (default: ../shared/data/places365/ when present).")
 @handle_errors
-def demo(out_dir, seed, model_name, images, labels):
+def demo(out_dir, seed, layout, model_name, images, labels):
     """Write a full-size VGG16-Places365 checkpoint with SEEDED RANDOM weights in the published
     key layout, convert it to the IR, Keras 3 and ONNX, verify every layer on every engine, and
     print the result. Real weights: see `crossmodal fetch` and the README."""
@@ -38,9 +42,10 @@ def demo(out_dir, seed, model_name, images, labels):
                "its predictions mean nothing; the conversion and verification are real." % seed)
     spec = create_spec(model_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / f"{model_name}_random_seed{seed}.pth"
-    step(f"writing {ckpt} ({spec.parameter_count():,} parameters, random, named key layout)")
-    write_checkpoint(spec, ckpt, layout="named", seed=seed)
+    suffix = {"safetensors": ".safetensors", "csail": ".pth.tar"}.get(layout, ".pth")
+    ckpt = out_dir / f"{model_name}_random_seed{seed}{suffix}"
+    step(f"writing {ckpt} ({spec.parameter_count():,} parameters, random, {layout} key layout)")
+    write_checkpoint(spec, ckpt, layout=layout, seed=seed)
     if labels is None and (SHARED / "places365" / "categories_places365.txt").is_file() and spec.num_classes == 365:
         labels = SHARED / "places365" / "categories_places365.txt"
     io_labels = labels.with_name("IO_places365.txt") if labels and labels.with_name("IO_places365.txt").is_file() else None

@@ -405,11 +405,19 @@ def validate(model: IRModel) -> None:
 
 
 def with_hashes(model: IRModel) -> IRModel:
-    """Fill in every TensorSpec's SHA-256 from the arrays (returns a new graph)."""
+    """Fill in the SHA-256 of every tensor that has none yet (returns a new graph).
+
+    Hashes already present are kept: they were computed from these arrays when the
+    model was read (``load_ir`` checks them against the file).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [t.name for l in model.graph.layers for t in l.tensors.values() if not t.sha256]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL on large buffers
+        hashes = dict(zip(todo, pool.map(lambda n: tensor_sha256(model.weights[n]), todo)))
     layers = [
         dataclasses.replace(l, tensors={
-            r: dataclasses.replace(t, sha256=tensor_sha256(model.weights[t.name]),
-                                   dtype=str(model.weights[t.name].dtype))
+            r: t if t.sha256 else dataclasses.replace(t, sha256=hashes[t.name], dtype=str(model.weights[t.name].dtype))
             for r, t in l.tensors.items()})
         for l in model.graph.layers
     ]

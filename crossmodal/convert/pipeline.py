@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from crossmodal import __version__
-from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess
+from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
 from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
 
@@ -158,6 +158,7 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
     prov.tool_version = f"crossmodal {__version__}"
     prov.framework_versions = {**framework_versions(), **prov.framework_versions}
     prov.created = prov.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
     timings["read"] = time.perf_counter() - t0
 
     staging = out_dir / f".crossmodal-staging-{os.getpid()}"
@@ -170,12 +171,13 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
             written += [("ir-graph", p) if p.suffix == ".json" else ("ir-weights", p) for p in save_ir(model, staging)]
             timings["ir"] = time.perf_counter() - t
         if "onnx" in targets:
-            from crossmodal.convert.emitters.to_onnx import DEFAULT_OPSET, build_onnx, save_onnx
+            from crossmodal.convert.emitters.to_onnx import DEFAULT_OPSET, build_onnx_skeleton, save_onnx
             t = time.perf_counter()
             step(f"emitting ONNX (opset {opset or DEFAULT_OPSET}, checked)")
-            proto = build_onnx(model, opset=opset or DEFAULT_OPSET, extra_outputs=list(onnx_outputs))
-            written += [("onnx", p) for p in save_onnx(proto, staging / "model.onnx")]
-            del proto
+            proto, arrays = build_onnx_skeleton(model, opset=opset or DEFAULT_OPSET, extra_outputs=list(onnx_outputs))
+            written += [("onnx" if p.suffix == ".onnx" else "onnx-data", p)
+                        for p in save_onnx(proto, staging / "model.onnx", arrays=arrays)]
+            del proto, arrays
             timings["onnx"] = time.perf_counter() - t
         if "keras" in targets:
             t = time.perf_counter()

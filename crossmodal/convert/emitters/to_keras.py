@@ -28,7 +28,6 @@ class KerasContext:
     fused_into: set[str] = field(default_factory=set)  # conv/dense layers that carry a ReLU
     tensors: dict[str, object] = field(default_factory=dict)  # IR layer → Keras tensor
     shapes: dict[str, tuple] = field(default_factory=dict)    # IR layer → (C, H, W) or (F,)
-    pending_weights: list = field(default_factory=list)        # (keras layer, [arrays])
 
 
 def fused_relus(graph: Graph) -> set[str]:
@@ -43,6 +42,34 @@ def fused_relus(graph: Graph) -> set[str]:
             and consumers[l.inputs[0]] == [l.name]}
 
 
+class _FromArray:
+    """A one-shot initializer that hands Keras our converted array as the variable's
+    initial value: no random init, no second copy through ``set_weights``."""
+
+    def __init__(self, array) -> None:
+        self.array = array
+
+    def __call__(self, shape, dtype=None):
+        array, self.array = self.array, None
+        if tuple(shape) != tuple(array.shape):
+            raise ValueError(f"Keras expects {tuple(shape)}, the converted weight is {array.shape}")
+        return array
+
+
+def _from_arrays(kernel, bias) -> dict:
+    return {"kernel_initializer": _FromArray(kernel), "bias_initializer": _FromArray(bias)}
+
+
+def _built(klayer, x):
+    """Call (and so build) ``klayer``, then restore Keras' default initializers so that the
+    saved config is the ordinary one (as keras.applications writes it)."""
+    import keras
+    y = klayer(x)
+    klayer.kernel_initializer = keras.initializers.get("glorot_uniform")
+    klayer.bias_initializer = keras.initializers.get("zeros")
+    return y
+
+
 def _activation(ctx: KerasContext, layer: Layer) -> str | None:
     return "relu" if layer.name in ctx.fused_into else None
 
@@ -54,12 +81,11 @@ def _conv(ctx: KerasContext, layer: Layer, x):
     same = (sh, sw) == (1, 1) and (kh - 1) == 2 * ph and (kw - 1) == 2 * pw
     if not same and (ph or pw):
         x = keras.layers.ZeroPadding2D((ph, pw), name=f"{ctx.names[layer.name]}_pad")(x)
+    kernel = layouts.conv_oihw_to_hwio(ctx.model.tensor(layer, "weight"))
     conv = keras.layers.Conv2D(layer.attrs["out_channels"], (kh, kw), strides=(sh, sw),
                                padding="same" if same else "valid", activation=_activation(ctx, layer),
-                               name=ctx.names[layer.name])
-    ctx.pending_weights.append((conv, [layouts.conv_oihw_to_hwio(ctx.model.tensor(layer, "weight")),
-                                       ctx.model.tensor(layer, "bias")]))
-    return conv(x)
+                               name=ctx.names[layer.name], **_from_arrays(kernel, ctx.model.tensor(layer, "bias")))
+    return _built(conv, x)
 
 
 def _pool(cls_name: str, ctx: KerasContext, layer: Layer, x):
@@ -120,14 +146,14 @@ def _flatten(ctx, layer, x):
 @converter("dense", "keras")
 def _dense(ctx, layer, x):
     import keras
-    w = ctx.model.tensor(layer, "weight")
-    src = ctx.model.graph.layer(layer.inputs[0])
+    w, src = ctx.model.tensor(layer, "weight"), ctx.model.graph.layer(layer.inputs[0])
     if src.kind == "flatten":  # channel-first flatten in the IR, channel-last in Keras
-        w = layouts.dense_chw_rows_to_hwc(w, tuple(src.attrs["shape"]))
+        kernel = layouts.dense_chw_oi_to_hwc_io(w, tuple(src.attrs["shape"]))
+    else:
+        kernel = layouts.dense_oi_to_io(w)
     dense = keras.layers.Dense(layer.attrs["out_features"], activation=_activation(ctx, layer),
-                               name=ctx.names[layer.name])
-    ctx.pending_weights.append((dense, [layouts.dense_oi_to_io(w), ctx.model.tensor(layer, "bias")]))
-    return dense(x)
+                               name=ctx.names[layer.name], **_from_arrays(kernel, ctx.model.tensor(layer, "bias")))
+    return _built(dense, x)
 
 
 def keras_outputs(graph: Graph) -> dict[str, str]:
@@ -153,7 +179,8 @@ def keras_outputs(graph: Graph) -> dict[str, str]:
 
 
 def build_keras(model: IRModel):
-    """Build the Keras model of ``model`` with its weights set; returns (model, IR→Keras names).
+    """Build the Keras model of ``model``, setting each layer's weights as it is built
+    (so only one layer's converted copy exists at a time); returns (model, IR→Keras names).
 
     The name map sends each IR layer to the Keras layer whose output equals it
     (a fused ReLU maps to its conv/dense layer; dropout to the layer before it).
@@ -172,8 +199,6 @@ def build_keras(model: IRModel):
         ctx.tensors[layer.name] = lookup(layer.kind, "keras")(ctx, layer, ctx.tensors[layer.inputs[0]])
     logits = ctx.tensors[graph.resolve("logits")]
     kmodel = keras.Model(inp, logits, name=graph.name.replace("-", "_"))
-    for klayer, arrays in ctx.pending_weights:
-        klayer.set_weights(arrays)
     return kmodel, keras_outputs(graph)
 
 

@@ -33,10 +33,14 @@ class OnnxContext:
     initializers: list = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # IR layer → ONNX tensor name
     reserved: set[str] = field(default_factory=set)  # public output names
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # initializer data, kept apart
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+        """Declare a float32 initializer; its bytes stay in ``arrays`` until written."""
+        from onnx import TensorProto
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
+        self.initializers.append(tensor)
+        self.arrays[name] = array
         return name
 
     def node(self, op: str, inputs: list[str], layer: Layer, **attrs) -> str:
@@ -124,8 +128,19 @@ def metadata(model: IRModel) -> dict[str, str]:
 
 
 def build_onnx(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_outputs: Iterable[str] = ("fc7",)):
-    """Build the ``onnx.ModelProto`` of ``model``.
+    """The complete ``onnx.ModelProto`` of ``model``, initializer data included (in memory)."""
+    from onnx import numpy_helper
+    proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=extra_outputs)
+    for t in proto.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(_le_float32(arrays[t.name]), t.name))
+    return proto
 
+
+def build_onnx_skeleton(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_outputs: Iterable[str] = ("fc7",)):
+    """The ``onnx.ModelProto`` of ``model`` with empty initializers, and their data apart.
+
+    Returns (proto, name → array). :func:`save_onnx` streams the arrays into the file,
+    so the 528 MB of VGG16 weights are never copied into protobuf objects.
     ``extra_outputs``: blob or layer names added after ``logits`` and ``prob``.
     Each node is named after its IR layer and outputs a tensor of that name
     (``NAME/out`` where the name is also a public output, e.g. the dense ``fc7``
@@ -158,37 +173,118 @@ def build_onnx(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_outputs: Ite
     proto = helper.make_model(g, opset_imports=opsets, producer_name="crossmodal",
                               ir_version=helper.find_min_ir_version_for(opsets))
     helper.set_model_props(proto, metadata(model))
-    return proto
+    return proto, ctx.arrays
 
 
-def save_onnx(proto, path: Path, *, check: bool = True) -> list[Path]:
-    """Write ``proto`` atomically; external data beyond the 2 GiB protobuf limit.
+def _le_float32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype="<f4")
 
-    Returns the files written. The check (``onnx.checker`` full check with shape
-    inference) runs on the written file, before the rename.
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _len_field(number: int, length: int) -> bytes:
+    """Protobuf tag (wire type 2, length-delimited) and length prefix."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+_RAW_DATA, _INITIALIZER, _GRAPH = 9, 5, 7  # TensorProto.raw_data, GraphProto.initializer, ModelProto.graph
+
+
+def _write_inline(proto, arrays: dict[str, np.ndarray], f) -> None:
+    """Serialise ``proto`` with each initializer's bytes streamed from ``arrays``.
+
+    Protobuf lets fields come in any order and concatenates repeated ones, so the
+    model is written as: model fields, then the graph field whose payload is the
+    graph's other fields followed by one initializer record per tensor.
+    """
+    from onnx import GraphProto, ModelProto
+    graph = GraphProto()
+    graph.CopyFrom(proto.graph)
+    inits = list(graph.initializer)
+    graph.ClearField("initializer")
+    model = ModelProto()
+    model.CopyFrom(proto)
+    model.ClearField("graph")
+    records, graph_len = [], len(graph.SerializeToString())
+    for t in inits:
+        data = _le_float32(arrays[t.name])
+        head = t.SerializeToString() + _len_field(_RAW_DATA, data.nbytes)
+        size = len(head) + data.nbytes
+        records.append((_len_field(_INITIALIZER, size) + head, data))
+        graph_len += len(records[-1][0]) + data.nbytes
+    f.write(model.SerializeToString())
+    f.write(_len_field(_GRAPH, graph_len))
+    f.write(graph.SerializeToString())
+    for head, data in records:
+        f.write(head)
+        f.write(memoryview(data.reshape(-1)).cast("B"))
+
+
+def _write_external(proto, arrays: dict[str, np.ndarray], f, data_path: Path) -> None:
+    """Serialise ``proto`` with initializer bytes in ``data_path`` (beyond 2 GiB)."""
+    from onnx import ModelProto, TensorProto
+    model = ModelProto()
+    model.CopyFrom(proto)
+    offset = 0
+    with open(data_path, "wb") as data_file:
+        for t in model.graph.initializer:
+            data = _le_float32(arrays[t.name])
+            data_file.write(memoryview(data.reshape(-1)).cast("B"))
+            t.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(data.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += data.nbytes
+    f.write(model.SerializeToString())
+
+
+def save_onnx(proto, path: Path, *, arrays: dict[str, np.ndarray] | None = None, check: bool = True) -> list[Path]:
+    """Write the model atomically: one file, or ``NAME.data`` beside it beyond 2 GiB.
+
+    ``proto`` is a skeleton from :func:`build_onnx_skeleton` with ``arrays``, or a
+    complete proto (its initializer data is then taken from it). Returns the files
+    written. ``onnx.checker`` (full check, with strict shape inference) runs on the
+    written file before the rename.
     """
     import onnx
+    from onnx import numpy_helper
 
     path = Path(path)
-    size = sum(len(t.raw_data) for t in proto.graph.initializer)
+    if arrays is None:  # a complete proto: move its data apart
+        arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(proto)
+        for t in skeleton.graph.initializer:
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
+        proto = skeleton
+    size = sum(int(np.prod(a.shape)) * 4 for a in arrays.values())
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-    files = [path]
+    data_path = path.with_name(path.name + ".data")
+    external = size > PROTOBUF_LIMIT
     try:
-        if size > PROTOBUF_LIMIT:
-            data_name = path.name + ".data"
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            # the data file is written beside tmp under its final name
-            files.append(path.with_name(data_name))
-        else:
-            with open(tmp, "wb") as f:
-                f.write(proto.SerializeToString())
+        with open(tmp, "wb") as f:
+            if external:
+                _write_external(proto, arrays, f, data_path)
+            else:
+                _write_inline(proto, arrays, f)
         if check:
             onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, path)
+    except BaseException:
+        if external:
+            data_path.unlink(missing_ok=True)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
-    return files
+    return [path, data_path] if external else [path]
 
 
 def layer_tensors(proto) -> dict[str, str]:

@@ -203,14 +203,19 @@ def to_ir(state: Mapping[str, np.ndarray], spec: VGGSpec, layout: str, *,
 def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess: Preprocess | None = None,
                           input_size: tuple[int, int] | None = None) -> IRModel:
     """Read a checkpoint file into an IR model with provenance filled in."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     path = Path(path)
-    state = load_state_dict(path, trust_pickle=trust_pickle)
-    spec, layout = infer_spec(state, input_size=input_size, source=path)
-    model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while torch reads it
+        source_sha256 = pool.submit(file_sha256, path) if path.is_file() else None
+        state = load_state_dict(path, trust_pickle=trust_pickle)
+        spec, layout = infer_spec(state, input_size=input_size, source=path)
+        model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
+        source_sha256 = source_sha256.result()
     model.graph.provenance = Provenance(
-        source_file=path.name, source_sha256=file_sha256(path),
+        source_file=path.name, source_sha256=source_sha256,
         source_format="safetensors" if path.suffix == ".safetensors" else "pytorch",
         reader=f"crossmodal.convert.readers.from_torch ({layout} keys)",
         framework_versions={"torch": torch.__version__},

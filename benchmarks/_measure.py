@@ -1,0 +1,29 @@
+"""Run a Python snippet in a fresh process; return (wall seconds, peak RSS bytes, stdout)."""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def measure(code: str, env: dict | None = None) -> tuple[float, int, str]:
+    """Wall time and peak resident memory of ``python -c code`` (a child of its own)."""
+    wrapper = ("import resource, sys, time\n"
+               "t0 = time.perf_counter()\n"
+               f"exec(compile({code!r}, '<bench>', 'exec'))\n"
+               "print('__WALL__', time.perf_counter() - t0)\n"
+               "print('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
+    lines = out.stdout.splitlines()
+    wall = float(next(l for l in lines if l.startswith("__WALL__")).split()[1])
+    rss = int(next(l for l in lines if l.startswith("__RSS__")).split()[1])
+    return wall, rss, "\n".join(l for l in lines if not l.startswith("__"))
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
