@@ -191,3 +191,24 @@ def test_layer_stats_flag_shape_mismatch_and_cosine():
     assert s.cosine_min == pytest.approx(-1.0)
     s.update(a, np.ones((2, 5)))
     assert s.rel == float("inf") and s.to_dict()["rel"] is None
+
+
+def test_tf2onnx_is_an_independent_cross_check(model_copy):
+    pytest.importorskip("tf2onnx")
+    _, model_dir = model_copy
+    report = run_verify(model_dir, engines=["ir", "tf2onnx"], random=2)
+    assert report.passed and "tf2onnx" in report.comparisons
+    assert report.comparisons["tf2onnx"]["relu7"].rel < 1e-5  # fc7, via TensorFlow's own graph
+    assert "conv1_1" not in report.comparisons["tf2onnx"]  # NHWC inside: only flat layers compared
+
+
+def test_a_failing_tf2onnx_is_reported_and_the_rest_still_runs(model_copy, monkeypatch):
+    from crossmodal.convert import engines
+
+    def broken(*args, **kwargs):
+        raise MemoryError("tf2onnx needed more memory than there is")
+    monkeypatch.setattr(engines, "tf2onnx_engine", broken)
+    _, model_dir = model_copy
+    report = run_verify(model_dir, engines=["ir", "onnx", "tf2onnx"], random=1)
+    assert report.passed and "onnx" in report.comparisons
+    assert report.errors["tf2onnx"].startswith("MemoryError")

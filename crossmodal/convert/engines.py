@@ -50,7 +50,10 @@ def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, 
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
-    dev = torch.device("cuda" if device.startswith("cuda") and torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA was asked for, but PyTorch sees no GPU here")
+    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device(device if device.startswith("cuda") else "cuda" if want_gpu else "cpu")
     module = build_torch(model).to(dev)
 
     def run(x, layers):

@@ -61,13 +61,20 @@ def resolve_preprocess(value: str | Preprocess | None, default: str = "torchvisi
     value = value or default
     if value in PREPROCESS_PRESETS:
         return PREPROCESS_PRESETS[value]
-    path = Path(value)
-    try:
-        text = path.read_text() if not value.lstrip().startswith("{") and path.is_file() else value
-        return Preprocess.from_dict(json.loads(text), path if text is not value else None)
-    except (ValueError, OSError):
+    if value.lstrip().startswith("{"):
+        text, source = value, None
+    elif Path(value).is_file():
+        text, source = Path(value).read_text(), Path(value)
+    else:
         raise InputError(f"--preprocess takes {sorted(PREPROCESS_PRESETS)}, a JSON file or JSON text; "
-                         f"got {value!r}") from None
+                         f"got {value!r}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"preprocessing spec is not valid JSON ({exc})", source) from None
+    if not isinstance(data, dict):
+        raise InputError("preprocessing spec must be a JSON object", source)
+    return Preprocess.from_dict(data, source)
 
 
 def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: bool = False,
