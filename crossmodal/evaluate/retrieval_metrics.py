@@ -48,7 +48,7 @@ from crossmodal.errors import InputError
 
 __all__ = [
     "RetrievalResult", "RetrievalScores", "retrieval_scores", "mean_average_precision",
-    "precision_at_k", "recall_at_k", "expected_random_ap", "chance_map",
+    "precision_at_k", "recall_at_k", "nearest_targets", "expected_random_ap", "chance_map",
     "chance_precision_at_k", "chance_recall_at_k", "default_chunk_size", "METRICS",
     "DEFAULT_CHUNK_BYTES", "BYTES_PER_PAIR",
 ]
@@ -221,7 +221,9 @@ def _validate(queries, query_labels, targets, target_labels, same_set, metric, c
 def _rank(scores: np.ndarray, n_keep: int) -> np.ndarray:
     """Ranking of each row of ``scores`` ``(c, N)``: ``(c, n_keep)`` int64 target indices.
 
-    Descending score, ties by ascending index. ``scores`` is overwritten.
+    Descending score, ties by ascending index. ``scores`` is overwritten. Ties are
+    ordered only within the kept columns, so ``n_keep < N`` may cut off only entries
+    that score strictly below every kept one (the ``-inf`` of a left-out query).
     """
     neg = np.negative(scores, out=scores)
     order = np.ascontiguousarray(np.argsort(neg, axis=1)[:, :n_keep])  # unstable: fixed below
@@ -352,6 +354,35 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
             recall[k] = np.where(excluded, np.nan, h / n_rel)
     return RetrievalScores(ap=ap, n_relevant=n_rel, n_targets=n_keep,
                            precision=precision, recall=recall)
+
+
+def nearest_targets(query, targets, k: int, *, metric: str = "cosine",
+                    exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best targets for one query, ranked exactly as :func:`retrieval_scores` ranks them.
+
+    ``query`` ``(D,)``, ``targets`` ``(N, D)``. ``exclude``: a target index left out
+    of the ranking (the query itself in within-modal retrieval). Returns
+    ``(indices, scores)``, both ``(min(k, N'),)``: target indices, best first (ties
+    by ascending index), and their similarity (cosine) or negated squared
+    half-distance term (euclidean; higher is nearer).
+    """
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    t = _features(targets, "targets")
+    q = _features(np.asarray(query).reshape(1, -1), "query")
+    if q.shape[1] != t.shape[1]:
+        raise InputError(f"the query has {q.shape[1]} dimensions but targets have {t.shape[1]}")
+    dtype = np.float32 if (q.dtype == np.float32 and t.dtype == np.float32) else np.float64
+    t = np.ascontiguousarray(t, dtype=dtype)
+    t_aux = _inverse_norm(t) if metric == "cosine" else 0.5 * np.einsum("ij,ij->i", t, t)
+    s = _chunk_scores(q, t, t_aux, metric, dtype)
+    n_keep = t.shape[0]
+    if exclude is not None:
+        s[0, int(exclude)] = -np.inf
+        n_keep -= 1
+    values = s[0].copy()
+    order = _rank(s, n_keep)[0][: int(k)]  # rank all: _rank fixes ties only within what it keeps
+    return order, values[order]
 
 
 def mean_average_precision(queries, query_labels, targets=None, target_labels=None, *,

@@ -1,0 +1,100 @@
+"""``crossmodal baseline``: accuracy of a converted model on CMPlaces modalities, with label muting."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer
+
+
+@click.command("baseline")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="A converted model folder (model.json + weights.h5, model.onnx / model.keras) with labels.")
+@click.option("--modality", required=True,
+              help="natural, clipart, sketch (or a modality of the config); several comma-separated "
+                   "run one after the other and add a comparison table and chart.")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="Folder with one sub-folder per modality (<root>/<modality>/).")
+@click.option("--config", type=click.Path(path_type=Path),
+              help="crossmodal.toml with [modalities.*] entries (default ./crossmodal.toml when present).")
+@click.option("--split", default="val", show_default=True, help="Which list of the config / convention to use.")
+@click.option("--images", type=click.Path(path_type=Path), help="Images root of a single modality.")
+@click.option("--list", "list_file", type=click.Path(path_type=Path),
+              help="List file of 'path label' lines (label-list layout; needs --categories).")
+@click.option("--categories", type=click.Path(path_type=Path), help="Categories file ('name index' lines).")
+@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
+              help="onnx: ONNX Runtime (CUDA with I/O binding on a GPU); keras: TensorFlow; torch: PyTorch.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (a GPU when one really works), cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Image-decoding threads [default: CPU cores − 1, at least 1, at most 8].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Inference threads on the CPU (ONNX Runtime intra-op, torch, TF) [default: the framework's].")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Evaluate at most N images per modality, evenly spaced over the list (a quick look).")
+@click.option("--label-map", type=click.Path(path_type=Path),
+              help="CSV target_category,source_label[,note] adding to / overriding the packaged alias table.")
+@click.option("--unmapped", type=click.Choice(["exclude", "keep"]), default="exclude", show_default=True,
+              help="Images of categories without a model label: left out, or scored as errors.")
+@click.option("--features", default="fc7", show_default=True,
+              help="Feature layers cached beside the logits (comma-separated: fc7, pool5, fc6) for `retrieval`.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("baseline-out"),
+              show_default=True, help="Output folder (one sub-folder per modality when several).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Feature cache folder [default: $CROSSMODAL_CACHE, else <out>/cache]. An interrupted run "
+                   "resumes from it.")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
+@json_option
+@handle_errors
+def baseline(model_dir, modality, data_root, config, split, images, list_file, categories, backend, device,
+             batch_size, workers, threads, limit, label_map, unmapped, features, out_dir, cache_dir, no_draft,
+             quiet, as_json):
+    """Evaluate a converted scene CNN, unadjusted, on CMPlaces modalities (natural images, clip
+    art, sketches): top-1/top-5 with label muting, 95 % intervals, per-class accuracy, confusion
+    matrix. Writes metrics.json, per_class.csv, predictions.csv, report.md and PNG plots to --out.
+
+    \b
+    Example:
+      crossmodal baseline --model models/vgg16-pt --modality natural,clipart,sketch \\
+          --data-root /data/cmplaces --out runs/baseline
+    """
+    from tqdm import tqdm
+
+    from crossmodal.evaluate.baseline import run_baseline, summary_line
+
+    quiet_all = quiet or as_json
+    bars: dict[str, tqdm] = {}
+
+    def on_start(name, done, total):
+        bars[name] = tqdm(total=total, initial=done, unit="img", desc=name, file=sys.stderr,
+                          disable=quiet_all, dynamic_ncols=True)
+
+    def on_batch(name, done, total):
+        bar = bars[name]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    try:
+        run = run_baseline(model_dir, modality, out_dir=out_dir, data_root=data_root, config=config, split=split,
+                           images=images, list_file=list_file, categories=categories, backend=backend,
+                           device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
+                           label_map=label_map, unmapped=unmapped, features=csv_list(features),
+                           cache_dir=cache_dir, draft=not no_draft, on_step=step_printer(quiet_all),
+                           on_start=on_start, on_batch=on_batch)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if as_json:
+        data = [r.metrics for r in run.results]
+        echo_json(data[0] if len(data) == 1 else {"runs": data,
+                                                   "comparison": {k: str(v) for k, v in run.comparison.items()}})
+        return
+    for r in run.results:
+        click.echo(summary_line(r.metrics) + f" → {r.files['metrics.json']}")
+    if run.comparison:
+        click.echo(f"comparison: {run.comparison['comparison.md']}, {run.comparison['accuracy_by_modality.png']}")

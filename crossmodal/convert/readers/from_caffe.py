@@ -1,0 +1,598 @@
+"""Caffe VGG-style networks (deploy ``.prototxt`` + ``.caffemodel``) → IR, without Caffe.
+
+The prototxt gives the graph, the caffemodel (a binary ``NetParameter``) the weights,
+matched by layer name; see :mod:`caffe_schema` for the messages. Both encodings of
+a caffemodel are read: ``layer`` (LayerParameter, blob shapes as ``BlobShape``) and
+the legacy ``layers`` (V1LayerParameter, blob shapes as num/channels/height/width;
+InnerProduct weights stored 1×1×out×in are reshaped to (out, in)).
+
+Layers: Convolution (group 1, no dilation) → ``conv2d`` (weights OIHW, as Caffe
+stores them); Pooling MAX/AVE → ``max_pool2d``/``avg_pool2d`` with ``ceil_mode``
+(Caffe rounds up unless ``round_mode: FLOOR``); InnerProduct → ``dense`` (out, in)
+with an IR ``flatten`` recording (C, H, W) before the first one (Caffe flattens
+channel-first, as the IR does); ReLU, Dropout, Softmax, Flatten; Input layers,
+``input``/``input_shape``/``input_dim``. Anything else is listed, all at once, in
+one :class:`UnsupportedError`.
+
+train_val prototxts are read as Caffe's TEST net: layers whose include/exclude
+rules leave them out of phase TEST are dropped, the Data layer becomes the input
+(3 × crop_size × crop_size from ``transform_param``), Accuracy is skipped and
+SoftmaxWithLoss becomes an inference softmax ``prob``; each step is a provenance note.
+
+Blob names follow Caffe: ``graph.blobs[top]`` is the IR layer whose output is that
+blob's final value at inference, so with in-place ReLU ``fc7`` is ``relu7`` (an
+in-place Dropout is the identity and does not take the name, which keeps the blob
+addressable in engines without dropout layers, such as Keras). ``logits`` is the
+last InnerProduct, ``prob`` the last softmax; IR ``outputs`` are [logits, prob]. A net
+without a ``pool5`` blob (a smaller VGG) gets ``pool5`` for the map its classifier
+flattens, as the PyTorch reader names it.
+
+Weights are float32 NumPy views of the caffemodel's bytes, read once into a
+writable buffer (no per-tensor copy; a full VGG16 reads in ~0.6 s at ~0.55 GB peak).
+
+Preprocessing is data in the IR: the ``caffe`` preset (BGR, 0–255, per-channel
+mean, resize 256×256, crop to the input size), or the means of a ``.binaryproto``
+per channel or as a 3×H×W mean image (tensor ``preprocess.mean_image``). With
+``rgb_input`` the BGR order is folded into the first convolution's weights
+(``w[:, ::-1]``) and the preprocessing, means included, becomes RGB.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crossmodal.convert.ir import (
+    PREPROCESS_PRESETS, TENSOR_LAYOUTS, Graph, InputSpec, IRModel, Layer, Preprocess, Provenance,
+    TensorSpec, pool_output_size, validate,
+)
+from crossmodal.convert.readers import caffe_schema as schema
+from crossmodal.errors import InputError, UnsupportedError
+
+MEAN_MODES = ("channel", "image")
+MEAN_IMAGE_TENSOR = "preprocess.mean_image"
+_TEST = 1  # caffe.Phase.TEST
+_DATA_TYPES = ("Data", "ImageData")
+_SKIPPED_TYPES = ("Accuracy", "Silence")
+_SUPPORTED = {"Input", "Convolution", "Pooling", "InnerProduct", "ReLU", "Dropout", "Softmax",
+              "Flatten", "Split", "SoftmaxWithLoss", *_DATA_TYPES, *_SKIPPED_TYPES}
+
+
+@dataclass
+class CaffeNet:
+    """A prototxt read into an IR graph (tensor specs, no weights).
+
+    ``expected``: Caffe layer → [(IR tensor name, role, shape as the caffemodel stores
+    it)]; ``transposed``: InnerProduct layers with ``transpose: true`` (stored (in, out));
+    ``no_bias``: layers with ``bias_term: false`` (the IR gets a zero bias).
+    """
+
+    graph: Graph
+    expected: dict[str, list[tuple[str, str, tuple[int, ...]]]]
+    transposed: set[str] = field(default_factory=set)
+    no_bias: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+
+@dataclass
+class _CLayer:
+    """One Caffe layer, whichever encoding: ``msg`` holds the ``*_param`` fields."""
+
+    name: str
+    type: str
+    bottom: list[str]
+    top: list[str]
+    msg: object
+
+    def param(self, name: str):
+        if name in self.msg.DESCRIPTOR.fields_by_name:
+            return getattr(self.msg, name)
+        return schema.message(_PARAM_TYPES[name])()
+
+
+_PARAM_TYPES = {"input_param": "InputParameter", "flatten_param": "FlattenParameter"}
+
+
+# --- prototxt ----------------------------------------------------------------------------------
+def read_prototxt(prototxt: Path) -> CaffeNet:
+    """Parse and check a prototxt; the graph gets the ``caffe`` preprocessing preset."""
+    path = Path(prototxt)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})", path) from None
+    except UnicodeDecodeError:
+        raise InputError("not a text prototxt (binary data; is this the .caffemodel?)", path) from None
+    net, layers = _parse(text, path)
+    result = _build(net, layers, path)
+    result.sha256 = hashlib.sha256(raw).hexdigest()
+    return result
+
+
+def _parse(text: str, path: Path):
+    from google.protobuf import text_format
+
+    try:
+        net = schema.parse_prototxt(text)
+    except text_format.ParseError as exc:
+        where = f"line {exc.GetLine()} column {exc.GetColumn()}: " if exc.GetLine() else ""
+        problem = where + str(exc).split(" : ", 1)[-1]
+    else:
+        layers = _layers(net, path)
+        _check_supported(layers, path)
+        return net, layers
+    if "has no field named" in problem:  # perhaps the parameters of a layer type we lack:
+        try:                             # then the unsupported layers are the better message
+            lenient = schema.parse_prototxt(text, allow_unknown_field=True)
+        except text_format.ParseError:
+            lenient = None
+        if lenient is not None:
+            _check_supported(_layers(lenient, path), path, f" ({problem})")
+    raise InputError(problem, path)
+
+
+def _layers(net, path: Path) -> list[_CLayer]:
+    if len(net.layer) and len(net.layers):
+        raise InputError("mixes 'layer' and legacy 'layers' entries", path)
+    out = []
+    for msg in net.layer:
+        if _included(msg):
+            out.append(_CLayer(msg.name, msg.type, list(msg.bottom), list(msg.top), msg))
+    for msg in net.layers:
+        if _included(msg):
+            out.append(_CLayer(msg.name, schema.v1_type_name(msg), list(msg.bottom), list(msg.top), msg))
+    names = [l.name for l in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"duplicate layer names {dupes}", path)
+    return out
+
+
+def _included(msg) -> bool:
+    """Caffe's NetStateRule check for the deploy state: phase TEST, level 0, no stages."""
+    def meets(rule) -> bool:
+        return not ((rule.HasField("phase") and rule.phase != _TEST)
+                    or (rule.HasField("min_level") and rule.min_level > 0)
+                    or (rule.HasField("max_level") and rule.max_level < 0)
+                    or len(rule.stage))
+    if len(msg.include):
+        return any(meets(r) for r in msg.include)
+    return not any(meets(r) for r in msg.exclude)
+
+
+def _unsupported_reason(layer: _CLayer) -> str | None:
+    t = layer.type
+    if t not in _SUPPORTED:
+        return ""
+    if t == "Convolution":
+        p = layer.param("convolution_param")
+        if p.group != 1:
+            return f"group {p.group}"
+        if any(d != 1 for d in p.dilation):
+            return f"dilation {list(p.dilation)}"
+        if p.axis != 1:
+            return f"axis {p.axis}"
+    elif t == "Pooling":
+        p = layer.param("pooling_param")
+        if p.pool not in (0, 1):
+            return "stochastic pooling"
+    elif t == "InnerProduct" and layer.param("inner_product_param").axis != 1:
+        return f"axis {layer.param('inner_product_param').axis}"
+    elif t == "ReLU" and layer.param("relu_param").negative_slope != 0:
+        return f"negative_slope {layer.param('relu_param').negative_slope:g}"
+    elif t == "Softmax" and layer.param("softmax_param").axis != 1:
+        return f"axis {layer.param('softmax_param').axis}"
+    elif t == "Flatten":
+        p = layer.param("flatten_param")
+        if p.axis != 1 or p.end_axis != -1:
+            return f"axis {p.axis}..{p.end_axis}"
+    return None
+
+
+def _check_supported(layers: list[_CLayer], path: Path, suffix: str = "") -> None:
+    bad = []
+    for layer in layers:
+        reason = _unsupported_reason(layer)
+        if reason is not None:
+            bad.append(f"{layer.name} ({layer.type}{': ' + reason if reason else ''})")
+    if bad:
+        raise UnsupportedError(f"{len(bad)} unsupported Caffe layer(s): {', '.join(bad)}{suffix}", path)
+
+
+def _pair(values, h_field, w_field, msg, default, what: str, path: Path) -> tuple[int, int]:
+    """Caffe's ``x_h``/``x_w`` override ``x`` (repeated: one value for both, or h then w)."""
+    if msg.HasField(h_field) or msg.HasField(w_field):
+        return int(getattr(msg, h_field)), int(getattr(msg, w_field))
+    values = [int(v) for v in values]
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    if not values and default is not None:
+        return default
+    raise InputError(f"{what}: needs 1 or 2 values, has {values}", path)
+
+
+def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
+    notes: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}   # Caffe blob → per-sample shape
+    wire: dict[str, str] = {}                 # Caffe blob → IR layer that last wrote it
+    value: dict[str, str] = {}                # … ignoring in-place dropout (graph.blobs)
+    public: list[str] = []                    # Caffe blobs to expose, in order
+    ir: list[Layer] = []
+    expected: dict[str, list] = {}
+    result = CaffeNet(Graph("", InputSpec(), [], []), expected)
+    taken = {l.name for l in layers} | {"input"}
+
+    def set_input(blob: str, dims, what: str) -> None:
+        dims = [int(d) for d in dims]
+        if "input" in wire.values():
+            raise UnsupportedError(f"more than one network input ({what})", path)
+        if len(dims) != 4 or min(dims[1:]) < 1:
+            raise InputError(f"{what}: input shape {dims} is not N×C×H×W", path)
+        shapes[blob], wire[blob], value[blob] = tuple(dims[1:]), "input", "input"
+
+    def fresh(name: str) -> str:
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    def add(layer: Layer, top: str, shape: tuple[int, ...], same_as: str | None = None,
+            *, expose: bool = True) -> None:
+        """Append ``layer``, which writes blob ``top``; ``same_as``: the IR layer whose
+        value the blob then holds, when not the new layer's (in-place dropout)."""
+        ir.append(layer)
+        wire[top], shapes[top], value[top] = layer.name, shape, same_as or layer.name
+        if expose and top not in public:
+            public.append(top)
+
+    def alias(top: str, bottom: str) -> None:  # a layer with no effect at inference
+        wire[top], shapes[top], value[top] = wire[bottom], shapes[bottom], value[bottom]
+
+    def tensors(name: str, kind: str, wshape: tuple[int, ...], out: int) -> dict[str, TensorSpec]:
+        return {"weight": TensorSpec(f"{name}.weight", wshape, TENSOR_LAYOUTS[(kind, "weight")]),
+                "bias": TensorSpec(f"{name}.bias", (out,), TENSOR_LAYOUTS[(kind, "bias")])}
+
+    if len(net.input):
+        if len(net.input) > 1:
+            raise UnsupportedError(f"{len(net.input)} network inputs {list(net.input)}; one is supported", path)
+        dims = net.input_shape[0].dim if len(net.input_shape) else net.input_dim[:4]
+        set_input(net.input[0], dims, "input_dim" if not len(net.input_shape) else "input_shape")
+
+    for layer in layers:
+        t, name = layer.type, layer.name
+        if t in _SKIPPED_TYPES:
+            notes.append(f"train_val: {t} layer {name!r} skipped (not part of inference)")
+            continue
+        if not layer.top:
+            raise InputError(f"layer {name} ({t}) has no top blob", path)
+        if t == "Input":
+            if len(layer.top) > 1:
+                raise UnsupportedError(f"layer {name}: {len(layer.top)} network inputs; one is supported", path)
+            shape_msgs = layer.param("input_param").shape
+            set_input(layer.top[0], shape_msgs[0].dim if len(shape_msgs) else [], f"layer {name}")
+            continue
+        if t in _DATA_TYPES:
+            crop = layer.param("transform_param").crop_size
+            if not crop:
+                raise InputError(f"layer {name} ({t}) has no transform_param.crop_size to fix the input "
+                                 "size; use the deploy prototxt", path)
+            set_input(layer.top[0], (1, 3, crop, crop), f"layer {name}")
+            notes.append(f"train_val: {t} layer {name!r} read as a 3×{crop}×{crop} input (crop_size)")
+            continue
+        if not layer.bottom:
+            raise InputError(f"layer {name} ({t}) has no bottom blob", path)
+        bottom = layer.bottom[0]
+        if bottom not in wire:
+            raise InputError(f"layer {name} reads blob {bottom!r}, which no earlier layer writes", path)
+        n_bottom = 2 if t == "SoftmaxWithLoss" else 1
+        if len(layer.bottom) != n_bottom or (t != "Split" and len(layer.top) != 1):
+            raise InputError(f"layer {name} ({t}) has {len(layer.bottom)} bottom and {len(layer.top)} top "
+                             "blobs; VGG-style layers have one of each", path)
+        top, src, shape = layer.top[0], wire[bottom], shapes[bottom]
+        if t in ("Convolution", "Pooling") and len(shape) != 3:
+            raise InputError(f"layer {name} ({t}) needs a C×H×W map, gets shape {shape}", path)
+        if t == "Convolution":
+            p = layer.param("convolution_param")
+            kernel = _pair(p.kernel_size, "kernel_h", "kernel_w", p, None, f"layer {name} kernel", path)
+            stride = _pair(p.stride, "stride_h", "stride_w", p, (1, 1), f"layer {name} stride", path)
+            pad = _pair(p.pad, "pad_h", "pad_w", p, (0, 0), f"layer {name} pad", path)
+            out_hw = [(s + 2 * pd - k) // st + 1 if st > 0 else 0
+                      for s, k, st, pd in zip(shape[1:], kernel, stride, pad)]
+            if not p.num_output or min(out_hw) < 1 or min(kernel) < 1:
+                raise InputError(f"layer {name}: kernel {kernel} stride {stride} pad {pad} num_output "
+                                 f"{p.num_output} do not fit a {shape} map", path)
+            o, i = int(p.num_output), shape[0]
+            add(Layer(name, "conv2d", [src], {"kernel": kernel, "stride": stride, "pad": pad,
+                                              "in_channels": i, "out_channels": o},
+                      tensors(name, "conv2d", (o, i, *kernel), o)), top, (o, *out_hw))
+            expected[name] = [(f"{name}.weight", "weight", (o, i, *kernel))]
+            if p.bias_term:
+                expected[name].append((f"{name}.bias", "bias", (o,)))
+            else:
+                result.no_bias.add(name)
+        elif t == "Pooling":
+            p = layer.param("pooling_param")
+            if p.global_pooling:
+                kernel, stride, pad = tuple(shape[1:]), (1, 1), (0, 0)
+            else:
+                kernel = _pair([p.kernel_size] if p.HasField("kernel_size") else [], "kernel_h", "kernel_w", p,
+                               None, f"layer {name} kernel", path)
+                stride = _pair([p.stride], "stride_h", "stride_w", p, None, f"layer {name} stride", path)
+                pad = _pair([p.pad], "pad_h", "pad_w", p, None, f"layer {name} pad", path)
+            ceil = p.round_mode == 0
+            out_hw = [pool_output_size(s, k, st, pd, ceil) if st > 0 else 0
+                      for s, k, st, pd in zip(shape[1:], kernel, stride, pad)]
+            if min(out_hw) < 1 or min(kernel) < 1 or any(pd >= k for pd, k in zip(pad, kernel)):
+                raise InputError(f"layer {name}: pooling kernel {kernel} stride {stride} pad {pad} does not "
+                                 f"fit a {shape} map", path)
+            kind = "max_pool2d" if p.pool == 0 else "avg_pool2d"
+            add(Layer(name, kind, [src], {"kernel": kernel, "stride": stride, "pad": pad, "ceil_mode": ceil}),
+                top, (shape[0], *out_hw))
+        elif t == "Flatten":
+            if len(shape) == 3:
+                add(Layer(name, "flatten", [src], {"shape": shape}), top, (int(np.prod(shape)),))
+            else:  # already a vector: nothing to do
+                alias(top, bottom)
+        elif t == "InnerProduct":
+            if len(shape) == 3:  # Caffe flattens C, H, W implicitly; the IR says so
+                flat = fresh("flatten")
+                ir.append(Layer(flat, "flatten", [src], {"shape": shape}))
+                src, shape = flat, (int(np.prod(shape)),)
+            p = layer.param("inner_product_param")
+            o, i = int(p.num_output), shape[0]
+            if not o:
+                raise InputError(f"layer {name}: InnerProduct without num_output", path)
+            add(Layer(name, "dense", [src], {"in_features": i, "out_features": o},
+                      tensors(name, "dense", (o, i), o)), top, (o,))
+            expected[name] = [(f"{name}.weight", "weight", (i, o) if p.transpose else (o, i))]
+            if p.transpose:
+                result.transposed.add(name)
+            if p.bias_term:
+                expected[name].append((f"{name}.bias", "bias", (o,)))
+            else:
+                result.no_bias.add(name)
+        elif t == "ReLU":
+            add(Layer(name, "relu", [src]), top, shape)
+        elif t == "Dropout":  # identity at inference: the blob keeps its value's name
+            add(Layer(name, "dropout", [src], {"rate": float(layer.param("dropout_param").dropout_ratio)}),
+                top, shape, value[bottom])
+        elif t == "Softmax":
+            add(Layer(name, "softmax", [src], {"axis": 1}), top, shape)
+        elif t == "SoftmaxWithLoss":
+            ir_name = fresh("prob")
+            add(Layer(ir_name, "softmax", [src], {"axis": 1}), top, shape, expose=False)
+            notes.append(f"train_val: SoftmaxWithLoss {name!r} became the inference softmax {ir_name!r}")
+        elif t == "Split":
+            for extra in layer.top:
+                alias(extra, bottom)
+
+    if "input" not in wire.values():
+        raise InputError("declares no input (input/input_dim, an Input layer or a Data layer)", path)
+    dense = [l.name for l in ir if l.kind == "dense"]
+    if not dense:
+        raise UnsupportedError("has no InnerProduct layer; the IR holds classification networks", path)
+    softmax = [l.name for l in ir if l.kind == "softmax"]
+    blobs = {blob: value[blob] for blob in public}
+    blobs.update({"logits": dense[-1], **({"prob": softmax[-1]} if softmax else {})})
+    flat = next((l for l in ir if l.kind == "flatten"), None)
+    if flat is not None:  # the map before the classifier, named as the PyTorch reader names it
+        blobs.setdefault("pool5", flat.inputs[0])
+    pre = PREPROCESS_PRESETS["caffe"]
+    result.graph = Graph(
+        name=net.name or path.stem,
+        input=InputSpec(shape=shapes[next(b for b, w in wire.items() if w == "input")],
+                        channel_order=pre.channel_order, value_range=pre.value_range),
+        layers=ir, outputs=[dense[-1]] + softmax[-1:], preprocess=pre, blobs=blobs)
+    result.notes = notes
+    return result
+
+
+# --- caffemodel ----------------------------------------------------------------------------------
+def read_file_sha256(path: Path, chunk: int = 1 << 24) -> tuple[bytearray, str]:
+    """The whole file in one writable buffer (weights become views of it) and its SHA-256."""
+    size = path.stat().st_size
+    buf, digest = bytearray(size), hashlib.sha256()
+    view, pos = memoryview(buf), 0
+    with open(path, "rb") as f:
+        while pos < size:
+            n = f.readinto(view[pos:pos + chunk])
+            if not n:
+                break
+            digest.update(view[pos:pos + n])
+            pos += n
+    view.release()
+    if pos != size:
+        raise InputError(f"file shrank while being read ({pos} of {size} bytes)", path)
+    return buf, digest.hexdigest()
+
+
+def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``array`` as ``shape``, allowing the legacy 4-D padding with leading 1s; else None."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+
+    def core(s):
+        s = list(s)
+        while s and s[0] == 1:
+            s.pop(0)
+        return s
+    return array.reshape(shape) if core(array.shape) == core(shape) else None
+
+
+def load_weights(net: CaffeNet, caffemodel: Path, prototxt_name: str) -> tuple[dict[str, np.ndarray], str, str]:
+    """Decode ``caffemodel`` and match its blobs to ``net`` by layer name.
+
+    Returns (IR tensor name → float32 array, the file's SHA-256, the encoding).
+    Every missing layer and every blob whose shape disagrees with the prototxt is
+    listed in one :class:`InputError`.
+    """
+    if not caffemodel.is_file():
+        raise InputError("no such file", caffemodel)
+    buf, sha = read_file_sha256(caffemodel)
+    try:
+        decoded, encoding = schema.decode_caffemodel(buf)
+    except schema.WireError as exc:
+        raise InputError(f"not a readable caffemodel, truncated or corrupt ({exc})", caffemodel) from None
+    by_name: dict[str, list[np.ndarray]] = {}
+    for layer, arrays in decoded:
+        by_name.setdefault(layer.name, arrays)
+    missing, problems, weights = [], [], {}
+    for name, wanted in net.expected.items():
+        arrays = by_name.get(name)
+        if arrays is None:
+            missing.append(name)
+            continue
+        if len(arrays) != len(wanted):
+            roles = " and ".join(role for _, role, _ in wanted)
+            problems.append(f"{name} has {len(arrays)} blob(s), the prototxt needs {len(wanted)} ({roles})")
+            continue
+        for (tensor, role, shape), array in zip(wanted, arrays):
+            fitted = _fit(array, shape)
+            if fitted is None:
+                problems.append(f"{name} {role} is {'x'.join(map(str, array.shape)) or 'empty'}, "
+                                f"the prototxt needs {'x'.join(map(str, shape))}")
+            elif name in net.transposed and role == "weight":
+                weights[tensor] = np.ascontiguousarray(fitted.T)
+            else:
+                weights[tensor] = fitted
+    if missing:
+        problems.insert(0, f"layer(s) missing from the caffemodel: {', '.join(missing)}")
+    if problems:
+        raise InputError(f"does not fit {prototxt_name}: " + "; ".join(problems), caffemodel)
+    for name in net.no_bias:
+        out = net.graph.layer(name).tensors["bias"].shape
+        weights[f"{name}.bias"] = np.zeros(out, np.float32)
+    return weights, sha, encoding
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+def read_mean_file(path: Path) -> np.ndarray:
+    """A ``.binaryproto`` mean (BlobProto 1×3×H×W, BGR) → float32 (3, H, W), BGR."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read mean file ({exc.strerror or exc})", path) from None
+    try:
+        mean = schema.decode_mean_blob(data)
+    except schema.WireError as exc:
+        raise InputError(f"not a readable mean file (BlobProto .binaryproto): {exc}", path) from None
+    if mean.ndim == 4 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim != 3 or mean.shape[0] != 3 or min(mean.shape[1:]) < 1:
+        raise InputError(f"mean blob has shape {mean.shape}, expected 1×3×H×W", path)
+    if not np.isfinite(mean).all():
+        raise InputError("mean blob holds non-finite values", path)
+    return np.array(mean, dtype=np.float32)
+
+
+def _preprocessing(graph: Graph, given: Preprocess | None, mean_file: Path | None, mean_mode: str,
+                   rgb_input: bool, notes: list[str]) -> tuple[Preprocess, dict[str, np.ndarray], bool]:
+    """The Preprocess of the emitted model, extra tensors, and whether to fold BGR→RGB.
+
+    The Caffe network itself takes BGR: the model is made to take RGB when
+    ``rgb_input`` is set or ``given`` says RGB (e.g. re-reading for verification).
+    """
+    spec = given or PREPROCESS_PRESETS["caffe"]
+    c, h, w = graph.input.shape
+    if given is None and tuple(spec.crop) != (h, w):
+        spec = dataclasses.replace(spec, crop=(h, w))
+        notes.append(f"preprocess: crop set to the input size {h}×{w}")
+    rgb = rgb_input or spec.channel_order == "RGB"
+    flip = (lambda v: tuple(v[::-1])) if rgb_input and spec.channel_order == "BGR" else tuple
+    spec = dataclasses.replace(spec, mean=flip(spec.mean), std=flip(spec.std))
+    extra: dict[str, np.ndarray] = {}
+    if mean_file is not None:
+        mean = read_mean_file(mean_file)
+        if c != 3:
+            raise InputError(f"the network takes {c} channels, the mean file has 3", mean_file)
+        order = "RGB" if rgb else "BGR"
+        if rgb:
+            mean = np.ascontiguousarray(mean[::-1])
+        if mean_mode == "channel":
+            per = tuple(round(float(v), 4) for v in mean.astype(np.float64).mean(axis=(1, 2)))
+            spec = dataclasses.replace(spec, mean=per, mean_image=None, name="caffe-mean-channel")
+            notes.append(f"mean: per-channel {per} ({order}) from {Path(mean_file).name}")
+        else:
+            if mean.shape[1] < spec.crop[0] or mean.shape[2] < spec.crop[1]:
+                raise InputError(f"mean image {mean.shape[1]}×{mean.shape[2]} is smaller than the crop "
+                                 f"{spec.crop[0]}×{spec.crop[1]}", mean_file)
+            extra[MEAN_IMAGE_TENSOR] = mean
+            spec = dataclasses.replace(spec, mean=(0.0, 0.0, 0.0), mean_image=MEAN_IMAGE_TENSOR,
+                                       resize=(int(mean.shape[1]), int(mean.shape[2])), name="caffe-mean-image")
+            notes.append(f"mean: image {'×'.join(map(str, mean.shape))} ({order}) from {Path(mean_file).name}, "
+                         f"tensor {MEAN_IMAGE_TENSOR}; resize {mean.shape[1]}×{mean.shape[2]} before the crop")
+    else:
+        if spec.mean_image:
+            notes.append(f"preprocess names mean image {spec.mean_image!r}, which this read does not supply")
+        notes.append(f"mean: {spec.name} per-channel {spec.mean} ({'RGB' if rgb else 'BGR'})")
+    if rgb:
+        spec = dataclasses.replace(spec, channel_order="RGB",
+                                   name=spec.name if spec.name.endswith("-rgb") or given else spec.name + "-rgb")
+    if spec.value_range != "0-255":
+        notes.append(f"preprocess value range {spec.value_range}: Caffe models are trained on 0-255 pixels")
+    spec.validate()
+    return spec, extra, rgb
+
+
+def _fold_rgb(graph: Graph, weights: dict[str, np.ndarray], notes: list[str]) -> None:
+    """Reverse the input channels of the first convolution: the model then takes RGB."""
+    first = next(l for l in graph.layers if graph.input.name in l.inputs)
+    if first.kind != "conv2d" or first.attrs["in_channels"] != 3:
+        raise InputError(f"an RGB input needs a first convolution on 3 channels; {first.name} is "
+                         f"{first.kind}")
+    name = first.tensors["weight"].name
+    weights[name] = np.ascontiguousarray(weights[name][:, ::-1])
+    notes.append(f"input channel order: {first.name} weights reversed along input channels, "
+                 "so the model takes RGB (Caffe's network takes BGR)")
+
+
+# --- entry point ---------------------------------------------------------------------------------
+def read_caffe(prototxt: Path, caffemodel: Path | None = None, *, mean_file: Path | None = None,
+               mean_mode: str = "channel", preprocess: Preprocess | None = None,
+               rgb_input: bool = False) -> IRModel:
+    """Read a Caffe network (prototxt + caffemodel) into an IR model.
+
+    ``mean_file``: a ``.binaryproto`` mean, used per channel (``mean_mode="channel"``)
+    or as a 3×H×W image stored as tensor ``preprocess.mean_image`` (``"image"``);
+    without it, ``preprocess`` or the ``caffe`` preset (BGR, 0–255, per-channel mean).
+    ``rgb_input``: fold BGR→RGB into the first convolution so the model takes RGB.
+    """
+    import google.protobuf
+
+    prototxt = Path(prototxt)
+    if mean_mode not in MEAN_MODES:
+        raise InputError(f"mean mode must be one of {list(MEAN_MODES)}, not {mean_mode!r}")
+    net = read_prototxt(prototxt)
+    if caffemodel is None:
+        raise InputError("a prototxt describes the network but holds no weights: give the .caffemodel "
+                         "too (--caffemodel)", prototxt)
+    caffemodel = Path(caffemodel)
+    notes = [f"prototxt {prototxt.name} (sha256 {net.sha256})"]
+    weights, sha, encoding = load_weights(net, caffemodel, prototxt.name)
+    notes.append(f"caffemodel encoding: {encoding}"
+                 + (" (legacy V1LayerParameter)" if encoding == "layers" else ""))
+    notes += net.notes + [f"{n}: bias_term false, zero bias" for n in sorted(net.no_bias)]
+    graph = net.graph
+    spec, extra, rgb = _preprocessing(graph, preprocess, None if mean_file is None else Path(mean_file),
+                                      mean_mode, rgb_input, notes)
+    if rgb:
+        _fold_rgb(graph, weights, notes)
+    graph.preprocess = spec
+    graph.input = dataclasses.replace(graph.input, channel_order=spec.channel_order, value_range=spec.value_range)
+    graph.provenance = Provenance(
+        source_file=caffemodel.name, source_sha256=sha, source_format="caffe",
+        reader=f"crossmodal.convert.readers.from_caffe ({encoding} encoding)",
+        framework_versions={"protobuf": google.protobuf.__version__}, notes=notes)
+    model = IRModel(graph, {**weights, **extra})
+    validate(model)
+    return model

@@ -1,0 +1,393 @@
+"""Inference backends of the evaluation: ONNX Runtime (default), Keras/TensorFlow, PyTorch.
+
+Every backend has one interface:
+
+* ``backend.run(batch)`` takes the preprocessed ``float32`` batch ``(B, 3, H, W)``
+  (NCHW, as the IR and :func:`crossmodal.evaluate.images.load_batch` give it) and
+  returns ``{name: array}`` for every feature name the backend was opened with,
+  in the IR's layouts: ``logits`` ``(B, K)``, ``fc7`` ``(B, 4096)``, ``pool5``
+  ``(B, 512, 7, 7)`` (maps NCHW, whatever the framework's own layout);
+* ``backend.describe()`` says what really ran: the backend, the device
+  (``cpu``, ``cuda:0``), the execution providers or framework devices, thread
+  settings and framework versions. It is printed and recorded in reports.
+
+Feature names are public blob names of the graph (``logits``, ``fc7``, ``pool5``,
+``fc6``, ``prob``) or IR layer names; :meth:`Graph.resolve` maps them.
+
+Devices: ``auto`` (a GPU when one really works, else the CPU), ``cpu``, ``cuda``
+or ``cuda:N`` (an error when that GPU cannot be used).
+
+* **onnx** — ``model.onnx``. On a GPU: the CUDA execution provider with I/O
+  binding (the input copied to the device once as an ``OrtValue``, outputs bound
+  on the device and copied back together). ``auto`` checks that CUDA really
+  starts (onnxruntime-gpu lists it even where there is no GPU) and falls back to
+  the CPU provider. On the CPU, ``threads`` sets ``intra_op_num_threads``
+  (default: ONNX Runtime's own, one per physical core) and spinning is turned
+  off, so that idle intra-op workers yield the CPU to the image-decoding threads
+  of :mod:`~crossmodal.evaluate.features` (and to anything else on a shared
+  machine) instead of busy-waiting. ``benchmarks/bench_baseline.py --sweep``
+  measured the choices on 2 cores: ORT's default thread count (2) is right, one
+  thread halves the throughput; spinning and 1 vs 2 decoding workers made no
+  difference beyond noise there, since decoding is ~2 % of the work beside
+  VGG16 on a CPU. Feature names that are not outputs of the file (``pool5``)
+  are added as extra graph outputs in memory.
+* **keras** — ``model.keras``, one sub-model built once whose outputs are the
+  Keras layers holding the wanted features (:func:`keras_outputs`); input
+  transposed to NHWC, maps transposed back. GPU where TensorFlow sees one.
+* **torch** — the IR (``model.json`` + ``weights.h5``) in a PyTorch module
+  (:func:`~crossmodal.convert.emitters.to_torch.build_torch`, through
+  :func:`~crossmodal.convert.engines.torch_engine`); CUDA where available.
+
+Frameworks are imported when a backend is opened. TF32 stays off unless
+``allow_tf32``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crossmodal.convert.ir import Graph
+from crossmodal.convert.ir_io import load_graph
+from crossmodal.errors import InputError
+
+BACKENDS: tuple[str, ...] = ("onnx", "keras", "torch")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str) -> str:
+    """Validate ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N``; returns it lower-cased."""
+    dev = str(device).strip().lower()
+    if not _DEVICE.match(dev):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def _cuda_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+class Backend:
+    """Base class: ``run`` a batch, ``describe`` what ran, ``close`` (also as a context manager)."""
+
+    name = "?"
+
+    def __init__(self, graph: Graph, layers: Sequence[str]) -> None:
+        if not layers:
+            raise InputError("a backend needs at least one feature name to return")
+        self.graph = graph
+        self.layers = tuple(dict.fromkeys(layers))
+        # feature name → IR layer name (an unknown name raises InputError here)
+        self.ir_layers = {name: graph.resolve(name) for name in self.layers}
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """:meth:`describe` on one line, for the console."""
+        return ", ".join(f"{k}={v}" for k, v in self.describe().items())
+
+    def close(self) -> None:
+        """Release the session / model (idempotent)."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(self.graph.input.shape):
+            raise InputError(f"batch must be (B, {', '.join(map(str, self.graph.input.shape))}), "
+                             f"got {batch.shape}")
+        return batch
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+def _ort_session(source, device: str, allow_tf32: bool, threads: int | None, spinning: bool = False):
+    """An InferenceSession on ``source`` with our thread settings; returns (session, providers).
+
+    Same device rules as :func:`crossmodal.convert.engines.onnx_session` (``auto``
+    drops a CUDA provider that does not start; ``cuda`` without one is an error),
+    which takes no session options yet.
+    """
+    import onnxruntime as ort
+
+    from crossmodal.convert.engines import onnx_providers
+
+    def options():
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        return opts
+
+    providers = onnx_providers(device, allow_tf32)
+    if device == "auto":  # a CUDA provider that cannot start logs errors before falling back
+        ort.set_default_logger_severity(3)
+    try:
+        sess = ort.InferenceSession(source, options(), providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+        if device == "auto" and providers[0] != "CPUExecutionProvider":
+            sess = ort.InferenceSession(source, options(), providers=["CPUExecutionProvider"])
+        else:
+            where = source if isinstance(source, (str, os.PathLike)) else None
+            raise InputError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:160]})",
+                             where) from None
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in sess.get_providers():
+        raise InputError("CUDA was asked for, but onnxruntime could not start it on this machine")
+    return sess, sess.get_providers()
+
+
+class OnnxBackend(Backend):
+    """``model.onnx`` on ONNX Runtime (CUDA with I/O binding on a GPU, CPU otherwise)."""
+
+    name = "onnx"
+
+    def __init__(self, model_dir: Path, graph: Graph, layers: Sequence[str], device: str = "auto",
+                 threads: int | None = None, allow_tf32: bool = False, io_binding: bool | None = None,
+                 spinning: bool = False):
+        import onnxruntime as ort
+
+        super().__init__(graph, layers)
+        path = Path(model_dir) / "model.onnx"
+        if not path.is_file():
+            raise InputError("no model.onnx in the model folder; convert with --to onnx "
+                             "or choose --backend torch or keras", model_dir)
+        self.spinning = spinning
+        self.sess, self.providers = _ort_session(str(path), device, allow_tf32, threads, spinning)
+        missing = [n for n in self.layers if n not in self._output_names()]
+        self.outputs = {n: n for n in self.layers if n not in missing}
+        if missing:  # add the IR layers' tensors as graph outputs, in memory
+            source = self._with_outputs(path, missing)
+            self.sess = None
+            self.sess, self.providers = _ort_session(source, device, allow_tf32, threads, spinning)
+        self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
+        self.device = f"cuda:{_cuda_index(device)}" if self.on_gpu else "cpu"
+        self.io_binding = self.on_gpu if io_binding is None else bool(io_binding)
+        self.input_name = self.sess.get_inputs()[0].name
+        self.names = list(dict.fromkeys(self.outputs.values()))
+        self._ort = ort
+
+    def _output_names(self) -> set[str]:
+        return {o.name for o in self.sess.get_outputs()}
+
+    def _with_outputs(self, path: Path, names: list[str]) -> bytes:
+        import onnx
+
+        from crossmodal.convert.emitters.to_onnx import layer_tensors
+
+        proto = onnx.load(str(path))
+        tensors = layer_tensors(proto)
+        existing = {o.name for o in proto.graph.output}
+        for name in names:
+            layer = self.graph.layer(self.ir_layers[name])
+            while layer.name not in tensors and layer.kind == "dropout":  # dropout has no node
+                layer = self.graph.layer(layer.inputs[0])
+            if layer.name not in tensors:
+                raise InputError(f"model.onnx has no tensor for {name!r} (IR layer {layer.name!r})", path)
+            tensor = tensors[layer.name]
+            self.outputs[name] = tensor
+            if tensor not in existing:
+                proto.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+                existing.add(tensor)
+        return proto.SerializeToString()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self._check_batch(batch)
+        if self.io_binding:
+            outs = self._run_bound(batch)
+        else:
+            outs = dict(zip(self.names, self.sess.run(self.names, {self.input_name: batch})))
+        return {n: outs[t] for n, t in self.outputs.items()}
+
+    def _run_bound(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        kind, index = ("cuda", _cuda_index(self.device)) if self.on_gpu else ("cpu", 0)
+        binding = self.sess.io_binding()
+        value = self._ort.OrtValue.ortvalue_from_numpy(batch, kind, index)
+        binding.bind_ortvalue_input(self.input_name, value)
+        for name in self.names:
+            binding.bind_output(name, kind, index)
+        self.sess.run_with_iobinding(binding)
+        return dict(zip(self.names, binding.copy_outputs_to_cpu()))
+
+    def describe(self) -> dict:
+        opts = self.sess.get_session_options()
+        return {"backend": self.name, "device": self.device, "providers": list(self.providers),
+                "io_binding": self.io_binding,
+                "intra_op_threads": opts.intra_op_num_threads or "default (physical cores)",
+                "spinning": self.spinning,
+                "onnxruntime": self._ort.__version__}
+
+    def close(self) -> None:
+        self.sess = None
+
+
+# --------------------------------------------------------------------------- Keras / TensorFlow
+class KerasBackend(Backend):
+    """``model.keras`` on TensorFlow: one sub-model whose outputs are the wanted features."""
+
+    name = "keras"
+
+    def __init__(self, model_dir: Path, graph: Graph, layers: Sequence[str], device: str = "auto",
+                 threads: int | None = None, allow_tf32: bool = False):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+        import tensorflow as tf
+
+        from crossmodal.convert.emitters.to_keras import keras_outputs
+
+        super().__init__(graph, layers)
+        path = Path(model_dir) / "model.keras"
+        if not path.is_file():
+            raise InputError("no model.keras in the model folder; convert with --to keras "
+                             "or choose --backend onnx or torch", model_dir)
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            except RuntimeError:  # TensorFlow already initialised: keep its pools
+                pass
+        tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
+        gpus = tf.config.list_physical_devices("GPU")
+        if device.startswith("cuda"):
+            if _cuda_index(device) >= len(gpus):
+                raise InputError(f"{device} was asked for, but TensorFlow sees {len(gpus)} GPU(s) here")
+            self.tf_device, self.device = f"/GPU:{_cuda_index(device)}", f"cuda:{_cuda_index(device)}"
+        elif device == "auto" and gpus:
+            self.tf_device, self.device = "/GPU:0", "cuda:0"
+        else:
+            self.tf_device, self.device = "/CPU:0", "cpu"
+        try:
+            kmodel = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as exc:  # a corrupt archive raises many kinds
+            raise InputError(f"not a loadable Keras model ({exc.__class__.__name__}: {str(exc)[:120]})",
+                             path) from None
+        exposed = keras_outputs(graph)
+        self.kernel_layers: dict[str, str] = {}
+        for name, ir in self.ir_layers.items():
+            if ir not in exposed:
+                raise InputError(f"the Keras model has no layer holding {name!r} (IR layer {ir!r})", path)
+            self.kernel_layers[name] = exposed[ir]
+        knames = list(dict.fromkeys(self.kernel_layers.values()))
+        with tf.device(self.tf_device):
+            self.sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
+        self.knames = knames
+        self.versions = {"keras": keras.__version__, "tensorflow": tf.__version__}
+        self.tf_devices = [d.name for d in gpus] or ["cpu"]
+        self._tf = tf
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self._check_batch(batch)
+        with self._tf.device(self.tf_device):
+            outs = self.sub.predict_on_batch(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        by_k = {k: np.asarray(o) for k, o in zip(self.knames, outs)}
+        return {name: self._ir_layout(by_k[k], self.ir_layers[name]) for name, k in self.kernel_layers.items()}
+
+    def _ir_layout(self, a: np.ndarray, ir_layer: str) -> np.ndarray:
+        """Keras' NHWC maps → NCHW; a flatten's HWC order → the IR's CHW order."""
+        from crossmodal.convert.engines import _to_ir_layout  # the one place that knows the rule
+        return np.ascontiguousarray(_to_ir_layout(a, self.graph.layer(ir_layer)))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "tf_device": self.tf_device,
+                "tf_devices": self.tf_devices, **self.versions}
+
+    def close(self) -> None:
+        self.sub = None
+
+
+# --------------------------------------------------------------------------- PyTorch
+class TorchBackend(Backend):
+    """The IR's tensors in a PyTorch module (cuda where available)."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: Path, graph: Graph, layers: Sequence[str], device: str = "auto",
+                 threads: int | None = None, allow_tf32: bool = False):
+        import torch
+
+        from crossmodal.convert.engines import torch_engine
+        from crossmodal.convert.ir_io import load_ir
+
+        super().__init__(graph, layers)
+        if threads:
+            torch.set_num_threads(int(threads))
+        model = load_ir(model_dir)
+        self.engine = torch_engine(model, device=device, allow_tf32=allow_tf32)
+        del model
+        self.device = self.engine.device if self.engine.device != "cuda" else "cuda:0"
+        self.wanted = sorted(set(self.ir_layers.values()))
+        self._torch = torch
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self._check_batch(batch)
+        outs = self.engine.run(batch, self.wanted)
+        return {name: np.ascontiguousarray(outs[ir]) for name, ir in self.ir_layers.items()}
+
+    def describe(self) -> dict:
+        info = self.engine.info
+        return {"backend": self.name, "device": self.device, "device_name": info.get("device_name"),
+                "threads": self._torch.get_num_threads(), "torch": info.get("torch")}
+
+    def close(self) -> None:
+        self.engine = None
+
+
+_CLASSES = {"onnx": OnnxBackend, "keras": KerasBackend, "torch": TorchBackend}
+
+
+def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] = ("logits", "fc7"), *,
+                 device: str = "auto", graph: Graph | None = None, threads: int | None = None,
+                 allow_tf32: bool = False, **options) -> Backend:
+    """Open backend ``name`` (``onnx``, ``keras``, ``torch``) on a converted model folder.
+
+    ``layers``: feature names to return from :meth:`Backend.run`. ``graph``: the
+    folder's graph when already loaded. ``options``: backend-specific
+    (onnx: ``io_binding`` forces I/O binding on or off, ``spinning`` lets idle
+    intra-op threads busy-wait).
+    """
+    if name not in _CLASSES:
+        raise InputError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    device = check_device(device)
+    model_dir = Path(model_dir)
+    graph = graph if graph is not None else load_graph(model_dir)
+    return _CLASSES[name](model_dir, graph, layers, device=device, threads=threads,
+                          allow_tf32=allow_tf32, **options)
+
+
+class SharedBackend:
+    """A backend opened on first call and shared by several data sets.
+
+    Pass it as the ``backend`` of :func:`~crossmodal.evaluate.features.extract_features`
+    for each data set: it is opened only when some rows need computing (a run
+    served wholly from the cache never loads a framework), and :meth:`close`
+    closes it if it was opened. ``on_open(backend)`` is called once, after opening.
+    """
+
+    def __init__(self, name: str, model_dir: str | os.PathLike, layers: Sequence[str], *,
+                 on_open=None, **options) -> None:
+        self.name, self.model_dir, self.layers = name, Path(model_dir), list(layers)
+        self.options, self.on_open = options, on_open
+        self.backend: Backend | None = None
+
+    def __call__(self) -> Backend:
+        if self.backend is None:
+            self.backend = open_backend(self.name, self.model_dir, self.layers, **self.options)
+            if self.on_open:
+                self.on_open(self.backend)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None

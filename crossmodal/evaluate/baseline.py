@@ -1,0 +1,364 @@
+"""The baseline job: how a photo-trained scene CNN does, unadjusted, on each CMPlaces modality.
+
+For each modality: resolve the data set → map the model's labels onto its
+categories (alias table, ``--label-map``) → one pass over the images (logits and
+features, cached: :func:`~crossmodal.evaluate.features.extract_features`) →
+label-muting scores (:func:`~crossmodal.evaluate.labels.score`) → metrics
+(:mod:`~crossmodal.evaluate.metrics`) → files (:mod:`~crossmodal.evaluate.reports`).
+
+Every modality's input is checked before any image is decoded, so bad input
+(unknown modality, missing root or list, a categories file the list disagrees
+with, a model without labels, nothing left to score) stops the job with one
+:class:`~crossmodal.errors.InputError` and writes nothing.
+
+Files in the output folder of a modality (``out`` itself for one modality,
+``out/<modality>/`` for several, with the comparison in ``out``), each written
+atomically, ``metrics.json`` last and only when everything else succeeded (an
+older ``metrics.json`` there is removed first):
+
+* ``metrics.json`` — every number, the settings, the backend and device that ran,
+  failed and missing images, the cache used;
+* ``per_class.csv`` — per class: images, top-1/top-5 hits and accuracy, Wilson
+  95 % interval, the model label it maps to and the categories sharing it;
+* ``predictions.csv`` — per scored image: ``path, true, pred1..pred5,
+  prob1..prob5``. Names are the data set's categories; predictions are muted
+  (only labels that map to a category compete); a label shared by several
+  categories is written ``a|b``; ``prob`` is the softmax over the kept (muted)
+  logits only, so the five values are comparable across images of one run but are
+  not the network's own 365-way probabilities;
+* ``report.md``, ``confusion.png``, ``per_class.png``;
+* with several modalities: ``comparison.md``, ``comparison.json``,
+  ``accuracy_by_modality.png`` in ``out``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from crossmodal.convert.ir import Graph
+from crossmodal.convert.ir_io import load_graph
+from crossmodal.errors import InputError
+from crossmodal.evaluate import reports
+from crossmodal.evaluate.datasets import Dataset, canonical_modality, resolve_modality
+from crossmodal.evaluate.labels import LabelMapping, build_mapping, load_aliases, merge_aliases, score
+from crossmodal.evaluate.metrics import ClassificationMetrics, classification_metrics, muted_softmax, wilson_interval
+from crossmodal.io.atomic import write_text_atomic
+
+TOP_K = 5
+FORMAT = "crossmodal-baseline"
+
+FILES = {
+    "per_class.csv": "per-class images, hits, accuracy and 95 % interval",
+    "predictions.csv": "per image: true category, muted top-5 predictions and their probabilities",
+    "confusion.png": "confusion matrix, rows normalised, categories in data set order",
+    "per_class.png": "the best and worst classes by top-1 accuracy",
+    "report.md": "this summary",
+    "metrics.json": "every number and setting of the run (written last)",
+}
+
+
+@dataclass
+class Prepared:
+    """A modality whose input has been checked: the data set to run and the label mapping."""
+
+    modality: str
+    dataset: Dataset
+    mapping: LabelMapping
+    available: int       # images found (listed and present) before --limit
+    out_dir: Path
+
+
+@dataclass
+class BaselineResult:
+    modality: str
+    out_dir: Path
+    metrics: dict
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class BaselineRun:
+    results: list[BaselineResult]
+    comparison: dict[str, Path] = field(default_factory=dict)
+
+
+def limit_records(dataset: Dataset, limit: int | None) -> Dataset:
+    """At most ``limit`` records, evenly spaced over the list (deterministic, all categories touched)."""
+    n = len(dataset.records)
+    if limit is None or limit >= n:
+        return dataset
+    if limit < 1:
+        raise InputError(f"--limit must be at least 1, not {limit}")
+    idx = (np.arange(limit) * n) // limit
+    return replace(dataset, records=[dataset.records[i] for i in idx])
+
+
+def model_labels(graph: Graph, model_dir: Path) -> list[str]:
+    if graph.labels is None or not graph.labels.names:
+        raise InputError("the model has no class labels; convert it again with "
+                         "--labels categories_places365.txt", model_dir)
+    return list(graph.labels.names)
+
+
+def prepare(model_dir: Path, graph: Graph, modality: str, *, out_dir: Path, aliases, unmapped: str,
+            limit: int | None, **data) -> Prepared:
+    """Resolve and check one modality's input (no image is decoded)."""
+    dataset = resolve_modality(modality, **data)
+    available = len(dataset.records)
+    dataset = limit_records(dataset, limit)
+    mapping = build_mapping(model_labels(graph, model_dir), dataset.categories, aliases)
+    if not dataset.records:
+        raise InputError(f"no images to evaluate for modality {dataset.name!r}: "
+                         f"{len(dataset.missing)} listed files are missing", dataset.root)
+    if unmapped == "exclude":
+        mapped = sum(1 for r in dataset.records if mapping.target_to_source[r.label] is not None)
+        if mapped == 0:
+            cats = sorted({r.category for r in dataset.records})
+            raise InputError(f"no images left to score for modality {dataset.name!r}: all "
+                             f"{len(dataset.records)} belong to categories without a model label "
+                             f"({', '.join(cats[:8])}{', …' if len(cats) > 8 else ''}); map them with "
+                             f"--label-map or score them as errors with --unmapped keep")
+    return Prepared(dataset.name, dataset, mapping, available, out_dir)
+
+
+def per_class_rows(m: ClassificationMetrics, mapping: LabelMapping) -> list[dict]:
+    """Rows of ``per_class.csv`` (class order = data set category order)."""
+    rows = []
+    names = mapping.target_categories
+    for i, t in enumerate(m.classes):
+        t = int(t)
+        src = mapping.target_to_source[t]
+        images = int(m.per_class_images[i])
+        h1, h5 = int(m.per_class_top1_hits[i]), int(m.per_class_top5_hits[i])
+        lo, hi = wilson_interval(h1, images)
+        status = ("scored" if src is not None else "unmapped, scored as errors") if images else \
+            "predicted only (no images)"
+        shared = [names[o] for o in mapping.source_to_targets.get(src, ()) if o != t] if src is not None else []
+        rows.append({
+            "category": names[t], "label": t, "status": status, "images": images,
+            "top1_correct": h1, "top1_accuracy": h1 / images if images else float("nan"),
+            "top5_correct": h5, "top5_accuracy": h5 / images if images else float("nan"),
+            "top1_ci95_low": lo, "top1_ci95_high": hi,
+            "source_label": "" if src is None else mapping.source_labels[src],
+            "shares_source_with": "|".join(shared),
+        })
+    return rows
+
+
+def _versions() -> dict:
+    from crossmodal import __version__
+    from crossmodal.convert.pipeline import framework_versions
+    return {"crossmodal": __version__, **framework_versions()}
+
+
+def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, features, *,
+             unmapped: str, settings: dict, label_map: Path | None, t_start: float) -> BaselineResult:
+    """Score one modality's features and write its files (``metrics.json`` last)."""
+    mapping, dataset, out = prep.mapping, prep.dataset, prep.out_dir
+    if len(features) == 0:
+        example = f" (e.g. {features.failed[0][0]}: {features.failed[0][1]})" if features.failed else ""
+        raise InputError(f"none of the {len(dataset.records)} images of modality {prep.modality!r} "
+                         f"could be decoded{example}")
+    logits = features["logits"]
+    scores = score(logits, features.labels, mapping, unmapped=unmapped, k=TOP_K)
+    if scores.n_scored == 0:
+        raise InputError(f"no images left to score for modality {prep.modality!r}: every image that "
+                         f"decoded belongs to a category without a model label")
+    met = classification_metrics(scores, features.labels)
+    names = list(mapping.target_categories)
+    inc = np.flatnonzero(scores.included)
+
+    # predictions: muted top-k as category names, softmax over the kept logits
+    kept = mapping.kept_sources
+    probs_all = muted_softmax(logits[inc], kept)
+    cols = np.searchsorted(kept, scores.pred[inc])
+    probs = np.take_along_axis(probs_all, cols, axis=1) if cols.size else np.zeros((len(inc), 0))
+    targets = scores.predicted_targets(muted=True)
+    predicted = [["|".join(group) for group in targets[i]] for i in inc]
+    rows = per_class_rows(met, mapping)
+    class_names = [names[int(t)] for t in met.classes]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    files = {name: out / name for name in FILES}
+    reports.write_per_class_csv(files["per_class.csv"], rows)
+    reports.write_predictions_csv(files["predictions.csv"], [features.paths[i] for i in inc],
+                                  [names[int(features.labels[i])] for i in inc], predicted, probs, k=TOP_K)
+    reports.plot_confusion(files["confusion.png"], met.confusion, class_names,
+                           title=f"{prep.modality}: confusion matrix ({len(class_names)} classes, rows normalised)")
+    reports.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
+                           overall=met.top1, chance=met.chance["chance_top1"],
+                           title=f"{prep.modality}: per-class top-1 accuracy")
+
+    ips, ips_source = features.stats.get("images_per_second"), "this run"
+    if ips is None:
+        ips, ips_source = features.stats.get("cache_images_per_second"), "cache"
+    # what ran: this run's backend, or (everything cached) the one that filled the cache
+    backend_info = features.backend or (features.cache_backends[-1] if features.cache_backends else {})
+    metrics = reports.json_safe({
+        "format": FORMAT, "version": 1,
+        "modality": prep.modality, "split": settings["split"],
+        "backend": backend_info.get("backend", settings["backend"]),
+        "device": backend_info.get("device", "unknown"),
+        "backend_info": backend_info, "features_from_cache": features.backend is None,
+        "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": fingerprint,
+                  "num_labels": len(mapping.source_labels), "preprocess": graph.preprocess.to_dict()},
+        "dataset": {"root": str(dataset.root), "layout": dataset.layout, "origin": dataset.origin,
+                    "num_categories": len(dataset.categories), "num_available": prep.available,
+                    "num_missing": len(dataset.missing), "limit": settings.get("limit")},
+        "num_images": len(dataset.records), "num_failed": len(features.failed),
+        "num_decoded": len(features), "num_scored": met.n_scored,
+        "num_classes_evaluated": met.num_classes_evaluated,
+        "unmapped_policy": unmapped,
+        "excluded_categories": dict(scores.left_out),
+        "kept_unmapped_categories": dict(scores.kept_unmapped),
+        **met.summary(),
+        "images_per_second": ips, "images_per_second_source": ips_source if ips is not None else None,
+        "shared_labels": {
+            "rule": "a prediction of a label shared by several categories counts as correct for any of them",
+            "groups": [{"source": s, "targets": list(ts)} for s, ts in mapping.shared_groups()],
+            "images": scores.shared_images, "top1_hits": scores.shared_top1_hits,
+        },
+        "label_map": {"user_map": None if label_map is None else str(label_map),
+                      "aliases_used": dict(mapping.via_alias), "kept_sources": int(kept.size),
+                      "muted_sources": len(mapping.muted), "unmapped_categories": list(mapping.unmapped)},
+        "reference": reports.PLACES365_REFERENCE,
+        "failed_images": [{"path": str(p), "reason": r} for p, r in features.failed],
+        "missing_files": [{"path": str(p), "reason": r} for p, r in dataset.missing],
+        "cache": {"path": str(features.cache_path), "key": features.key,
+                  "rows_computed": features.stats["computed"], "rows_from_cache": features.stats["from_cache"],
+                  "filled_by": features.cache_backends},
+        "settings": settings,
+        "timings_s": {"features": round(features.stats["seconds"], 3),
+                      "total": round(time.perf_counter() - t_start, 3)},
+        "versions": _versions(),
+        "files": FILES,
+    })
+    write_text_atomic(files["report.md"], reports.markdown_report(metrics, rows))
+    reports.write_json(files["metrics.json"], metrics)
+    return BaselineResult(prep.modality, out, metrics, files)
+
+
+def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], *,
+                 out_dir: str | os.PathLike, data_root=None, config=None, split: str = "val",
+                 images=None, list_file=None, categories=None, backend: str = "onnx", device: str = "auto",
+                 batch_size: int = 32, workers: int | None = None, threads: int | None = None,
+                 limit: int | None = None, label_map=None, unmapped: str = "exclude",
+                 features: Sequence[str] = ("fc7",), cache_dir=None, draft: bool = True,
+                 backend_options: dict | None = None,
+                 on_step: Callable[[str], None] | None = None,
+                 on_start: Callable[[str, int, int], None] | None = None,
+                 on_batch: Callable[[str, int, int], None] | None = None) -> BaselineRun:
+    """Evaluate ``model_dir`` on one or several modalities; see the module docstring.
+
+    ``modalities``: a name or several (``"natural,clipart,sketch"`` or a list).
+    ``images``/``list_file``/``categories`` override the data set of a single
+    modality. ``features``: feature layers cached beside the logits (``fc7``,
+    ``pool5``) for later use (retrieval). ``cache_dir``: feature cache folder
+    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``). ``backend_options``: passed to
+    :func:`~crossmodal.evaluate.backends.open_backend` (e.g. ``{"spinning": True}``). Progress: ``on_start(modality,
+    done, total)``, ``on_batch(modality, done, total)``; notes go to ``on_step``.
+    """
+    from crossmodal.evaluate.backends import BACKENDS, SharedBackend, check_device
+    from crossmodal.evaluate.features import extract_features, model_fingerprint
+
+    t_start = time.perf_counter()
+    step = on_step or (lambda msg: None)
+    names = [canonical_modality(m) for m in
+             (modalities.split(",") if isinstance(modalities, str) else modalities) if m.strip()]
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise InputError("no modality given; use e.g. --modality sketch or natural,clipart,sketch")
+    if len(names) > 1 and any(v is not None for v in (images, list_file, categories)):
+        raise InputError("--images, --list and --categories describe one data set; give a single "
+                         "--modality with them (or use --data-root / --config for several)")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if unmapped not in ("exclude", "keep"):
+        raise InputError(f"--unmapped must be 'exclude' or 'keep', not {unmapped!r}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, not {batch_size}")
+    device = check_device(device)
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    graph = load_graph(model_dir)
+    model_labels(graph, model_dir)
+    layers = list(dict.fromkeys(["logits", *features]))
+    for name in layers:
+        graph.resolve(name)  # unknown feature names fail here, before any work
+    aliases = load_aliases()
+    if label_map is not None:
+        aliases = merge_aliases(aliases, load_aliases(label_map))
+    cache_dir = Path(cache_dir) if cache_dir else (
+        Path(os.environ["CROSSMODAL_CACHE"]) if os.environ.get("CROSSMODAL_CACHE") else out_dir / "cache")
+
+    # 1. check every modality's input before decoding a single image
+    prepared = []
+    for name in names:
+        target = out_dir if len(names) == 1 else out_dir / name
+        prep = prepare(model_dir, graph, name, out_dir=target, aliases=aliases, unmapped=unmapped, limit=limit,
+                       data_root=data_root, config=config, split=split, images=images,
+                       list_file=list_file, categories=categories)
+        if prep.dataset.missing:
+            step(f"{name}: {len(prep.dataset.missing)} listed files are missing (skipped, listed in the report)")
+        if prep.mapping.unmapped:
+            step(f"{name}: {len(prep.mapping.unmapped)} categories have no model label "
+                 f"({'left out' if unmapped == 'exclude' else 'scored as errors'})")
+        prepared.append(prep)
+    fingerprint = model_fingerprint(model_dir, graph)
+
+    # 2. one backend for all modalities, opened when a modality needs computing
+    backend_runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
+                                   on_open=lambda b: step(f"backend: {b.summary()}"), **(backend_options or {}))
+
+    settings = {"split": split, "backend": backend, "device_requested": device, "batch_size": batch_size,
+                "workers": workers, "threads": threads, "limit": limit, "draft": draft,
+                "features": layers, "unmapped": unmapped, "top_k": TOP_K,
+                "label_map": None if label_map is None else str(label_map)}
+    results = []
+    try:
+        for prep in prepared:
+            step(f"{prep.modality}: {len(prep.dataset.records)} images, "
+                 f"{len(prep.dataset.categories)} categories ({prep.dataset.layout})")
+            fs = extract_features(
+                model_dir, prep.dataset, backend_runner, layers, device=device, batch_size=batch_size,
+                workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step,
+                on_start=(lambda d, t, m=prep.modality: on_start(m, d, t)) if on_start else None,
+                on_batch=(lambda d, t, m=prep.modality: on_batch(m, d, t)) if on_batch else None)
+            results.append(evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,
+                                    settings=settings, label_map=label_map, t_start=t_start))
+    finally:
+        backend_runner.close()
+
+    run = BaselineRun(results)
+    if len(results) > 1:
+        run.comparison = write_comparison(out_dir, results)
+    return run
+
+
+def write_comparison(out_dir: Path, results: Sequence[BaselineResult]) -> dict[str, Path]:
+    """``comparison.md``, ``accuracy_by_modality.png``, then ``comparison.json``, in ``out_dir``."""
+    runs = [r.metrics for r in results]
+    files = {name: out_dir / name for name in ("comparison.md", "accuracy_by_modality.png", "comparison.json")}
+    reports.plot_modalities(files["accuracy_by_modality.png"], runs)
+    write_text_atomic(files["comparison.md"], reports.comparison_markdown(runs))
+    rows = [{k: m.get(k) for k in reports.COMPARISON_KEYS} | {"metrics": str(r.files["metrics.json"])}
+            for m, r in zip(runs, results)]
+    reports.write_json(files["comparison.json"], {"format": "crossmodal-baseline-comparison", "version": 1,
+                                                  "reference": reports.PLACES365_REFERENCE, "runs": rows})
+    return files
+
+
+def summary_line(m: dict) -> str:
+    """One line per modality for the console."""
+    ips = m.get("images_per_second")
+    return (f"{m['modality']}: top-1 {reports.pct(m['top1'])} {reports.pct_interval(m['top1_ci95'])}, "
+            f"top-5 {reports.pct(m['top5'])} {reports.pct_interval(m['top5_ci95'])}, "
+            f"mean class {reports.pct(m['mean_class_accuracy'])}, chance {reports.pct(m['chance_top1'])} — "
+            f"{m['num_scored']} images scored over {m['num_classes_evaluated']} classes, "
+            f"{m['num_failed']} failed, {m['dataset']['num_missing']} missing — "
+            f"{m['backend']}/{m['device']}" + (f", {ips:.1f} img/s" if ips else ""))

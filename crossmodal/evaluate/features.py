@@ -1,0 +1,457 @@
+"""One pass over a data set's images → logits and features, in a resumable HDF5 cache.
+
+:func:`extract_features` is the library entry point (``baseline`` and ``retrieval``
+use it)::
+
+    fs = extract_features("models/vgg16", dataset, backend="onnx", layers=("logits", "fc7"))
+    fs["fc7"]          # float32 (N, 4096), one row per image that decoded, data set order
+    fs.paths, fs.labels, fs.categories, fs.failed
+
+**Pipeline.** Images are decoded and preprocessed (the IR's preprocessing spec,
+JPEG draft mode on by default) on a pool of ``workers`` threads, one batch per
+task, while the backend runs the batch before: a bounded number of batches
+(``workers + 1``) is in flight, so decoding overlaps inference and memory stays
+bounded. PIL releases the GIL while decoding and resizing. Images that fail to
+decode (truncated, empty, not an image) are skipped, counted and listed
+(``FeatureSet.failed``), never fatal.
+
+**Cache.** One HDF5 file per (model, preprocessing, file list, layer set), in
+``cache_dir`` (default :func:`default_cache_dir`: ``$CROSSMODAL_CACHE``, else
+``$XDG_CACHE_HOME/crossmodal/features``, else ``~/.cache/crossmodal/features``; the
+``baseline`` command uses ``<out>/cache`` unless ``--cache`` or
+``$CROSSMODAL_CACHE`` says otherwise). Its name is
+``<dataset>-<key[:16]>-<layers>.h5``; the key (:func:`cache_key`) is the SHA-256 of
+
+* the model fingerprint (:func:`model_fingerprint`: the graph structure and every
+  tensor's SHA-256, read from ``model.json`` — the same value as
+  :meth:`IRModel.fingerprint`, without loading the weights),
+* the preprocessing spec, the mean image's hash when there is one, and the
+  draft-decoding flag,
+* the file list: every image's path, size and modification time, in order.
+
+The backend is *not* part of the key (backends agree to float32 rounding); the
+backends that filled a cache are recorded in its ``backends`` attribute. A
+cache whose layers include the requested ones is reused (``fc7`` alone is
+served from a ``logits+fc7`` file).
+
+Layout of a cache file (``N`` = images in the list)::
+
+    attrs   format="crossmodal-features", version, key, key_parts (JSON), layers (JSON),
+            num_images, batch_size, done (rows settled, a prefix), complete,
+            backends (JSON list), compute_seconds, computed_rows
+    paths   (N,) str        labels (N,) int64       categories (C,) str
+    status  (N,) int8       0 pending, 1 ok, 2 failed to decode
+    reason  (N,) str        why a failed image failed
+    features/<layer>  (N, ...) float32, chunked by batch; rows of failed images are 0
+
+**Resume.** Batches are written in list order; after each one the rows, their
+status and ``done`` are written and the file is flushed. An interrupted run
+(Ctrl-C, kill, an exception) leaves a valid file whose first ``done`` rows are
+final; the next run with the same key continues from ``done``. With the same
+batch size the batches are the same as in an uninterrupted run, so the finished
+arrays are identical to it. A file that HDF5 cannot open any more (killed in the
+middle of a write) is discarded and recomputed. Two runs filling the same cache at
+once are refused (HDF5 file locking).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from crossmodal.convert.ir import Graph, IRModel, infer_shapes
+from crossmodal.convert.ir_io import WEIGHTS_FILE, load_graph
+from crossmodal.errors import InputError
+from crossmodal.evaluate.datasets import Dataset
+from crossmodal.evaluate.images import load_batch
+
+CACHE_FORMAT = "crossmodal-features"
+CACHE_VERSION = 1
+PENDING, OK, FAILED = 0, 1, 2
+
+
+@dataclass
+class FeatureSet:
+    """Features of the images of a data set that decoded, in data set order.
+
+    ``arrays[layer]`` has one row per entry of ``paths`` / ``labels``;
+    ``labels[i]`` indexes ``categories``; ``failed`` lists ``(path, reason)`` for
+    images that did not decode. ``backend`` describes the backend that computed
+    rows in this call (``None`` when everything came from the cache);
+    ``cache_backends`` every backend that filled the cache file;
+    ``stats``: ``num_images``, ``computed`` (rows computed in this call),
+    ``from_cache``, ``seconds`` (wall time of the call), ``pass_seconds`` (of the
+    decode + inference pass alone, the backend already open), ``images_per_second``
+    (computed rows / pass seconds, ``None`` when nothing was computed),
+    ``cache_images_per_second`` (over every run that filled the cache).
+    """
+
+    paths: list[Path]
+    labels: np.ndarray
+    categories: list[str]
+    arrays: dict[str, np.ndarray]
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    cache_path: Path | None = None
+    key: str = ""
+    backend: dict | None = None
+    cache_backends: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def __getitem__(self, layer: str) -> np.ndarray:
+        try:
+            return self.arrays[layer]
+        except KeyError:
+            raise InputError(f"no feature {layer!r} here; have {sorted(self.arrays)}") from None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+# --------------------------------------------------------------------------- keys
+def default_cache_dir() -> Path:
+    """``$CROSSMODAL_CACHE``, else ``$XDG_CACHE_HOME/crossmodal/features``, else ``~/.cache/…``."""
+    if os.environ.get("CROSSMODAL_CACHE"):
+        return Path(os.environ["CROSSMODAL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "crossmodal" / "features"
+
+
+def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) -> str:
+    """:meth:`IRModel.fingerprint` of a model folder, from the tensor hashes in ``model.json``.
+
+    Falls back to loading the weights when the graph lacks a tensor hash.
+    """
+    graph = graph if graph is not None else load_graph(Path(model_dir))
+    if all(t.sha256 for l in graph.layers for t in l.tensors.values()):
+        return IRModel(graph, {}).fingerprint()
+    from crossmodal.convert.ir_io import load_ir
+    return load_ir(Path(model_dir)).fingerprint()
+
+
+def read_mean_image(model_dir: str | os.PathLike, graph: Graph) -> np.ndarray | None:
+    """The mean image tensor the preprocessing names (read alone from ``weights.h5``), or None."""
+    name = graph.preprocess.mean_image
+    if not name:
+        return None
+    import h5py
+    path = Path(model_dir) / WEIGHTS_FILE
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f[name][()], dtype=np.float32)
+    except (OSError, KeyError):
+        raise InputError(f"preprocessing needs the mean image {name!r}, which is not in the weights",
+                         path) from None
+
+
+def file_list_sha256(paths: Sequence[Path]) -> str:
+    """SHA-256 over every path (made absolute) with its size and modification time (ns), in order."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{os.path.abspath(p)}\t{stamp}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def cache_key(fingerprint: str, graph: Graph, paths: Sequence[Path], *, draft: bool,
+              mean_image: np.ndarray | None = None) -> tuple[str, dict]:
+    """The cache key and its parts (see the module docstring)."""
+    from crossmodal.convert.ir import tensor_sha256
+    parts = {
+        "model_fingerprint": fingerprint,
+        "preprocess": graph.preprocess.to_dict(),
+        "mean_image_sha256": None if mean_image is None else tensor_sha256(mean_image),
+        "draft": bool(draft),
+        "num_images": len(paths),
+        "file_list_sha256": file_list_sha256(paths),
+    }
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return key, parts
+
+
+# --------------------------------------------------------------------------- cache file
+def _probe(path: Path) -> dict | None:
+    """A cache file's header (key, layers, num_images, done, complete), or None if unreadable."""
+    import h5py
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if f.attrs.get("format") != CACHE_FORMAT:
+                return None
+            return {"key": str(f.attrs["key"]), "layers": set(json.loads(f.attrs["layers"])),
+                    "num_images": int(f.attrs["num_images"]), "done": int(f.attrs["done"]),
+                    "complete": bool(f.attrs["complete"])}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _find_cache(cache_dir: Path, key: str, layers: Sequence[str],
+                resumable_within: set[str] | None = None) -> Path | None:
+    """An existing cache file of ``key`` whose layers include ``layers`` (complete ones first,
+    then the furthest along).
+
+    An unfinished file qualifies only if its layers lie within ``resumable_within``
+    (what the backend can compute; None: anything, the backend is opened to suit).
+    """
+    found = []
+    for path in sorted(cache_dir.glob(f"*-{key[:16]}-*.h5")):
+        head = _probe(path)
+        if head is None or head["key"] != key or not set(layers) <= head["layers"]:
+            continue
+        if not head["complete"] and resumable_within is not None and not head["layers"] <= resumable_within:
+            continue
+        found.append((not head["complete"], -head["done"], path))
+    return min(found)[2] if found else None
+
+
+def _cache_name(dataset_name: str, key: str, layers: Sequence[str]) -> str:
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in dataset_name) or "data"
+    return f"{safe}-{key[:16]}-{'+'.join(layers)}.h5"
+
+
+def _create_cache(path: Path, *, key: str, parts: dict, layers: Sequence[str], shapes: dict[str, tuple],
+                  dataset: Dataset, batch_size: int):
+    import h5py
+
+    f = h5py.File(path, "w")
+    n = len(dataset.records)
+    text = h5py.string_dtype()
+    f.create_dataset("paths", data=np.array([str(r.path) for r in dataset.records], dtype=object), dtype=text)
+    f.create_dataset("labels", data=np.array([r.label for r in dataset.records], dtype=np.int64))
+    f.create_dataset("categories", data=np.array(list(dataset.categories), dtype=object), dtype=text)
+    f.create_dataset("status", shape=(n,), dtype=np.int8, fillvalue=PENDING)
+    f.create_dataset("reason", shape=(n,), dtype=text)
+    group = f.create_group("features")
+    for layer in layers:
+        shape = shapes[layer]
+        group.create_dataset(layer, shape=(n, *shape), dtype=np.float32, fillvalue=0.0,
+                             chunks=(max(1, min(batch_size, n)), *shape))
+    f.attrs.update({
+        "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key,
+        "key_parts": json.dumps(parts, sort_keys=True), "layers": json.dumps(list(layers)),
+        "num_images": n, "batch_size": batch_size, "done": 0, "complete": False,
+        "backends": "[]", "compute_seconds": 0.0, "computed_rows": 0,
+        "dataset": dataset.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    f.flush()
+    return f
+
+
+def _open_cache(path: Path, *, key: str, layers: Sequence[str], dataset: Dataset,
+                log: Callable[[str], None], **create):
+    """The cache file, open: read-only when complete (it may be shared, or on a read-only
+    disk), for writing when unfinished; a file that is unreadable or of another run is
+    replaced by a new one."""
+    import h5py
+
+    if path.exists():
+        head = _probe(path)
+        if head is None or head["key"] != key or head["num_images"] != len(dataset.records) \
+                or not set(layers) <= head["layers"]:
+            log(f"feature cache {path.name} is unreadable or of another run; recomputing it")
+            path.unlink()
+        elif head["complete"]:
+            return h5py.File(path, "r")
+        else:
+            try:
+                return h5py.File(path, "a")
+            except OSError as exc:
+                if "lock" in str(exc).lower():
+                    raise InputError("feature cache is in use by another run (HDF5 file lock); wait for "
+                                     "it or pass another --cache", path) from None
+                log(f"feature cache {path.name} cannot be resumed ({str(exc)[:80]}); recomputing it")
+                path.unlink()
+    return _create_cache(path, key=key, layers=layers, dataset=dataset, **create)
+
+
+def _read_cache(f, layers: Sequence[str]) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    status = f["status"][()]
+    reasons = [r.decode() if isinstance(r, bytes) else str(r) for r in f["reason"][()]]
+    ok = status == OK
+    arrays = {l: f[f"features/{l}"][()][ok] for l in layers}
+    return status, reasons, arrays
+
+
+# --------------------------------------------------------------------------- extraction
+def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="onnx",
+                     layers: Sequence[str] = ("fc7",), *, device: str = "auto", batch_size: int = 32,
+                     workers: int | None = None, cache_dir: str | os.PathLike | None = None,
+                     draft: bool = True, threads: int | None = None,
+                     on_start: Callable[[int, int], None] | None = None,
+                     on_batch: Callable[[int, int], None] | None = None,
+                     log: Callable[[str], None] | None = None) -> FeatureSet:
+    """Run ``dataset``'s images through the model once; cached and resumable (module docstring).
+
+    ``backend``: a name (``onnx``, ``keras``, ``torch``; opened only when rows need
+    computing, with ``device`` and ``threads``, and closed after), an open
+    :class:`~crossmodal.evaluate.backends.Backend` returning at least ``layers``, or
+    a function returning one (called only when rows need computing; the caller
+    closes it — to share one backend between data sets).
+    ``layers``: feature names (``logits``, ``fc7``, ``pool5``, … see
+    :meth:`Graph.resolve`). ``workers``: decoding threads (default
+    ``min(8, cpu count − 1)``, at least 1). ``draft``: JPEG draft decoding
+    (:func:`~crossmodal.evaluate.images.load_rgb`). ``on_start(done, total)`` is
+    called once before the pass (``done`` rows already cached) and
+    ``on_batch(done, total)`` after each batch is written; an exception raised
+    there stops the pass with the cache resumable. ``log`` receives notes.
+    """
+    import h5py
+
+    from crossmodal.evaluate.backends import Backend, open_backend
+
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
+    log = log or (lambda msg: None)
+    model_dir = Path(model_dir)
+    graph = load_graph(model_dir)
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise InputError("no feature layers asked for")
+    shapes_by_layer = infer_shapes(graph)
+    shapes = {l: shapes_by_layer[graph.resolve(l)] for l in layers}
+    mean_image = read_mean_image(model_dir, graph)
+    paths = [r.path for r in dataset.records]
+    key, parts = cache_key(model_fingerprint(model_dir, graph), graph, paths, draft=draft,
+                           mean_image=mean_image)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the feature cache folder ({exc.strerror or exc})", cache_dir) from None
+    if isinstance(backend, Backend):
+        within = set(backend.layers)
+    else:
+        within = None if isinstance(backend, str) else set(layers)
+    path = _find_cache(cache_dir, key, layers, within) or cache_dir / _cache_name(dataset.name, key, layers)
+    if workers is None:
+        workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+    workers = max(1, int(workers))
+
+    t0 = time.perf_counter()
+    opened: Backend | None = None
+    described = None
+    computed, pass_seconds = 0, 0.0
+    try:
+        with _open_cache(path, key=key, layers=layers, dataset=dataset, log=log, parts=parts, shapes=shapes,
+                         batch_size=batch_size) as f:
+            stored_layers = json.loads(f.attrs["layers"])
+            n, done = len(paths), int(f.attrs["done"])
+            if on_start:
+                on_start(done, n)
+            if done < n:
+                if isinstance(backend, Backend):
+                    run = backend
+                elif callable(backend):  # a factory: opened lazily, owned by the caller
+                    run = backend()
+                else:
+                    run = opened = open_backend(str(backend), model_dir, stored_layers, device=device,
+                                                graph=graph, threads=threads)
+                missing = [l for l in stored_layers if l not in run.layers]
+                if missing:
+                    raise InputError(f"the backend does not return {missing} (it returns {list(run.layers)})")
+                described = run.describe()
+                backends = json.loads(f.attrs["backends"])
+                if described not in backends:
+                    f.attrs["backends"] = json.dumps(backends + [described])
+                computed, pass_seconds = _fill(f, run, paths, graph, mean_image, stored_layers, done, batch_size,
+                                 workers, draft, on_batch)
+            status, reasons, arrays = _read_cache(f, layers)
+            labels_all = f["labels"][()]
+            cache_seconds, cache_rows = float(f.attrs["compute_seconds"]), int(f.attrs["computed_rows"])
+            cache_backends = json.loads(f.attrs["backends"])
+    except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise InputError("feature cache is in use by another run (HDF5 file lock)", path) from None
+        raise
+    finally:
+        if opened is not None:
+            opened.close()
+    seconds = time.perf_counter() - t0
+    ok = status == OK
+    failed = [(paths[i], reasons[i]) for i in np.flatnonzero(status == FAILED)]
+    return FeatureSet(
+        paths=[p for p, good in zip(paths, ok) if good],
+        labels=labels_all[ok].astype(np.int64),
+        categories=list(dataset.categories),
+        arrays=arrays, failed=failed, cache_path=path, key=key, backend=described, cache_backends=cache_backends,
+        stats={"num_images": len(paths), "computed": computed, "from_cache": len(paths) - computed,
+               "seconds": seconds, "pass_seconds": pass_seconds,
+               "images_per_second": computed / pass_seconds if computed and pass_seconds else None,
+               "cache_images_per_second": cache_rows / cache_seconds if cache_rows and cache_seconds else None},
+    )
+
+
+def _fill(f, backend, paths: list[Path], graph: Graph, mean_image, layers: list[str], start: int,
+          batch_size: int, workers: int, draft: bool, on_batch) -> tuple[int, float]:
+    """Compute rows ``start..N`` batch by batch into the open cache ``f``.
+
+    Returns (rows computed, wall seconds of the pass: decoding, inference and writes).
+    """
+    n = len(paths)
+    spec = graph.preprocess
+    bounds = [(s, min(s + batch_size, n)) for s in range(start, n, batch_size)]
+    datasets = {l: f[f"features/{l}"] for l in layers}
+    computed = 0
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    pending: deque = deque()
+    upcoming = iter(bounds)
+
+    def submit() -> None:
+        nxt = next(upcoming, None)
+        if nxt is not None:
+            pending.append((nxt, pool.submit(load_batch, paths[nxt[0]:nxt[1]], spec, mean_image,
+                                             workers=1, draft=draft)))
+
+    first = last = time.perf_counter()
+    try:
+        for _ in range(workers + 1):  # bounded prefetch: decoding runs ahead of inference
+            submit()
+        while pending:
+            (lo, hi), future = pending.popleft()
+            batch, failures = future.result()
+            submit()
+            failed_at = {Path(p): reason for p, reason in failures}
+            rows_ok = [i for i in range(lo, hi) if paths[i] not in failed_at]
+            outs = backend.run(batch) if len(batch) else {}
+            status = np.full(hi - lo, OK, dtype=np.int8)
+            reasons = [""] * (hi - lo)
+            for i in range(lo, hi):
+                if paths[i] in failed_at:
+                    status[i - lo], reasons[i - lo] = FAILED, failed_at[paths[i]]
+            local = np.array([i - lo for i in rows_ok], dtype=np.int64)
+            for layer, ds in datasets.items():
+                block = np.zeros((hi - lo, *ds.shape[1:]), dtype=np.float32)
+                if len(local):
+                    values = np.asarray(outs[layer], dtype=np.float32)
+                    if values.shape != (len(local), *ds.shape[1:]):
+                        raise InputError(f"backend returned {layer} of shape {values.shape}, "
+                                         f"expected {(len(local), *ds.shape[1:])}")
+                    block[local] = values
+                ds[lo:hi] = block
+            f["status"][lo:hi] = status
+            f["reason"][lo:hi] = np.array(reasons, dtype=object)
+            f.flush()  # the rows reach the file before ``done`` says they are there
+            f.attrs["done"] = hi
+            f.attrs["computed_rows"] = int(f.attrs["computed_rows"]) + (hi - lo)
+            now = time.perf_counter()  # wall time of the pass, decoding waits included
+            f.attrs["compute_seconds"] = float(f.attrs["compute_seconds"]) + (now - last)
+            last = now
+            f.flush()
+            computed += hi - lo
+            if on_batch:
+                on_batch(hi, n)
+        f.attrs["complete"] = True
+        f.flush()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return computed, last - first

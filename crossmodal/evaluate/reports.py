@@ -1,0 +1,321 @@
+"""Baseline reports: CSV tables, the Markdown summary, PNG plots, the per-modality comparison.
+
+Every file is written atomically (a temporary sibling renamed into place). Plots
+use matplotlib's Agg canvas directly (no global backend switch, no display).
+The Markdown and comparison writers work from the ``metrics.json`` dictionary
+built by :mod:`crossmodal.evaluate.baseline`, so the report says exactly what
+the JSON says.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crossmodal.io.atomic import atomic_path, write_text_atomic
+
+#: Places365 VGG16 on the Places365 validation set (natural photos, 365 classes), as
+#: published by the Places365 authors; a *different* data set from CMPlaces.
+PLACES365_REFERENCE = {
+    "model": "VGG16-Places365",
+    "dataset": "Places365-Standard validation (36,500 natural photos, 365 classes)",
+    "top1": 0.5524,
+    "top5": 0.8491,
+    "note": "published by the Places365 authors on their own validation set; a different data set "
+            "and label set from the CMPlaces modalities evaluated here, so a point of orientation, "
+            "not a like-for-like comparison",
+}
+
+
+def pct(value, digits: int = 2) -> str:
+    """0.5524 → ``55.24 %``; None/NaN → ``–``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.{digits}f} %"
+
+
+def pct_interval(ci, digits: int = 1) -> str:
+    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
+        return "–"
+    return f"[{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
+
+
+# --------------------------------------------------------------------------- CSV
+def _write_csv(path: Path, header: Sequence[str], rows) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, buf.getvalue())
+
+
+def write_per_class_csv(path: Path, rows: list[dict]) -> Path:
+    """One row per class: the dicts built by :func:`crossmodal.evaluate.baseline.per_class_rows`."""
+    header = ["category", "label", "status", "images", "top1_correct", "top1_accuracy", "top5_correct",
+              "top5_accuracy", "top1_ci95_low", "top1_ci95_high", "source_label", "shares_source_with"]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.6f}"
+        return v
+    return _write_csv(path, header, ([fmt(r.get(h, "")) for h in header] for r in rows))
+
+
+def write_predictions_csv(path: Path, paths: Sequence, true_names: Sequence[str],
+                          predicted: Sequence[Sequence[str]], probs: np.ndarray, k: int = 5) -> Path:
+    """``path, true, pred1..predk, prob1..probk``; a shared prediction is ``a|b`` (see baseline)."""
+    header = ["path", "true"] + [f"pred{i}" for i in range(1, k + 1)] + [f"prob{i}" for i in range(1, k + 1)]
+
+    def row(p, t, names, pr):
+        names = list(names) + [""] * (k - len(names))
+        values = [f"{v:.6f}" for v in pr] + [""] * (k - len(pr))
+        return [str(p), t, *names[:k], *values[:k]]
+    return _write_csv(path, header, (row(*r) for r in zip(paths, true_names, predicted, probs)))
+
+
+def write_json(path: Path, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def json_safe(value):
+    """NaN/inf → None, recursively (``metrics.json`` is strict JSON)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- plots
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path, dpi: int = 150) -> Path:
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)
+
+
+def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], title: str = "") -> Path:
+    """Row-normalised confusion matrix (each true class sums to 1), classes in category order.
+
+    Up to ~60 classes every tick is labelled; beyond, every n-th (n = ceil(C / 105))
+    with a font that shrinks to 3.5 pt, so a 205 × 205 matrix stays legible when
+    zoomed (the PNG is 200 dpi).
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    c = cm.shape[0]
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = float(np.clip(3 + 0.065 * c, 5, 17))
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    step = 1 if c <= 60 else math.ceil(c / 105)
+    font = float(np.clip(600 / max(c, 1), 3.5, 9))
+    ticks = np.arange(0, c, step)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=font)
+    ax.set_yticklabels([names[i] for i in ticks], fontsize=font)
+    ax.set_xlabel("predicted category (muted top-1)")
+    ax.set_ylabel("true category")
+    ax.set_title(title or f"Confusion matrix ({c} classes, rows normalised)", fontsize=10)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cbar.set_label("fraction of the true class's images")
+    return _save(fig, path, dpi=200 if c > 60 else 150)
+
+
+def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, images: np.ndarray,
+                   overall: float | None = None, chance: float | None = None, n: int = 20,
+                   title: str = "") -> Path:
+    """Horizontal bars: the ``n`` best and ``n`` worst classes by top-1 accuracy (image counts noted);
+    all classes in one panel when there are at most ``2 n``."""
+    acc = np.asarray(accuracy, dtype=np.float64)
+    idx = np.flatnonzero(~np.isnan(acc))
+    order = idx[np.lexsort((np.asarray(names, dtype=object)[idx].astype(str), -acc[idx]))]
+    if len(order) <= 2 * n:  # few classes: one panel with all of them
+        panels = [(order, f"all {len(order)}")]
+    else:
+        panels = [(order[:n], f"best {n}"), (order[::-1][:n], f"worst {n}")]
+    rows = max(max(len(sel) for sel, _ in panels), 1)
+    fig = _figure(6.5 * len(panels), max(3.0, 0.28 * rows + 1.5))
+    for col, (sel, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), col + 1)
+        y = np.arange(len(sel))
+        ax.barh(y, 100 * acc[sel], color="#3b7dd8" if col == 0 else "#d8643b")
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{names[i]} ({int(images[i])})" for i in sel], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("top-1 accuracy (%)  — (n) = images")
+        ax.set_title(f"{label} classes", fontsize=10)
+        if overall is not None and not math.isnan(overall):
+            ax.axvline(100 * overall, color="black", linestyle="--", linewidth=0.8, label="overall top-1")
+        if chance is not None and not math.isnan(chance):
+            ax.axvline(100 * chance, color="grey", linestyle=":", linewidth=0.8, label="chance")
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> Path:
+    """Top-1 and top-5 (muted, with 95 % intervals) per modality, beside chance and the reference."""
+    labels = [r["modality"] for r in runs]
+    x = np.arange(len(runs))
+    width = 0.38
+    fig = _figure(max(5.0, 1.6 * len(runs) + 2.5), 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for offset, key, colour in ((-width / 2, "top1", "#3b7dd8"), (width / 2, "top5", "#8cb8f0")):
+        values = np.array([100 * (r.get(key) or 0.0) for r in runs])
+        ci = np.array([[100 * (r.get(f"{key}_ci95") or [0, 0])[0], 100 * (r.get(f"{key}_ci95") or [0, 0])[1]]
+                       for r in runs])
+        err = np.vstack([np.maximum(values - ci[:, 0], 0), np.maximum(ci[:, 1] - values, 0)])
+        bars = ax.bar(x + offset, values, width, yerr=err, capsize=3, color=colour,
+                      label=f"{'top-1' if key == 'top1' else 'top-5'} (muted, 95 % CI)")
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+    for i, r in enumerate(runs):
+        if r.get("chance_top1") is not None:
+            ax.hlines(100 * r["chance_top1"], i - 0.45, i + 0.45, colors="grey", linestyles=":",
+                      label="chance top-1" if i == 0 else None)
+    ax.axhline(100 * reference["top1"], color="black", linestyle="--", linewidth=0.8,
+               label=f"{reference['model']} top-1 on Places365 val (other data)")
+    ax.axhline(100 * reference["top5"], color="black", linestyle="-.", linewidth=0.8,
+               label=f"{reference['model']} top-5 on Places365 val (other data)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Baseline accuracy per modality", fontsize=11)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- Markdown
+def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10, max_failed: int = 30) -> str:
+    """The human summary of one run, from its ``metrics.json`` dictionary and per-class rows."""
+    ref = m.get("reference", PLACES365_REFERENCE)
+    lines = [
+        f"# Baseline: {m['modality']} ({m['split']})",
+        "",
+        f"Model `{m['model']['name']}` (fingerprint `{m['model']['fingerprint'][:16]}…`) from "
+        f"`{m['model']['dir']}`, run on **{m['backend']} / {m['device']}**"
+        + (f" at {m['images_per_second']:.1f} images/s" if m.get("images_per_second") else "")
+        + (" (features from the cache, computed earlier)" if m.get("features_from_cache") else "") + ".",
+        "",
+        f"Data: {m['dataset']['layout']} layout under `{m['dataset']['root']}`; "
+        f"{m['num_images']} images run, {m['num_failed']} failed to decode, "
+        f"{m['dataset']['num_missing']} listed but missing"
+        + (f", limited to {m['dataset']['limit']}" if m['dataset'].get('limit') else "") + "; "
+        f"**{m['num_scored']} scored** over **{m['num_classes_evaluated']} classes** "
+        f"(unmapped categories: {m['unmapped_policy']}).",
+        "",
+        "| metric | value | 95 % CI |",
+        "|---|---:|---:|",
+        f"| top-1 (muted) | **{pct(m['top1'])}** | {pct_interval(m['top1_ci95'])} |",
+        f"| top-5 (muted) | **{pct(m['top5'])}** | {pct_interval(m['top5_ci95'])} |",
+        f"| top-1 (unmuted) | {pct(m['top1_unmuted'])} | |",
+        f"| top-5 (unmuted) | {pct(m['top5_unmuted'])} | |",
+        f"| mean class accuracy (top-1) | {pct(m['mean_class_accuracy'])} | |",
+        f"| chance top-1 (1 / {m['num_classes_evaluated']} classes) | {pct(m['chance_top1'])} | |",
+        f"| chance top-1, prior-matched guess | {pct(m.get('chance_top1_prior'))} | |",
+        f"| chance top-5 | {pct(m.get('chance_top5'))} | |",
+        "",
+        f"Reference: {ref['model']} reaches {pct(ref['top1'])} top-1 / {pct(ref['top5'])} top-5 on "
+        f"{ref['dataset']} — {ref['note']}.",
+        "",
+        "## How labels were matched",
+        "",
+        f"- {m['label_map']['kept_sources']} of the model's {m['model']['num_labels']} labels map to a category "
+        f"of this data set; the other {m['label_map']['muted_sources']} are **muted** (their logits are "
+        "removed before ranking, so the network cannot win by naming a class the data set lacks). "
+        "`_unmuted` rows rank all labels.",
+        f"- Categories mapped through the alias table: {len(m['label_map']['aliases_used'])}"
+        + (" (" + ", ".join(f"{k} → {v}" for k, v in sorted(m['label_map']['aliases_used'].items())) + ")"
+           if m['label_map']['aliases_used'] else "") + ".",
+    ]
+    shared = m["shared_labels"]
+    if shared["groups"]:
+        groups = "; ".join(f"{g['source']} ← {', '.join(g['targets'])}" for g in shared["groups"])
+        lines.append(f"- Shared labels (one model label for several categories; a prediction of it counts "
+                     f"as correct for any of them): {groups}. {shared['images']} scored images belong to "
+                     f"such categories, {shared['top1_hits']} of them correct at top-1.")
+    if m["excluded_categories"]:
+        lines.append(f"- Categories without a model label, **left out** ({sum(m['excluded_categories'].values())} "
+                     "images): " + ", ".join(f"{k} ({v})" for k, v in m["excluded_categories"].items()) + ".")
+    if m.get("kept_unmapped_categories"):
+        lines.append("- Categories without a model label, **scored as errors** (`--unmapped keep`): "
+                     + ", ".join(f"{k} ({v})" for k, v in m["kept_unmapped_categories"].items()) + ".")
+    scored = [r for r in per_class if r.get("images")]
+    if scored:
+        ranked = sorted(scored, key=lambda r: (-r["top1_accuracy"], r["category"]))
+        lines += ["", f"## Best and worst classes (top-1, of {len(ranked)})", "",
+                  "| best | images | top-1 | | worst | images | top-1 |", "|---|---:|---:|---|---|---:|---:|"]
+        worst = ranked[::-1]
+        for i in range(min(top_n, len(ranked))):
+            b, w = ranked[i], worst[i]
+            lines.append(f"| {b['category']} | {b['images']} | {pct(b['top1_accuracy'], 1)} | | "
+                         f"{w['category']} | {w['images']} | {pct(w['top1_accuracy'], 1)} |")
+    if m["num_failed"] or m["dataset"]["num_missing"]:
+        lines += ["", "## Images not evaluated", ""]
+        entries = [("failed to decode", f) for f in m["failed_images"]] + \
+                  [("missing", f) for f in m["missing_files"]]
+        for what, f in entries[:max_failed]:
+            lines.append(f"- `{f['path']}`: {what} — {f['reason']}")
+        if len(entries) > max_failed:
+            lines.append(f"- … and {len(entries) - max_failed} more (all are listed in metrics.json)")
+    lines += ["", "## Files", ""]
+    for name, desc in m.get("files", {}).items():
+        lines.append(f"- `{name}`: {desc}")
+    lines += ["", f"Backend details: `{json.dumps(m.get('backend_info'), default=str)}`; "
+              f"feature cache `{m['cache']['path']}` ({m['cache']['rows_computed']} rows computed now, "
+              f"{m['cache']['rows_from_cache']} from the cache).", ""]
+    return "\n".join(lines)
+
+
+#: The fields of each run that the comparison table and JSON carry.
+COMPARISON_KEYS = ("modality", "split", "backend", "device", "num_images", "num_failed", "num_scored",
+                   "num_classes_evaluated", "top1", "top1_ci95", "top5", "top5_ci95", "top1_unmuted",
+                   "top5_unmuted", "mean_class_accuracy", "chance_top1", "images_per_second")
+
+
+def comparison_markdown(runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> str:
+    lines = ["# Baseline across modalities", "",
+             "| modality | images scored | classes | top-1 (95 % CI) | top-5 (95 % CI) | top-1 unmuted | "
+             "mean class acc. | chance top-1 | failed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['modality']} | {r['num_scored']} | {r['num_classes_evaluated']} | "
+                     f"{pct(r['top1'])} {pct_interval(r['top1_ci95'])} | {pct(r['top5'])} "
+                     f"{pct_interval(r['top5_ci95'])} | {pct(r['top1_unmuted'])} | "
+                     f"{pct(r['mean_class_accuracy'])} | {pct(r['chance_top1'])} | {r['num_failed']} |")
+    lines += ["", f"Reference: {reference['model']}, {pct(reference['top1'])} top-1 / {pct(reference['top5'])} "
+              f"top-5 on {reference['dataset']} — {reference['note']}.", "",
+              "Per-modality details: `<modality>/report.md` and `<modality>/metrics.json`; "
+              "chart: `accuracy_by_modality.png`.", ""]
+    return "\n".join(lines)
