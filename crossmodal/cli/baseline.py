@@ -1,12 +1,11 @@
 """``crossmodal baseline``: accuracy of a converted model on CMPlaces modalities, with label muting."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import ProgressBars, csv_list, echo_json, handle_errors, json_option, step_printer
 
 
 @click.command("baseline")
@@ -62,33 +61,16 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
       crossmodal baseline --model models/vgg16-pt --modality natural,clipart,sketch \\
           --data-root /data/cmplaces --out runs/baseline
     """
-    from tqdm import tqdm
-
     from crossmodal.evaluate.baseline import run_baseline, summary_line
 
     quiet_all = quiet or as_json
-    bars: dict[str, tqdm] = {}
-
-    def on_start(name, done, total):
-        bars[name] = tqdm(total=total, initial=done, unit="img", desc=name, file=sys.stderr,
-                          disable=quiet_all, dynamic_ncols=True)
-
-    def on_batch(name, done, total):
-        bar = bars[name]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    try:
+    with ProgressBars(disable=quiet_all) as bars:
         run = run_baseline(model_dir, modality, out_dir=out_dir, data_root=data_root, config=config, split=split,
                            images=images, list_file=list_file, categories=categories, backend=backend,
                            device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
                            label_map=label_map, unmapped=unmapped, features=csv_list(features),
                            cache_dir=cache_dir, draft=not no_draft, on_step=step_printer(quiet_all),
-                           on_start=on_start, on_batch=on_batch)
-    finally:
-        for bar in bars.values():
-            bar.close()
+                           on_start=bars.start, on_batch=bars.update)
     if as_json:
         data = [r.metrics for r in run.results]
         echo_json(data[0] if len(data) == 1 else {"runs": data,

@@ -55,3 +55,37 @@ def csv_list(value: str | None) -> list[str]:
 
 def step_printer(quiet: bool = False) -> Callable[[str], None]:
     return (lambda msg: None) if quiet else (lambda msg: click.echo(f"· {msg}", err=True))
+
+
+class ProgressBars:
+    """One tqdm bar per data set on stderr (counts, images/s, ETA), for the evaluation commands.
+
+    ``start(name, done, total)`` and ``update(name, done, total)`` match the
+    ``on_start`` / ``on_batch`` callbacks of the evaluation jobs; a bar closes when
+    it reaches its total, and :meth:`close` (or leaving the ``with`` block) closes the rest.
+    """
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.bars: dict = {}
+
+    def start(self, name: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+        self.bars[name] = tqdm(total=total, initial=done, unit="img", desc=name, file=sys.stderr,
+                               disable=self.disable, dynamic_ncols=True)
+
+    def update(self, name: str, done: int, total: int) -> None:
+        bar = self.bars[name]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def __enter__(self) -> "ProgressBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,12 +1,11 @@
 """``crossmodal retrieval``: within- and cross-modal mAP of a converted model's features."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_option, step_printer
 
 
 @click.command("retrieval")
@@ -60,31 +59,15 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
           --data-root /data/cmplaces --cache runs/baseline/cache
       crossmodal retrieval --model models/vgg16-pt --all --data-root /data/cmplaces --show 10
     """
-    from tqdm import tqdm
-
     from crossmodal.evaluate.retrieval import run_retrieval
 
     quiet_all = quiet or as_json
-    bars: dict[str, tqdm] = {}
-
-    def on_start(name, done, total):
-        bars[name] = tqdm(total=total, initial=done, unit="img", desc=name, file=sys.stderr,
-                          disable=quiet_all, dynamic_ncols=True)
-
-    def on_batch(name, done, total):
-        bars[name].update(done - bars[name].n)
-        if done >= total:
-            bars[name].close()
-
-    try:
+    with ProgressBars(disable=quiet_all) as bars:
         run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
                             metric=metric, k=k, data_root=data_root, config=config, split=split, backend=backend,
                             device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
                             cache_dir=cache_dir, draft=not no_draft, show=show, show_query=show_query,
-                            on_step=step_printer(quiet_all), on_start=on_start, on_batch=on_batch)
-    finally:
-        for bar in bars.values():
-            bar.close()
+                            on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
     if as_json:
         echo_json({"pairs": run.results["pairs"], "files": {n: str(p) for n, p in run.files.items()}})
         return

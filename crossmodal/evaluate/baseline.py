@@ -265,7 +265,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     done, total)``, ``on_batch(modality, done, total)``; notes go to ``on_step``.
     """
     from crossmodal.evaluate.backends import BACKENDS, SharedBackend, check_device
-    from crossmodal.evaluate.features import extract_features, model_fingerprint
+    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
 
     t_start = time.perf_counter()
     step = on_step or (lambda msg: None)
@@ -293,8 +293,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     aliases = load_aliases()
     if label_map is not None:
         aliases = merge_aliases(aliases, load_aliases(label_map))
-    cache_dir = Path(cache_dir) if cache_dir else (
-        Path(os.environ["CROSSMODAL_CACHE"]) if os.environ.get("CROSSMODAL_CACHE") else out_dir / "cache")
+    cache_dir = run_cache_dir(cache_dir, out_dir)
 
     # 1. check every modality's input before decoding a single image
     prepared = []

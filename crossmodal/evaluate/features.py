@@ -124,6 +124,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "crossmodal" / "features"
 
 
+def run_cache_dir(cache_dir: str | os.PathLike | None, out_dir: str | os.PathLike) -> Path:
+    """The cache folder of a ``baseline`` / ``retrieval`` run: ``cache_dir`` when given, else
+    ``$CROSSMODAL_CACHE``, else ``<out_dir>/cache``."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("CROSSMODAL_CACHE"):
+        return Path(os.environ["CROSSMODAL_CACHE"]).expanduser()
+    return Path(out_dir) / "cache"
+
+
 def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) -> str:
     """:meth:`IRModel.fingerprint` of a model folder, from the tensor hashes in ``model.json``.
 

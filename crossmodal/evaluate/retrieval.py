@@ -177,7 +177,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     from crossmodal.evaluate import retrieval_reports as reports
     from crossmodal.evaluate.backends import SharedBackend, check_device
     from crossmodal.evaluate.baseline import limit_records
-    from crossmodal.evaluate.features import extract_features, model_fingerprint
+    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
 
     t_start = time.perf_counter()
     step = on_step or (lambda msg: None)
@@ -205,8 +205,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
         if not q_names:
             raise InputError("no query modality given; use e.g. --query clipart --target natural, or --all")
     names = list(dict.fromkeys(q_names + t_names))
-    cache_dir = Path(cache_dir) if cache_dir else (
-        Path(os.environ["CROSSMODAL_CACHE"]) if os.environ.get("CROSSMODAL_CACHE") else out_dir / "cache")
+    cache_dir = run_cache_dir(cache_dir, out_dir)
 
     # 1. every modality's data, checked before any image is decoded
     datasets = {}
