@@ -258,7 +258,8 @@ def test_bad_input_is_one_line_and_exit_2(model, tree, tmp_path):
 
 def test_label_map_adds_a_category(model, tree, tmp_path):
     label_map = tmp_path / "map.csv"
-    label_map.write_text("target_category,source_label,note\nkitchenette,/k/kitchen,close enough\n")
+    label_map.write_text("target_category,source_label,note\nkitchenette,/k/kitchen,close enough\n"
+                         "kitchenete,/k/kitchen,a typo: names no category of the data set\n")
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["baseline", "--model", str(model), "--modality", "sketch", *_list_args(tree),
                                        "--label-map", str(label_map), "--out", str(out), "--json"])
@@ -267,6 +268,7 @@ def test_label_map_adds_a_category(model, tree, tmp_path):
     assert m["excluded_categories"] == {} and m["num_scored"] == 28
     assert m["label_map"]["aliases_used"]["kitchenette"] == "/k/kitchen"
     assert m["label_map"]["kept_sources"] == 6
+    assert m["label_map"]["user_entries_unused"] == ["kitchenete"]  # reported, so a typo is seen
 
 
 def test_help_names_the_options():
@@ -304,3 +306,19 @@ def test_rerun_is_served_from_the_cache_and_says_so(model, tree, list_run, tmp_p
     for key in ("top1", "top5", "mean_class_accuracy", "num_scored"):
         assert m[key] == first[key]
     assert "computed earlier" in (out / "report.md").read_text()
+
+
+def test_relabelled_list_reuses_the_cache_with_its_new_labels(model, tree, list_run, tmp_path):
+    """The cache holds features, which do not depend on labels: a changed list is scored afresh."""
+    root = tmp_path / "data"
+    shutil.copytree(tree["list"], root)
+    abbey, kitchenette = "0", "4"  # indices in categories.txt
+    lines = [l.rsplit(" ", 1) for l in (root / "val.txt").read_text().splitlines()]
+    (root / "val.txt").write_text("\n".join(f"{p} {kitchenette if lab == abbey else lab}" for p, lab in lines))
+    shutil.copytree(list_run[0] / "cache", tmp_path / "cache")
+    args = ["--images", str(root), "--list", str(root / "val.txt"), "--categories", str(root / "categories.txt")]
+    result = CliRunner().invoke(main, ["baseline", "--model", str(model), "--modality", "sketch", *args,
+                                       "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    assert m["excluded_categories"] == {"kitchenette": 8} and m["num_scored"] == 20

@@ -131,8 +131,9 @@ def test_convention_modality_split_file(tmp_path):
     _label_list_tree(tmp_path, "sketch", list_name="sketch_train.txt")
     ds = resolve_modality("Sketch", data_root=tmp_path, split="train", config={})
     assert ds.layout == "label-list" and ds.name == "sketch" and len(ds.records) == 4
-    # no list for "val": falls back to class folders, labelled by categories.txt
-    with pytest.raises(InputError, match="baseball|matches none"):
+    # a list for "train" only: asking for "val" is an error naming the split, never a silent
+    # fall-back to class folders (which would evaluate every image, training ones included)
+    with pytest.raises(InputError, match="no list for split 'val' here \\(found sketch_train.txt\\)"):
         resolve_modality("sketch", data_root=tmp_path, split="val", config={})
 
 

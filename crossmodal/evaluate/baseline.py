@@ -71,6 +71,7 @@ class Prepared:
     mapping: LabelMapping
     available: int       # images found (listed and present) before --limit
     out_dir: Path
+    unused_user_entries: tuple[str, ...] = ()  # --label-map rows naming no category of this data set
 
 
 @dataclass
@@ -225,6 +226,7 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
             "images": scores.shared_images, "top1_hits": scores.shared_top1_hits,
         },
         "label_map": {"user_map": None if label_map is None else str(label_map),
+                      "user_entries_unused": list(prep.unused_user_entries),
                       "aliases_used": dict(mapping.via_alias), "kept_sources": int(kept.size),
                       "muted_sources": len(mapping.muted), "unmapped_categories": list(mapping.unmapped)},
         "reference": reports.PLACES365_REFERENCE,
@@ -291,8 +293,8 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     for name in layers:
         graph.resolve(name)  # unknown feature names fail here, before any work
     aliases = load_aliases()
-    if label_map is not None:
-        aliases = merge_aliases(aliases, load_aliases(label_map))
+    user_aliases = load_aliases(label_map) if label_map is not None else {}
+    aliases = merge_aliases(aliases, user_aliases)
     cache_dir = run_cache_dir(cache_dir, out_dir)
 
     # 1. check every modality's input before decoding a single image
@@ -304,6 +306,10 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                        list_file=list_file, categories=categories)
         if prep.dataset.missing:
             step(f"{name}: {len(prep.dataset.missing)} listed files are missing (skipped, listed in the report)")
+        prep.unused_user_entries = tuple(sorted(set(user_aliases) - set(prep.dataset.categories)))
+        if prep.unused_user_entries:
+            step(f"{name}: {len(prep.unused_user_entries)} --label-map rows name no category of this data set "
+                 f"(a typo?): {', '.join(prep.unused_user_entries[:8])}")
         if prep.mapping.unmapped:
             step(f"{name}: {len(prep.mapping.unmapped)} categories have no model label "
                  f"({'left out' if unmapped == 'exclude' else 'scored as errors'})")
@@ -325,7 +331,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                  f"{len(prep.dataset.categories)} categories ({prep.dataset.layout})")
             fs = extract_features(
                 model_dir, prep.dataset, backend_runner, layers, device=device, batch_size=batch_size,
-                workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step,
+                workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=["logits"],
                 on_start=(lambda d, t, m=prep.modality: on_start(m, d, t)) if on_start else None,
                 on_batch=(lambda d, t, m=prep.modality: on_batch(m, d, t)) if on_batch else None)
             results.append(evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,

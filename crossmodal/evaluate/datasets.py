@@ -42,6 +42,8 @@ IMAGE_MODALITIES: tuple[str, ...] = ("natural", "clipart", "sketch")
 TEXT_MODALITIES: tuple[str, ...] = ("spatial_text", "descriptions")
 KNOWN_MODALITIES: tuple[str, ...] = IMAGE_MODALITIES + TEXT_MODALITIES
 CONFIG_NAME = "crossmodal.toml"
+#: split names recognised in list file names (``val.txt``, ``sketch_train.txt``)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 _CONFIG_KEYS = {"root", "categories", "list", "lists", "description"}
 
 
@@ -271,9 +273,17 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _convention_list(folder: Path, modality: str, split: str) -> Path | None:
+    """``<split>.txt`` or ``<modality>_<split>.txt`` in ``folder``; None when there is no
+    list at all (class-folder layout). Lists of other splits only (``train.txt`` but no
+    ``val.txt``) are an error: falling back to class folders would evaluate every image."""
     for candidate in (folder / f"{split}.txt", folder / f"{modality}_{split}.txt"):
         if candidate.is_file():
             return candidate
+    others = sorted(p.name for p in folder.glob("*.txt")
+                    if p.stem in SPLITS or (p.stem.startswith(f"{modality}_") and p.stem[len(modality) + 1:] in SPLITS))
+    if others:
+        raise InputError(f"no list for split {split!r} here (found {', '.join(others)}); choose the split "
+                         f"with --split, or give the list with --list", folder)
     return None
 
 

@@ -299,7 +299,8 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                      draft: bool = True, threads: int | None = None,
                      on_start: Callable[[int, int], None] | None = None,
                      on_batch: Callable[[int, int], None] | None = None,
-                     log: Callable[[str], None] | None = None) -> FeatureSet:
+                     log: Callable[[str], None] | None = None,
+                     read: Sequence[str] | None = None) -> FeatureSet:
     """Run ``dataset``'s images through the model once; cached and resumable (module docstring).
 
     ``backend``: a name (``onnx``, ``keras``, ``torch``; opened only when rows need
@@ -314,6 +315,13 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     called once before the pass (``done`` rows already cached) and
     ``on_batch(done, total)`` after each batch is written; an exception raised
     there stops the pass with the cache resumable. ``log`` receives notes.
+    ``read``: the layers to return (default: ``layers``); the others are computed
+    and cached for later use but not loaded into memory.
+
+    Labels and categories are always the data set's own (the cache stores the
+    features, which do not depend on them), so a relabelled list reuses the cache
+    with its new labels. A resumed pass keeps the batch size the cache was started
+    with, so that its rows are identical to those of an uninterrupted pass.
     """
     import h5py
 
@@ -327,6 +335,8 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     layers = list(dict.fromkeys(layers))
     if not layers:
         raise InputError("no feature layers asked for")
+    if read is not None and not set(read) <= set(layers):
+        raise InputError(f"cannot return {sorted(set(read) - set(layers))}: not among the layers {layers}")
     shapes_by_layer = infer_shapes(graph)
     shapes = {l: shapes_by_layer[graph.resolve(l)] for l in layers}
     mean_image = read_mean_image(model_dir, graph)
@@ -373,10 +383,9 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                 backends = json.loads(f.attrs["backends"])
                 if described not in backends:
                     f.attrs["backends"] = json.dumps(backends + [described])
-                computed, pass_seconds = _fill(f, run, paths, graph, mean_image, stored_layers, done, batch_size,
-                                 workers, draft, on_batch)
-            status, reasons, arrays = _read_cache(f, layers)
-            labels_all = f["labels"][()]
+                computed, pass_seconds = _fill(f, run, paths, graph, mean_image, stored_layers, done,
+                                               int(f.attrs["batch_size"]), workers, draft, on_batch)
+            status, reasons, arrays = _read_cache(f, layers if read is None else read)
             cache_seconds, cache_rows = float(f.attrs["compute_seconds"]), int(f.attrs["computed_rows"])
             cache_backends = json.loads(f.attrs["backends"])
     except OSError as exc:
@@ -391,7 +400,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     failed = [(paths[i], reasons[i]) for i in np.flatnonzero(status == FAILED)]
     return FeatureSet(
         paths=[p for p, good in zip(paths, ok) if good],
-        labels=labels_all[ok].astype(np.int64),
+        labels=np.array([r.label for r in dataset.records], dtype=np.int64)[ok],
         categories=list(dataset.categories),
         arrays=arrays, failed=failed, cache_path=path, key=key, backend=described, cache_backends=cache_backends,
         stats={"num_images": len(paths), "computed": computed, "from_cache": len(paths) - computed,

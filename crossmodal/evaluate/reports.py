@@ -121,9 +121,9 @@ def _save(fig, path: Path, dpi: int = 150) -> Path:
 def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], title: str = "") -> Path:
     """Row-normalised confusion matrix (each true class sums to 1), classes in category order.
 
-    Up to ~60 classes every tick is labelled; beyond, every n-th (n = ceil(C / 105))
-    with a font that shrinks to 3.5 pt, so a 205 × 205 matrix stays legible when
-    zoomed (the PNG is 200 dpi).
+    Up to 250 classes every class is labelled, with a font sized to the row spacing
+    (about 3.7 pt for 205 classes), so a 205 × 205 matrix is readable when zoomed
+    (the PNG is 200 dpi); beyond, every n-th class (n = ceil(C / 250)).
     """
     cm = np.asarray(confusion, dtype=np.float64)
     c = cm.shape[0]
@@ -133,8 +133,9 @@ def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], titl
     fig = _figure(size + 1.2, size)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-    step = 1 if c <= 60 else math.ceil(c / 105)
-    font = float(np.clip(600 / max(c, 1), 3.5, 9))
+    step = 1 if c <= 250 else math.ceil(c / 250)
+    row_pt = size * 72 * 0.8 / max(c, 1) * step  # the axes take about 80 % of the figure
+    font = float(np.clip(0.8 * row_pt, 3.0, 9))
     ticks = np.arange(0, c, step)
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)

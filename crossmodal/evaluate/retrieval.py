@@ -227,7 +227,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
             step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
             fs = extract_features(
                 model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
-                cache_dir=cache_dir, draft=draft, threads=threads, log=step,
+                cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer],
                 on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
                 on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
             feats[name] = as_modality_features(name, ds, fs, layer)
