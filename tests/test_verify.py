@@ -64,8 +64,12 @@ def test_a_correct_conversion_passes_every_engine(model_copy):
     source, model_dir = model_copy
     report = _verify(model_dir, source)
     assert report.passed, report.to_json()["gates"]
-    assert set(report.comparisons) == {"ir", "keras", "onnx"} and report.reference.startswith("torch")
+    assert set(report.comparisons) == {"torch", "ir", "keras", "onnx"}
+    assert report.reference.startswith("torch-source")
     assert all(v is None for v in report.first_divergence().values())
+    # the IR emitted to torch and the checkpoint in a plain torchvision VGG: same ops, same bits
+    assert all(s.max_abs == 0.0 for s in report.comparisons["torch"].values())
+    assert {"conv1_1", "relu1_1", "pool1", "flatten", "fc6", "drop7", "prob"} <= set(report.comparisons["torch"])
     assert report.comparisons["onnx"]["conv1_1"].rel < 1e-5
     assert "conv1_1" not in report.comparisons["keras"]  # fused into block1_conv1 with its ReLU
 
@@ -212,3 +216,257 @@ def test_a_failing_tf2onnx_is_reported_and_the_rest_still_runs(model_copy, monke
     report = run_verify(model_dir, engines=["ir", "onnx", "tf2onnx"], random=1)
     assert report.passed and "onnx" in report.comparisons
     assert report.errors["tf2onnx"].startswith("MemoryError")
+
+
+# --- the reference is independent of the conversion --------------------------------------------
+def test_a_reader_fault_fails_against_the_independent_torch_source(odd_model, tmp_path, monkeypatch):
+    """A reader that transposes conv2_1 H↔W inside ``to_ir`` is caught, even while it is still
+    patched during verify: the source reference never goes through the reader's IR."""
+    from crossmodal.convert.ir import Preprocess
+    from crossmodal.convert.pipeline import convert
+    from crossmodal.convert.readers import from_torch
+    source = odd_model[0]
+    real_to_ir = from_torch.to_ir
+
+    def faulty_to_ir(*args, **kwargs):
+        model = real_to_ir(*args, **kwargs)
+        model.weights["conv2_1.weight"] = np.ascontiguousarray(model.weights["conv2_1.weight"].transpose(0, 1, 3, 2))
+        return model
+    monkeypatch.setattr(from_torch, "to_ir", faulty_to_ir)
+    convert(source, tmp_path / "model", input_size=SIZE, preprocess=Preprocess(resize=SIZE, crop=SIZE, name="t"))
+    report = _verify(tmp_path / "model", source)
+    assert not report.passed and report.reference.startswith("torch-source")
+    assert report.first_divergence() == {"torch": "conv2_1", "ir": "conv2_1", "onnx": "conv2_1", "keras": "relu2_1"}
+    assert report.comparisons["torch"]["pool1"].max_abs == 0.0
+
+
+def test_only_the_ir_in_torch_against_a_pth_source_is_compared(model_copy):
+    source, model_dir = model_copy
+    result = CliRunner().invoke(main, ["verify", str(model_dir), "--source", str(source), "--engines", "torch",
+                                       "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data["comparisons"]) == {"torch"} and {g["engine"] for g in data["gates"]} == {"torch"}
+    assert len(data["gates"]) == 3 and all(g["passed"] for g in data["gates"])
+
+
+@pytest.mark.parametrize("layout", ["named", "safetensors"])
+def test_the_torch_source_reads_every_checkpoint_layout(layout, tmp_path, tiny_spec, tiny_preprocess):
+    from crossmodal.convert.pipeline import convert
+    from crossmodal.models.synthetic import write_checkpoint
+    ckpt = tmp_path / ("tiny.safetensors" if layout == "safetensors" else "tiny.pth")
+    write_checkpoint(tiny_spec, ckpt, layout=layout, seed=4)
+    convert(ckpt, tmp_path / "model", targets=["ir", "onnx"], input_size=tiny_spec.input_shape[1:],
+            preprocess=tiny_preprocess)
+    report = run_verify(tmp_path / "model", engines=["torch", "onnx"], source=ckpt, random=2)
+    assert report.passed and report.reference.startswith("torch-source"), report.to_json()["gates"]
+    assert report.comparisons["torch"]["fc8"].max_abs == 0.0
+
+
+def _caffe_model(root, rgb_input=True):
+    from caffe_fixtures import tiny_prototxt, tiny_shapes, write_caffemodel
+    from crossmodal.convert.pipeline import convert
+    proto, caffemodel = root / "tiny.prototxt", root / "tiny.caffemodel"
+    if not caffemodel.exists():
+        proto.write_text(tiny_prototxt())
+        write_caffemodel(tiny_prototxt(), caffemodel, tiny_shapes(), seed=5)
+    out = root / f"model-{len(list(root.glob('model-*')))}"
+    convert(proto, out, caffemodel=caffemodel, targets=["ir", "onnx"], rgb_input=rgb_input)
+    return proto, caffemodel, out
+
+
+def test_the_rgb_fold_is_checked_against_caffes_own_bgr_network(tmp_path, monkeypatch):
+    from crossmodal.convert.readers import from_caffe
+    proto, caffemodel, good = _caffe_model(tmp_path)
+    report = run_verify(good, engines=("ir", "onnx"), source=caffemodel, prototxt=proto, random=2)
+    assert report.passed and report.reference.startswith("caffe-source"), report.to_json()["gates"]
+    assert "BGR" in report.engines["caffe-source"]["input"]
+
+    # a fold that does nothing (the reader names the step _rgb_conv; earlier versions _fold_rgb)
+    step = "_rgb_conv" if hasattr(from_caffe, "_rgb_conv") else "_fold_rgb"
+    monkeypatch.setattr(from_caffe, step, lambda *args, **kwargs: None)
+    _, _, unfolded = _caffe_model(tmp_path)
+    report = run_verify(unfolded, engines=("ir", "onnx"), source=caffemodel, prototxt=proto, random=2)
+    assert not report.passed and report.first_divergence() == {"ir": "conv1_1", "onnx": "conv1_1"}
+
+
+def test_a_bgr_caffe_conversion_needs_no_channel_reversal(tmp_path):
+    proto, caffemodel, bgr = _caffe_model(tmp_path, rgb_input=False)
+    report = run_verify(bgr, engines=("ir",), source=caffemodel, prototxt=proto, random=2)
+    assert report.passed and report.comparisons["ir"]["conv1_1"].max_abs == 0.0
+
+
+# --- non-finite outputs, unobservable gates, nothing to compare --------------------------------
+def test_nan_in_an_output_is_an_infinite_error(model_copy):
+    source, model_dir = model_copy
+
+    def edit(proto, nh):
+        t = _initializer(proto, "fc7.bias")
+        b = nh.to_array(t).copy()
+        b[0] = np.nan
+        t.CopyFrom(nh.from_array(b, t.name))
+    _edit_onnx(model_dir / "model.onnx", edit)
+    report = _verify(model_dir, source, engines=["onnx"])
+    assert not report.passed and report.first_divergence() == {"onnx": "fc7"}
+    fc7 = report.comparisons["onnx"]["fc7"]
+    assert fc7.rel == float("inf") and fc7.nonfinite == 3 and fc7.cosine_min == -float("inf")
+    data = report.to_json()
+    json.dumps(data, allow_nan=False)  # JSON gets null, never NaN
+    assert data["comparisons"]["onnx"]["fc7"]["nonfinite"] == 3 and data["comparisons"]["onnx"]["fc7"]["rel"] is None
+
+
+def test_layer_stats_non_finite_values():
+    s = LayerStats()
+    ref = np.ones((2, 3))
+    s.update(ref, ref)
+    assert s.rel == 0.0
+    out = ref.copy()
+    out[1, 2] = np.nan
+    s.update(ref, out)
+    assert s.rel == float("inf") and s.nonfinite == 1 and s.to_dict()["mean_abs"] is None
+    both = LayerStats()
+    nan_ref = ref.copy()
+    nan_ref[0, 0] = np.nan
+    both.update(nan_ref, nan_ref.copy())  # the same NaN on both sides is agreement
+    assert both.rel == 0.0 and both.nonfinite == 0
+    inf_out = LayerStats()
+    inf_out.update(ref, np.where(ref > 0, np.inf, 0))
+    assert inf_out.rel == float("inf")
+
+
+def test_an_engine_that_cannot_observe_the_gated_layers_fails_with_the_reason(model_copy, monkeypatch):
+    from crossmodal.convert import engines
+    from crossmodal.convert.verify_report import console, markdown
+    real = engines.onnx_engine
+
+    def blind(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        engine.observable -= {"fc8", "relu7"}
+        return engine
+    monkeypatch.setattr(engines, "onnx_engine", blind)
+    source, model_dir = model_copy
+    report = _verify(model_dir, source, engines=["onnx"])
+    assert not report.passed
+    failed = [g for g in report.gates() if not g["passed"]]
+    assert {g["check"] for g in failed} == {"logits max|Δ|/max|ref|", "fc7 max|Δ|/max|ref|", "top-1 disagreements"}
+    assert all("cannot observe" in g["reason"] for g in failed)
+    assert "onnx       FAILS logits max|Δ|/max|ref|: onnx cannot observe fc8 (logits)" in console(report)
+    assert "not observed: onnx cannot observe relu7 (fc7)" in markdown(report)
+
+
+def test_nothing_to_compare_is_a_clear_input_error(model_copy):
+    _, model_dir = model_copy
+    result = CliRunner().invoke(main, ["verify", str(model_dir), "--engines", "ir", "-q"])
+    assert result.exit_code == 2 and "nothing to compare" in result.output and result.output.count("\n") == 1
+
+
+# --- tf2onnx is optional -------------------------------------------------------------------------
+def test_tf2onnx_without_model_keras_is_reported_and_the_rest_still_runs(model_copy):
+    _, model_dir = model_copy
+    (model_dir / "model.keras").unlink()
+    report = run_verify(model_dir, engines=["ir", "onnx", "tf2onnx"], random=1)
+    assert report.passed and set(report.comparisons) == {"onnx"}
+    assert "missing model.keras" in report.errors["tf2onnx"]
+
+
+def test_tf2onnx_failing_while_it_runs_is_reported_and_the_rest_still_runs(model_copy, monkeypatch):
+    from crossmodal.convert import engines
+    from crossmodal.convert.verify_report import console
+
+    def run(x, layers):
+        raise MemoryError("std::bad_alloc")
+    monkeypatch.setattr(engines, "tf2onnx_engine",
+                        lambda *a, **k: engines.Engine("tf2onnx", run, {"fc8", "relu7"}, path="model.keras"))
+    _, model_dir = model_copy
+    report = run_verify(model_dir, engines=["ir", "onnx", "tf2onnx"], random=3, batch_size=2)
+    assert report.passed and set(report.comparisons) == {"onnx"} and "tf2onnx" not in report.engines
+    assert "MemoryError: std::bad_alloc" in report.errors["tf2onnx"]
+    assert "tf2onnx    did not run (optional cross-check)" in console(report)
+
+
+def test_tf2onnx_output_that_onnx_runtime_cannot_load_is_reported(model_copy, monkeypatch):
+    pytest.importorskip("tf2onnx")
+    from crossmodal.convert import engines
+    from crossmodal.errors import InputError
+
+    def refuse(source, *args, **kwargs):
+        raise InputError("ONNX Runtime cannot load the model (InvalidGraph)")
+    monkeypatch.setattr(engines, "onnx_session", refuse)
+    source, model_dir = model_copy
+    report = _verify(model_dir, source, engines=["ir", "tf2onnx"])
+    assert report.passed and set(report.comparisons) == {"ir"}
+    assert "cannot load" in report.errors["tf2onnx"]
+
+
+# --- unexpected engine errors are bad input, not breaches ----------------------------------------
+def test_a_keras_file_of_another_model_is_a_one_line_input_error(model_copy):
+    import keras
+    _, model_dir = model_copy
+    inp = keras.Input((SIZE[0], SIZE[1], 3))
+    keras.Model(inp, keras.layers.Dense(2, name="other")(keras.layers.Flatten(name="flat")(inp))).save(
+        model_dir / "model.keras")
+    result = CliRunner().invoke(main, ["verify", str(model_dir), "--engines", "keras", "-q"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "model.keras: has none of the Keras layers" in result.output
+
+
+def test_an_engine_crashing_on_the_batch_is_a_one_line_input_error(model_copy, monkeypatch):
+    from crossmodal.convert import engines
+    real = engines.onnx_engine
+
+    def crashing(*args, **kwargs):
+        engine = real(*args, **kwargs)
+
+        def run(x, layers):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\nmore")
+        engine.run = run
+        return engine
+    monkeypatch.setattr(engines, "onnx_engine", crashing)
+    _, model_dir = model_copy
+    result = CliRunner().invoke(main, ["verify", str(model_dir), "--engines", "onnx", "-q"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "model.onnx: engine onnx (onnx) failed" in result.output and "RuntimeError" in result.output
+
+
+# --- options and the recorded environment --------------------------------------------------------
+def test_allow_tf32_top1_limit_cpu_and_device_are_reported(model_copy, tmp_path):
+    source, model_dir = model_copy
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(model_dir), "--source", str(source), "--engines", "keras,onnx",
+                                  "--allow-tf32", "--max-top1-disagreements", "1", "-q",
+                                  "--report", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    assert result.exit_code == 0, result.output
+    assert "TF32 ALLOWED" in result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["allow_tf32"] is True and data["tolerance"]["top1_disagreements"] == 1
+    assert {g["limit"] for g in data["gates"] if g["check"] == "top-1 disagreements"} == {1}
+    assert data["environment"]["cpu"] and data["engines"]["keras"]["tf_device"] == "/CPU:0"
+    assert "TF32 ALLOWED" in (tmp_path / "r.md").read_text().split("## Gates")[0]
+    plain = run_verify(model_dir, engines=["onnx"], random=1)
+    assert plain.to_json()["allow_tf32"] is False
+
+
+def test_top1_disagreements_can_be_allowed(model_copy):
+    source, model_dir = model_copy
+
+    def edit(proto, nh):  # a large bias on one class: the argmax flips, the logits differ
+        t = _initializer(proto, "fc8.bias")
+        b = nh.to_array(t).copy()
+        b[0] += 1e3
+        t.CopyFrom(nh.from_array(b, t.name))
+    _edit_onnx(model_dir / "model.onnx", edit)
+    strict = _verify(model_dir, source, engines=["onnx"])
+    flips = strict.classifier["onnx"].n - strict.classifier["onnx"].top1_agree
+    assert flips > 0
+    loose = _verify(model_dir, source, engines=["onnx"], max_top1_disagreements=flips)
+    top1 = [g for g in loose.gates() if g["check"] == "top-1 disagreements"]
+    assert top1 == [{"engine": "onnx", "check": "top-1 disagreements", "value": flips, "limit": flips,
+                     "passed": True}]
+
+
+def test_images_and_random_are_mutually_exclusive(model_copy):
+    from helpers import shared_file
+    _, model_dir = model_copy
+    result = CliRunner().invoke(main, ["verify", str(model_dir), "--images", str(shared_file("images")),
+                                       "--random", "3"])
+    assert result.exit_code == 2 and "mutually exclusive" in result.output

@@ -14,16 +14,18 @@ from crossmodal.io.atomic import write_text_atomic
 @click.command("verify")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The original checkpoint (or .caffemodel with --prototxt): the reference engine. "
+              help="The original checkpoint (or .caffemodel with --prototxt): the reference engine, "
+                   "loaded independently of the conversion (plain torchvision VGG; Caffe's BGR net). "
                    "Must be the file the IR was made from (checked by SHA-256).")
 @click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Caffe deploy prototxt, when --source is a .caffemodel.")
 @click.option("--engines", default="torch,ir,keras,onnx", show_default=True,
-              help="Comma-separated: torch, ir, keras, onnx, tf2onnx (optional cross-check).")
+              help="Comma-separated: torch (the IR in PyTorch), ir, keras, onnx, tf2onnx (optional "
+                   "cross-check; its failures are reported, not fatal).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A folder of JPEG/PNG images to feed (else random images).")
-@click.option("--random", "n_random", type=click.IntRange(1), default=2, show_default=True,
-              help="Number of random images when --images is not given.")
+@click.option("--random", "n_random", type=click.IntRange(1), default=None,
+              help="Number of random images (default 2); not with --images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--layers", default="all", show_default=True,
@@ -31,6 +33,8 @@ from crossmodal.io.atomic import write_text_atomic
                    "logits and fc7 are always compared.")
 @click.option("--tolerance", type=float, default=1e-5, show_default=True,
               help="Limit on max|Δ|/max|ref| for logits and fc7.")
+@click.option("--max-top1-disagreements", type=click.IntRange(0), default=0, show_default=True,
+              help="How many inputs may get a different top-1 class than the reference.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (GPU if it works).")
 @click.option("--allow-tf32", is_flag=True, help="Leave TF32 math on (reported; off by default).")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole-model --source (trusted files only).")
@@ -42,7 +46,7 @@ from crossmodal.io.atomic import write_text_atomic
 @json_option
 @handle_errors
 def verify(model_dir, source, prototxt, engines, images, n_random, seed, batch_size, layers, tolerance,
-           device, allow_tf32, trust_pickle, report_path, markdown_path, quiet, as_json):
+           max_top1_disagreements, device, allow_tf32, trust_pickle, report_path, markdown_path, quiet, as_json):
     """Prove that the models in MODEL_DIR compute the source network's function, layer by
     layer, on every engine. Exit 0 when every gate holds, 1 when one fails, 2 on bad input."""
     from tqdm import tqdm
@@ -50,11 +54,15 @@ def verify(model_dir, source, prototxt, engines, images, n_random, seed, batch_s
     from crossmodal.convert.verify import run_verify
     from crossmodal.convert.verify_report import console, markdown
 
+    if images is not None and n_random is not None:
+        raise click.UsageError("--images and --random are mutually exclusive: give one kind of input")
+    n_random = 2 if n_random is None else n_random
     total = None if images else n_random
     with tqdm(total=total, unit="img", desc="verify", disable=quiet or as_json, file=sys.stderr) as bar:
         report = run_verify(model_dir, engines=csv_list(engines), source=source, prototxt=prototxt,
                             images=images, random=n_random, seed=seed, batch_size=batch_size,
-                            layers=csv_list(layers), tolerance=tolerance, device=device,
+                            layers=csv_list(layers), tolerance=tolerance,
+                            max_top1_disagreements=max_top1_disagreements, device=device,
                             allow_tf32=allow_tf32, trust_pickle=trust_pickle,
                             on_step=step_printer(quiet or as_json), on_batch=bar.update)
     data = report.to_json()

@@ -6,10 +6,13 @@ back), so outputs compare one to one. Layers an engine cannot observe (e.g. a
 conv whose ReLU Keras fused into it) are simply absent. Heavy frameworks are
 imported when an engine is created.
 
-Reduced precision (TF32) is switched off in every engine unless ``allow_tf32``.
+Reduced precision (TF32) is switched off in every engine unless ``allow_tf32``, and
+``device="cpu"`` keeps every engine on the CPU (TensorFlow included). ``Engine.path``
+is the file an engine runs, named when it fails.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,7 @@ class Engine:
     observable: set[str]
     device: str = "cpu"
     info: dict = field(default_factory=dict)
+    path: str | None = None  # the file it runs, named in errors
 
 
 def ir_engine(model: IRModel, dtype=np.float64) -> Engine:
@@ -41,19 +45,33 @@ def ir_engine(model: IRModel, dtype=np.float64) -> Engine:
                   info={"dtype": np.dtype(dtype).name, "evaluator": "crossmodal.convert.reference"})
 
 
+def set_torch_precision(allow_tf32: bool) -> None:
+    """TF32 off (full fp32 matmul and cuDNN convolutions) unless ``allow_tf32``."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+
+
+def torch_device(device: str):
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` → a ``torch.device`` (InputError if CUDA is absent)."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA was asked for, but PyTorch sees no GPU here")
+    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return torch.device(device if device.startswith("cuda") else "cuda" if want_gpu else "cpu")
+
+
 def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, label: str = "torch") -> Engine:
     """The IR's tensors in a PyTorch network (:mod:`~crossmodal.convert.emitters.to_torch`)."""
     import torch
 
     from crossmodal.convert.emitters.to_torch import build_torch
 
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA was asked for, but PyTorch sees no GPU here")
-    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device(device if device.startswith("cuda") else "cuda" if want_gpu else "cpu")
+    set_torch_precision(allow_tf32)
+    dev = torch_device(device)
     module = build_torch(model).to(dev)
 
     def run(x, layers):
@@ -65,32 +83,56 @@ def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, 
                   {"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32})
 
 
-def keras_engine(model_path: Path, graph, allow_tf32: bool = False) -> Engine:
-    """A saved ``.keras`` model, with a sub-model on the layers that match IR layers."""
+def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str = "cpu") -> Engine:
+    """A saved ``.keras`` model, with a sub-model on the layers that match IR layers.
+
+    ``device``: ``cpu`` pins TensorFlow to ``/CPU:0`` (else it takes any GPU it sees),
+    ``cuda[:N]`` to ``/GPU:N``, ``auto`` leaves placement to TensorFlow.
+    """
     import keras
     import tensorflow as tf
 
     from crossmodal.convert.emitters.to_keras import keras_outputs
 
     tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
-    try:
-        kmodel = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as exc:  # a corrupt archive raises many kinds
-        raise InputError(f"not a loadable Keras model ({exc.__class__.__name__})", model_path) from None
-    mapping = {ir: k for ir, k in keras_outputs(graph).items() if _has_layer(kmodel, k)}
     gpus = tf.config.list_physical_devices("GPU")
+    if device == "cpu":
+        tf_dev = "/CPU:0"
+    elif device.startswith("cuda"):
+        if not gpus:
+            raise InputError("CUDA was asked for, but TensorFlow sees no GPU here")
+        tf_dev = f"/GPU:{device.split(':')[1] if ':' in device else 0}"
+    else:
+        tf_dev = None
+    placed = (lambda: tf.device(tf_dev)) if tf_dev else contextlib.nullcontext
+    with placed():
+        try:
+            kmodel = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+        except Exception as exc:  # a corrupt archive raises many kinds
+            raise InputError(f"not a loadable Keras model ({exc.__class__.__name__})", model_path) from None
+    expected = keras_outputs(graph)
+    mapping = {ir: k for ir, k in expected.items() if _has_layer(kmodel, k)}
+    if not mapping:
+        names = list(dict.fromkeys(expected.values()))
+        raise InputError(f"has none of the Keras layers this IR maps to ({', '.join(names[:4])}, …): "
+                         "not a model converted from this IR", model_path)
 
     def run(x, layers):
         wanted = [l for l in layers if l in mapping]
+        if not wanted:
+            return {}
         knames = list(dict.fromkeys(mapping[l] for l in wanted))
-        sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
-        outs = sub(np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32), training=False)
+        with placed():
+            sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
+            outs = sub(np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32), training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         by_k = {k: np.asarray(o) for k, o in zip(knames, outs)}
         return {l: _to_ir_layout(by_k[mapping[l]], graph.layer(l)) for l in wanted}
-    return Engine("keras", run, set(mapping), "gpu" if gpus else "cpu",
+    where = "cpu" if device == "cpu" or not gpus else "gpu"
+    return Engine("keras", run, set(mapping), where,
                   {"keras": keras.__version__, "tensorflow": tf.__version__, "allow_tf32": allow_tf32,
-                   "devices": [d.name for d in gpus] or ["cpu"]})
+                   "tf_device": tf_dev or "auto", "devices": [d.name for d in gpus] or ["cpu"]},
+                  path=str(model_path))
 
 
 def _has_layer(kmodel, name: str) -> bool:
@@ -181,7 +223,7 @@ def onnx_engine(model_path: Path, graph, device: str = "cpu", allow_tf32: bool =
         return {l: outs[mapping[l]] for l in wanted}
     dev = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
     return Engine(label, run, set(mapping), dev, {"onnxruntime": ort.__version__, "providers": providers,
-                                                 "allow_tf32": allow_tf32})
+                                                 "allow_tf32": allow_tf32}, path=str(model_path))
 
 
 def tf2onnx_engine(keras_path: Path, graph, opset: int = 17) -> Engine:
@@ -200,8 +242,10 @@ def tf2onnx_engine(keras_path: Path, graph, opset: int = 17) -> Engine:
     from crossmodal.convert.emitters.to_keras import keras_outputs
 
     kmodel = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
-    flat = {ir: k for ir, k in keras_outputs(graph).items()
-            if graph.layer(ir).kind in ("dense", "relu", "dropout") and len(kmodel.get_layer(k).output.shape) == 2}
+    flat = {ir: k for ir, k in keras_outputs(graph).items() if graph.layer(ir).kind in ("dense", "relu", "dropout")
+            and _has_layer(kmodel, k) and len(kmodel.get_layer(k).output.shape) == 2}
+    if not flat:
+        raise InputError("has no flat (dense) layer this IR maps to", keras_path)
     knames = list(dict.fromkeys(flat.values()))
     sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
     c, h, w = graph.input.shape
@@ -214,7 +258,8 @@ def tf2onnx_engine(keras_path: Path, graph, opset: int = 17) -> Engine:
         outs = dict(zip(knames, sess.run(out_names, {sess.get_inputs()[0].name: np.ascontiguousarray(
             x.transpose(0, 2, 3, 1), np.float32)})))
         return {l: outs[flat[l]] for l in layers if l in flat}
-    return Engine("tf2onnx", run, set(flat), "cpu", {"tf2onnx": tf2onnx.__version__, "providers": providers})
+    return Engine("tf2onnx", run, set(flat), "cpu", {"tf2onnx": tf2onnx.__version__, "providers": providers},
+                  path=str(keras_path))
 
 
 def available(names: Iterable[str]) -> list[str]:

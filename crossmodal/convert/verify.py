@@ -1,13 +1,18 @@
 """Layer-by-layer numerical equivalence of a converted model across engines.
 
 The same preprocessed float32 batch runs through every engine; each observable
-IR layer is compared with the reference engine (the source checkpoint in PyTorch
-when given, else the IR's NumPy evaluator in float64). Statistics are accumulated
-batch by batch, so memory stays bounded whatever the number of images.
+IR layer is compared with the reference engine: the source weights when given,
+read independently of the conversion (:mod:`~crossmodal.convert.source_reference`:
+a PyTorch checkpoint in a plain torchvision VGG, a Caffe net without the RGB fold),
+else the IR's NumPy evaluator in float64. Statistics are accumulated batch by batch,
+so memory stays bounded whatever the number of images.
 
 Gates (defaults): on the logits and fc7, max|Δ| / max|ref| ≤ ``tolerance``
-(1e-5), and no top-1 disagreement. Every other layer is reported, and the first
-layer (in graph order) above the tolerance is named as where an engine diverges.
+(1e-5), and at most ``max_top1_disagreements`` (0) top-1 disagreements. A non-finite
+output where the reference is finite is an infinite error. Every requested engine
+must observe the gated layers, or its gate fails with the reason. Every other layer
+is reported, and the first layer (in graph order) above the tolerance is named as
+where an engine diverges.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from crossmodal.convert.ir import IRModel
 from crossmodal.errors import InputError
 
 GATED_BLOBS = ("logits", "fc7")
+OPTIONAL_ENGINES = ("tf2onnx",)  # a cross-check: its failures are reported, never fatal
 
 
 @dataclass
@@ -38,41 +44,53 @@ class LayerStats:
     count: int = 0
     cosine_min: float = 1.0
     shape_mismatch: str | None = None
+    nonfinite: int = 0  # elements non-finite in one of the two and not equal in both
 
     def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        """Add one batch: ``ref`` and ``out`` of the same shape (N, …)."""
         if ref.shape != out.shape:  # a diverging layer, e.g. ceil vs floor pooling
             self.shape_mismatch = f"{tuple(out.shape[1:])} vs reference {tuple(ref.shape[1:])}"
             self.max_abs, self.count = float("inf"), self.count + 1
             return
         ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-        diff = np.abs(out64 - ref64)
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
-        self.max_ref = max(self.max_ref, float(np.abs(ref64).max(initial=0.0)))
+        finite = np.isfinite(ref64) & np.isfinite(out64)
+        # NaN or ±inf on either side counts as an infinite error, unless both sides hold the same value
+        bad = ~finite & ~((ref64 == out64) | (np.isnan(ref64) & np.isnan(out64)))
+        r, o = np.where(finite, ref64, 0.0), np.where(finite, out64, 0.0)
+        diff = np.abs(o - r)
+        n_bad = int(bad.sum())
+        self.nonfinite += n_bad
+        self.max_abs = float("inf") if n_bad else max(self.max_abs, float(diff.max(initial=0.0)))
+        self.max_ref = max(self.max_ref, float(np.abs(r).max(initial=0.0)))
         self.sum_abs += float(diff.sum())
         self.count += diff.size
-        r, o = ref64.reshape(len(ref64), -1), out64.reshape(len(out64), -1)
+        r, o = r.reshape(len(r), -1), o.reshape(len(o), -1)
         norms = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
         dots = np.einsum("ij,ij->i", r, o)
         cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(
             np.linalg.norm(r - o, axis=1) == 0, 1.0, 0.0))
+        cos = np.where(bad.reshape(len(bad), -1).any(axis=1), -np.inf, cos)
         self.cosine_min = min(self.cosine_min, float(cos.min(initial=1.0)))
 
     @property
     def rel(self) -> float:
-        if self.shape_mismatch:
+        if self.shape_mismatch or self.nonfinite:
             return float("inf")
         return self.max_abs / self.max_ref if self.max_ref > 0 else (0.0 if self.max_abs == 0 else float("inf"))
 
     def to_dict(self) -> dict:
+        mean = float("inf") if self.nonfinite else self.sum_abs / max(self.count, 1)
         out = {"max_abs": _finite(self.max_abs), "rel": _finite(self.rel),
-               "mean_abs": _finite(self.sum_abs / max(self.count, 1)), "cosine_min": self.cosine_min}
+               "mean_abs": _finite(mean), "cosine_min": _finite(self.cosine_min)}
         if self.shape_mismatch:
             out["shape_mismatch"] = self.shape_mismatch
+        if self.nonfinite:
+            out["nonfinite"] = self.nonfinite
         return out
 
 
 def _finite(v: float) -> float | None:
-    """JSON has no infinity: a non-finite figure (a shape mismatch) is written as null."""
+    """JSON has no infinity: a non-finite figure (shape mismatch, NaN output) is written as null."""
     return v if np.isfinite(v) else None
 
 
@@ -98,8 +116,16 @@ class ClassifierStats:
                 "argmax_flips": self.n - self.top1_agree}
 
 
+def _breach(rel: float, limit: float) -> bool:
+    """True unless ``rel ≤ limit`` (so NaN is a breach)."""
+    return not rel <= limit
+
+
 @dataclass
 class VerifyReport:
+    """Everything one verification found: per engine and IR layer a :class:`LayerStats`,
+    per engine a :class:`ClassifierStats`, engine errors, the limits and the environment."""
+
     reference: str
     layers: list[str]
     blobs: dict[str, str]
@@ -110,24 +136,37 @@ class VerifyReport:
     classifier: dict[str, ClassifierStats] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
+    max_top1_disagreements: int = 0
+    allow_tf32: bool = False
 
     def gates(self) -> list[dict]:
+        """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
         rows = []
         gated = {self.blobs.get(b, b): b for b in GATED_BLOBS if self.blobs.get(b, b) in self.layers}
+        logits = self.blobs.get("logits", "logits")
         for engine, layers in self.comparisons.items():
             for layer, blob in gated.items():
+                check = f"{blob} max|Δ|/max|ref|"
                 if layer in layers:
                     rel = layers[layer].rel
-                    rows.append({"engine": engine, "check": f"{blob} max|Δ|/max|ref|", "value": _finite(rel),
-                                 "limit": self.tolerance, "passed": bool(rel <= self.tolerance)})
-            if engine in self.classifier:
+                    rows.append({"engine": engine, "check": check, "value": _finite(rel),
+                                 "limit": self.tolerance, "passed": not _breach(rel, self.tolerance)})
+                else:
+                    rows.append({"engine": engine, "check": check, "value": None, "limit": self.tolerance,
+                                 "passed": False, "reason": f"{engine} cannot observe {layer} ({blob})"})
+            check = "top-1 disagreements"
+            if engine in self.classifier and self.classifier[engine].n:
                 flips = self.classifier[engine].n - self.classifier[engine].top1_agree
-                rows.append({"engine": engine, "check": "top-1 disagreements", "value": flips,
-                             "limit": 0, "passed": flips == 0})
+                rows.append({"engine": engine, "check": check, "value": flips,
+                             "limit": self.max_top1_disagreements, "passed": flips <= self.max_top1_disagreements})
+            else:
+                rows.append({"engine": engine, "check": check, "value": None, "limit": self.max_top1_disagreements,
+                             "passed": False, "reason": f"{engine} cannot observe the logits ({logits})"})
         return rows
 
     def first_divergence(self) -> dict[str, str | None]:
-        return {engine: next((l for l in self.layers if l in layers and layers[l].rel > self.tolerance), None)
+        return {engine: next((l for l in self.layers if l in layers and _breach(layers[l].rel, self.tolerance)),
+                             None)
                 for engine, layers in self.comparisons.items()}
 
     @property
@@ -137,13 +176,15 @@ class VerifyReport:
 
     def errors_that_fail(self) -> dict[str, str]:
         """Engine failures that fail the run (tf2onnx is an optional cross-check)."""
-        return {k: v for k, v in self.errors.items() if k != "tf2onnx"}
+        return {k: v for k, v in self.errors.items() if k not in OPTIONAL_ENGINES}
 
     def to_json(self) -> dict:
         return {
             "passed": self.passed,
             "reference": self.reference,
-            "tolerance": {"rel": self.tolerance, "top1_disagreements": 0, "gated": list(GATED_BLOBS)},
+            "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
+                          "gated": list(GATED_BLOBS)},
+            "allow_tf32": self.allow_tf32,
             "inputs": self.inputs,
             "engines": self.engines,
             "layers": self.layers,
@@ -157,10 +198,22 @@ class VerifyReport:
         }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment(seed: int | None) -> dict:
     import sys
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-           "numpy": np.__version__, "seed": seed}
+           "cpu": cpu_model(), "numpy": np.__version__, "seed": seed}
     for name in ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx"):
         mod = sys.modules.get(name)
         if mod is not None:
@@ -170,28 +223,59 @@ def environment(seed: int | None) -> dict:
 
 def compare_engines(reference: Engine, others: list[Engine], batches: Iterable[np.ndarray],
                     layers: list[str], logits_layer: str,
-                    on_batch: Callable[[int], None] | None = None) -> tuple[dict, dict]:
-    """Run every batch through the reference and the other engines; accumulate stats.
+                    on_batch: Callable[[int], None] | None = None,
+                    errors: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """Run every batch (N, C, H, W) float32, in the IR's channel order, through the reference
+    and the other engines; accumulate stats on ``layers`` (IR layer names).
 
+    An optional engine (tf2onnx) that fails while running is dropped and its error put
+    in ``errors``; any other engine's failure is an :class:`InputError` naming its file.
     Returns (comparisons engine → layer → LayerStats, classifier engine → ClassifierStats).
     """
+    errors = {} if errors is None else errors
+    active = list(others)
     comparisons = {e.name: {l: LayerStats() for l in layers if l in e.observable} for e in others}
     classifier = {e.name: ClassifierStats() for e in others if logits_layer in e.observable}
     want_ref = [l for l in layers if l in reference.observable]
     for batch in batches:
-        ref = reference.run(batch, want_ref)
-        for engine in others:
-            outs = engine.run(batch, [l for l in layers if l in engine.observable])
+        ref = _run(reference, batch, want_ref, "the reference")
+        for engine in list(active):
+            try:
+                outs = _run(engine, batch, [l for l in layers if l in engine.observable], f"engine {engine.name}")
+            except InputError as exc:
+                if engine.name not in OPTIONAL_ENGINES:
+                    raise
+                errors[engine.name] = str(exc)
+                active.remove(engine)
+                comparisons.pop(engine.name)
+                classifier.pop(engine.name, None)
+                continue
             for layer, value in outs.items():
                 if layer in ref:
                     comparisons[engine.name][layer].update(ref[layer], value)
-            if engine.name in classifier and logits_layer in outs:
+            if engine.name in classifier and logits_layer in outs and logits_layer in ref:
                 classifier[engine.name].update(ref[logits_layer], outs[logits_layer])
         if on_batch:
             on_batch(len(batch))
-    for engine in others:  # layers the reference could not observe
-        comparisons[engine.name] = {l: s for l, s in comparisons[engine.name].items() if s.count}
+    for name in comparisons:  # layers the reference could not observe
+        comparisons[name] = {l: s for l, s in comparisons[name].items() if s.count}
     return comparisons, classifier
+
+
+def _run(engine: Engine, batch: np.ndarray, layers: list[str], what: str) -> dict[str, np.ndarray]:
+    """``engine.run``, with an unexpected failure turned into one line naming the engine's file."""
+    try:
+        return engine.run(batch, layers)
+    except InputError:
+        raise
+    except Exception as exc:  # mis-shaped layers, framework errors: a bad file, not a breach
+        raise InputError(f"{what} ({engine.name}) failed on a {tuple(batch.shape)} batch: "
+                         f"{_one_line(exc)}", engine.path) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0][:200]}" if text else exc.__class__.__name__
 
 
 def batches_of(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -238,8 +322,9 @@ def check_input_size(model: IRModel) -> None:
 
 def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: str, allow_tf32: bool,
                    trust_pickle: bool) -> Engine:
-    """The reference built from the original weights, after checking they are the IR's source."""
-    from crossmodal.convert.engines import ir_engine, torch_engine
+    """The reference built from the original weights, independently of the conversion
+    (:mod:`~crossmodal.convert.source_reference`), after checking they are the IR's source."""
+    from crossmodal.convert import source_reference as S
     from crossmodal.convert.readers.from_torch import file_sha256
 
     recorded = model.graph.provenance.source_sha256
@@ -248,29 +333,30 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
         raise InputError(f"is not the checkpoint this IR was made from (SHA-256 {actual[:12]}…, the IR "
                          f"records {recorded[:12]}… from {model.graph.provenance.source_file})", source)
     if prototxt is not None or source.suffix == ".caffemodel":
-        from crossmodal.convert.readers.from_caffe import read_caffe
         if prototxt is None:
             raise InputError("a .caffemodel source needs --prototxt (the deploy prototxt)", source)
-        src_model = read_caffe(prototxt, source, preprocess=model.graph.preprocess)
-        engine = ir_engine(src_model)
-        engine.name, engine.info["source"] = "caffe", str(source)
-        return engine
-    from crossmodal.convert.readers.from_torch import read_torch_checkpoint
-    h, w = model.graph.input.shape[1:]
-    src_model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=(h, w),
-                                      preprocess=model.graph.preprocess)
-    engine = torch_engine(src_model, device, allow_tf32)
-    engine.info["source"] = str(source)
-    return engine
+        return S.caffe_source_engine(model, prototxt, source)
+    return S.torch_source_engine(model, source, device=device, allow_tf32=allow_tf32, trust_pickle=trust_pickle)
+
+
+def _reference_label(engine: Engine, source: Path) -> str:
+    if engine.name == "torch-source":
+        return f"torch-source ({source.name} in a plain torchvision VGG, loaded without the reader's IR)"
+    return f"caffe-source ({source.name}: Caffe's own BGR network, NumPy float64)"
 
 
 def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "keras", "onnx"),
                source: Path | None = None, prototxt: Path | None = None, images: Path | None = None,
                random: int = 2, seed: int = 0, batch_size: int = 2, layers: str | list[str] = "all",
-               tolerance: float = 1e-5, device: str = "cpu", allow_tf32: bool = False,
-               trust_pickle: bool = False, on_step: Callable[[str], None] | None = None,
+               tolerance: float = 1e-5, max_top1_disagreements: int = 0, device: str = "cpu",
+               allow_tf32: bool = False, trust_pickle: bool = False,
+               on_step: Callable[[str], None] | None = None,
                on_batch: Callable[[int], None] | None = None) -> VerifyReport:
-    """Verify the converted models in ``model_dir`` against the reference. See module doc."""
+    """Verify the converted models in ``model_dir`` against the reference. See module doc.
+
+    Raises :class:`InputError` on bad input, when an engine (other than tf2onnx) cannot be
+    started or fails while running, and when no engine is left to compare with the reference.
+    """
     from crossmodal.convert import engines as E
     from crossmodal.convert.ir_io import load_ir
 
@@ -280,6 +366,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     graph = model.graph
     names = E.available(engines)
     check_input_size(model)
+    if max_top1_disagreements < 0:
+        raise InputError(f"the top-1 disagreement limit must be ≥ 0, not {max_top1_disagreements}")
     if layers == "all" or layers == ["all"]:
         wanted = [l.name for l in graph.layers]
     else:
@@ -300,40 +388,58 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     inputs["preprocess"] = graph.preprocess.to_dict()
 
     if source is not None:
-        step(f"loading the source {source}")
+        step(f"loading the source {source} (independently of the conversion)")
         reference = _source_engine(model, Path(source), prototxt, device, allow_tf32, trust_pickle)
-        ref_label = f"{reference.name} (source {Path(source).name})"
+        ref_label = _reference_label(reference, Path(source))
     else:
         reference = E.ir_engine(model)
         ref_label = "ir (NumPy reference evaluator, float64)"
+    gated = [graph.blobs.get(b, b) for b in GATED_BLOBS if graph.blobs.get(b, b) in wanted]
+    blind = [l for l in gated if l not in reference.observable]
+    if blind:
+        raise InputError(f"the reference {reference.name} cannot observe the gated layer(s) {blind}")
     others, errors = [], {}
     builders = {
         "ir": lambda: E.ir_engine(model),
         "torch": lambda: E.torch_engine(model, device, allow_tf32, label="torch"),
-        "keras": lambda: E.keras_engine(_need(model_dir / "model.keras"), graph, allow_tf32),
+        "keras": lambda: E.keras_engine(_need(model_dir / "model.keras"), graph, allow_tf32, device),
         "onnx": lambda: E.onnx_engine(_need(model_dir / "model.onnx"), graph, device, allow_tf32),
         "tf2onnx": lambda: E.tf2onnx_engine(_need(model_dir / "model.keras"), graph),
     }
-    for name in names:
-        if name == reference.name:
+    files = {"keras": model_dir / "model.keras", "onnx": model_dir / "model.onnx",
+             "tf2onnx": model_dir / "model.keras"}
+    for name in dict.fromkeys(names):
+        if name == reference.name:  # the IR evaluator is the reference: nothing to compare it with
             continue
         step(f"starting engine {name}")
         try:
             others.append(builders[name]())
-        except InputError:
-            raise
-        except Exception as exc:  # an optional engine that fails is reported, not fatal
-            if name != "tf2onnx":
+        except Exception as exc:  # tf2onnx is optional: any failure is reported, the rest run
+            if name in OPTIONAL_ENGINES:
+                errors[name] = str(exc) if isinstance(exc, InputError) else _one_line(exc)
+                step(f"{name} did not start: {errors[name]}")
+                continue
+            if isinstance(exc, InputError):
                 raise
-            errors[name] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            raise InputError(f"the {name} engine cannot start: {_one_line(exc)}", files.get(name)) from None
+    if not others:
+        why = f" ({'; '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else ""
+        asked = ", ".join(names) or "none"
+        raise InputError(f"nothing to compare: the reference is {reference.name} and the engines asked for "
+                         f"({asked}) leave no other engine{why}; add engines (--engines torch,keras,onnx)"
+                         + (" or give --source" if source is None else ""))
     step(f"comparing {len(wanted)} layers on {len(x)} inputs, batch {batch_size}")
     comparisons, classifier = compare_engines(reference, others, batches_of(x, batch_size), wanted,
-                                              graph.resolve("logits"), on_batch)
-    report = VerifyReport(ref_label, wanted, dict(graph.blobs), tolerance, inputs,
-                          engines={e.name: {"device": e.device, **e.info} for e in [reference, *others]},
-                          comparisons=comparisons, classifier=classifier, errors=errors,
-                          environment=environment(seed if images is None else None))
-    return report
+                                              graph.resolve("logits"), on_batch, errors)
+    if not comparisons:
+        raise InputError("nothing to compare: every engine failed ("
+                         + "; ".join(f"{k}: {v}" for k, v in errors.items()) + ")")
+    return VerifyReport(ref_label, wanted, dict(graph.blobs), tolerance, inputs,
+                        engines={e.name: {"device": e.device, **e.info} for e in [reference, *others]
+                                 if e is reference or e.name in comparisons},
+                        comparisons=comparisons, classifier=classifier, errors=errors,
+                        environment=environment(seed if images is None else None),
+                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32)
 
 
 def _need(path: Path) -> Path:

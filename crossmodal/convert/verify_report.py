@@ -1,11 +1,23 @@
 """Human-readable renderings of a verification report (Markdown and a console table)."""
 from __future__ import annotations
 
+import math
+
 from crossmodal.convert.verify import VerifyReport
 
 
 def _fmt(v: float) -> str:
     return f"{v:.2e}"
+
+
+def _rank(rel: float) -> float:
+    """Sort key for the worst cell: NaN ranks as infinitely bad."""
+    return math.inf if math.isnan(rel) else rel
+
+
+def _precision(report: VerifyReport) -> str:
+    return ("TF32 ALLOWED (--allow-tf32): reduced-precision matmul/convolution may be on in the GPU engines"
+            if report.allow_tf32 else "TF32 off in every engine (full fp32)")
 
 
 def markdown(report: VerifyReport) -> str:
@@ -16,15 +28,21 @@ def markdown(report: VerifyReport) -> str:
     lines = [f"# crossmodal verify: {verdict}", "",
              f"Reference: {report.reference}. Inputs: {data['inputs']['count']} "
              f"({data['inputs']['kind']}). Tolerance: max|Δ|/max|ref| ≤ {report.tolerance:g} on "
-             f"logits and fc7, no top-1 disagreement.", ""]
+             f"logits and fc7, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
+             f"Precision: {_precision(report)}.", ""]
     lines += ["## Gates", "", "| engine | check | value | limit | result |", "|---|---|---|---|---|"]
     for g in data["gates"]:
-        value = "shape differs" if g["value"] is None else _fmt(g["value"]) if isinstance(g["value"], float) else g["value"]
+        if "reason" in g:
+            value = f"not observed: {g['reason']}"
+        elif g["value"] is None:
+            value = "non-finite or shape differs"
+        else:
+            value = _fmt(g["value"]) if isinstance(g["value"], float) else g["value"]
         lines.append(f"| {g['engine']} | {g['check']} | {value} | {g['limit']} | {'✓' if g['passed'] else '✗'} |")
     lines += ["", "## Classifier agreement", "", "| engine | top-1 | top-5 set | argmax flips |", "|---|---|---|---|"]
     for e, c in data["classifier"].items():
         lines.append(f"| {e} | {c['top1_agreement']:.2%} | {c['top5_set_agreement']:.2%} | {c['argmax_flips']} |")
-    worst = max(((s.rel, e, l) for e, ls in report.comparisons.items() for l, s in ls.items()), default=None)
+    worst = max(((_rank(s.rel), e, l) for e, ls in report.comparisons.items() for l, s in ls.items()), default=None)
     aliases = {v: k for k, v in report.blobs.items()}
     lines += ["", "## Layers: max|Δ| / max|ref|", "",
               "| layer | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
@@ -35,8 +53,10 @@ def markdown(report: VerifyReport) -> str:
             if s is None:
                 cells.append("·")
                 continue
-            cell = _fmt(s.rel) + (" ✗" if s.rel > report.tolerance else "")
-            cells.append(f"**{cell}**" if worst and (s.rel, e, layer) == worst else cell)
+            cell = _fmt(s.rel) + (" ✗" if not s.rel <= report.tolerance else "")
+            if s.nonfinite:
+                cell += f" ({s.nonfinite} non-finite)"
+            cells.append(f"**{cell}**" if worst and (_rank(s.rel), e, layer) == worst else cell)
         name = f"{layer} ({aliases[layer]})" if layer in aliases else layer
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "· = not observable in that engine (e.g. a conv whose ReLU Keras fuses into it).", ""]
@@ -58,17 +78,22 @@ def console(report: VerifyReport) -> str:
     data, out = report.to_json(), []
     div = report.first_divergence()
     out.append(f"reference: {report.reference}; {data['inputs']['count']} inputs ({data['inputs']['kind']})")
+    out.append(f"precision: {_precision(report)}")
     out.append(f"{'engine':<10} {'logits rel':>11} {'fc7 rel':>11} {'worst rel':>11} {'top-1':>7} "
                f"{'top-5':>7} {'flips':>5}  first divergence")
     logits, fc7 = report.blobs.get("logits"), report.blobs.get("fc7")
     for e, layers in report.comparisons.items():
         c = data["classifier"].get(e, {})
-        worst = max((s.rel for s in layers.values()), default=0.0)
+        worst = max((_rank(s.rel) for s in layers.values()), default=0.0)
         lr = _fmt(layers[logits].rel) if logits in layers else "·"
         fr = _fmt(layers[fc7].rel) if fc7 in layers else "·"
         out.append(f"{e:<10} {lr:>11} {fr:>11} {_fmt(worst):>11} {c.get('top1_agreement', 0):>7.1%} "
                    f"{c.get('top5_set_agreement', 0):>7.1%} {c.get('argmax_flips', '·'):>5}  {div.get(e) or '-'}")
+    for g in data["gates"]:
+        if "reason" in g:
+            out.append(f"{g['engine']:<10} FAILS {g['check']}: {g['reason']}")
     for e, msg in report.errors.items():
-        out.append(f"{e:<10} did not run: {msg}")
+        out.append(f"{e:<10} did not run{' (optional cross-check)' if e not in report.errors_that_fail() else ''}: "
+                   f"{msg}")
     out.append("PASSED" if report.passed else "FAILED")
     return "\n".join(out)
