@@ -10,7 +10,8 @@ torchvision-layout ``.pth`` state_dict. Each measurement runs in a fresh process
   same reader with plain protobuf decoding (``ParseFromString`` + ``np.array``),
   and the PyTorch reader.
 
-Needs ../shared/data/places365/deploy_vgg16_places365.prototxt.
+Needs places365/deploy_vgg16_places365.prototxt in the shared data folder
+($CROSSMODAL_SHARED_DATA, default ../shared/data).
 Run: ``python benchmarks/bench_caffe.py [--repeats N]``.
 """
 from __future__ import annotations
@@ -25,7 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-PROTOTXT = ROOT.parent / "shared" / "data" / "places365" / "deploy_vgg16_places365.prototxt"
+#: The shared data folder as the tests find it (tests/helpers.py): $CROSSMODAL_SHARED_DATA,
+#: else ../shared/data beside the repository.
+SHARED_DATA = Path(os.environ.get("CROSSMODAL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PROTOTXT = SHARED_DATA / "places365" / "deploy_vgg16_places365.prototxt"
 SEED = 11
 
 

@@ -68,6 +68,82 @@ def tiny_prototxt(pools: Iterable[tuple] = (("MAX", 2, 2, 0),) * 3, input_hw: tu
     return text.replace("input_dim: 20\ninput_dim: 28", f"input_dim: {input_hw[0]}\ninput_dim: {input_hw[1]}")
 
 
+#: The two Data layers of the real train_val_vgg16.prototxt (TRAIN and TEST), as written there;
+#: ``{transform}`` is extra ``transform_param`` text for the TEST layer.
+TRAIN_VAL_DATA = """\
+layer {{
+  name: "data"
+  type: "Data"
+  top: "data"
+  top: "label"
+  include {{
+    phase: TRAIN
+  }}
+  transform_param {{
+    crop_size: 224
+    mean_file: "/xxx/places2CNN365_mean.binaryproto"
+    mirror: true
+  }}
+  data_param {{
+    source: "/xxx/places2_maxTrain5000_places2new/train_image_lmdb"
+    backend: LMDB
+    batch_size: 48
+  }}
+}}
+layer {{
+  name: "data"
+  type: "Data"
+  top: "data"
+  top: "label"
+  include {{
+    phase: TEST
+  }}
+  transform_param {{
+    mirror: false
+    {transform}
+  }}
+  data_param {{
+    source: "/xxx/places2_maxTrain5000_places2new/val_image_lmdb"
+    batch_size: 12
+    backend: LMDB
+  }}
+}}
+"""
+
+#: An ImageData layer (TEST phase) as Caffe's examples write it; ``{params}`` goes into
+#: ``image_data_param``, ``{transform}`` into ``transform_param``.
+IMAGE_DATA = """\
+layer {{
+  name: "data"
+  type: "ImageData"
+  top: "data"
+  top: "label"
+  include {{ phase: TEST }}
+  transform_param {{ mirror: false {transform} }}
+  image_data_param {{
+    source: "/xxx/val.txt"
+    root_folder: "/xxx/images/"
+    batch_size: 50
+    shuffle: false
+    {params}
+  }}
+}}
+"""
+
+
+def tiny_train_val(data_layers: str) -> str:
+    """:func:`tiny_prototxt` as a train_val: ``data_layers`` instead of the input lines, and the
+    real train_val's tail (SoftmaxWithLoss ``loss``, Accuracy in phase TEST) instead of ``prob``."""
+    text = tiny_prototxt()
+    head = 'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 20\ninput_dim: 28\n'
+    tail = 'layer { name: "prob" type: "Softmax" bottom: "fc8a" top: "prob" }\n'
+    assert head in text and tail in text
+    return text.replace(head, data_layers).replace(tail, (
+        'layer {\n  name: "loss"\n  type: "SoftmaxWithLoss"\n  bottom: "fc8a"\n  bottom: "label"\n'
+        '  top: "loss"\n}\nlayer {\n  name: "accuracy"\n  type: "Accuracy"\n  bottom: "fc8a"\n'
+        '  bottom: "label"\n  top: "accuracy"\n  include {\n    phase: TEST\n  }\n}\n'))
+
+
 #: Reader-only variant (Keras cannot express these pools): 3×24×32 input, pool2 a 3×3/2
 #: ceil max pool on 12×16 (→ 6×8; floor 5×7), pool3 a 3×3/2 pad-1 ceil average pool on
 #: 6×8 (→ 4×5; floor 3×4). Pre-fc map (2, 4, 5).

@@ -11,8 +11,8 @@ Covered: ``NetParameter`` (``layer`` = 100, legacy ``layers`` = 2, ``input``,
 (type as an enum, ``blobs`` = 6), ``BlobProto`` (``shape`` = 7, packed ``data`` = 5,
 legacy ``num``/``channels``/``height``/``width`` = 1–4, ``double_data`` = 8),
 ``BlobShape`` (packed ``dim`` = 1) and the parameters of Convolution, Pooling,
-InnerProduct, Dropout, ReLU, Softmax, Input, Data (``transform_param``,
-``data_param``), Accuracy and loss layers, with ``ParamSpec``, ``FillerParameter``
+InnerProduct, Dropout, ReLU, Softmax, Input, Data and ImageData (``transform_param``,
+``data_param``, ``image_data_param``), Accuracy and loss layers, with ``ParamSpec``, ``FillerParameter``
 and ``NetStateRule`` (``include``/``exclude``) so that deploy and train_val
 prototxts parse as written.
 
@@ -132,6 +132,14 @@ MESSAGES: dict[str, list[tuple]] = {
         ("optional", "uint32", "crop_size", 5, "0"), ("optional", "bool", "mirror", 6, "false"),
         ("optional", "bool", "force_encoded_color", 9, "false"), ("optional", "uint32", "prefetch", 10, "4"),
     ],
+    "ImageDataParameter": [  # scale, mean_file, crop_size, mirror: deprecated copies of transform_param's
+        ("optional", "string", "source", 1), ("optional", "uint32", "batch_size", 4, "1"),
+        ("optional", "uint32", "rand_skip", 7, "0"), ("optional", "bool", "shuffle", 8, "false"),
+        ("optional", "uint32", "new_height", 9, "0"), ("optional", "uint32", "new_width", 10, "0"),
+        ("optional", "bool", "is_color", 11, "true"), ("optional", "float", "scale", 2, "1"),
+        ("optional", "string", "mean_file", 3), ("optional", "uint32", "crop_size", 5, "0"),
+        ("optional", "bool", "mirror", 6, "false"), ("optional", "string", "root_folder", 12),
+    ],
     "DropoutParameter": [("optional", "float", "dropout_ratio", 1, "0.5")],
     "InnerProductParameter": [
         ("optional", "uint32", "num_output", 1), ("optional", "bool", "bias_term", 2, "true"),
@@ -171,6 +179,7 @@ MESSAGES: dict[str, list[tuple]] = {
         ("optional", "DataParameter", "data_param", 107),
         ("optional", "DropoutParameter", "dropout_param", 108),
         ("optional", "FlattenParameter", "flatten_param", 135),
+        ("optional", "ImageDataParameter", "image_data_param", 115),
         ("optional", "InnerProductParameter", "inner_product_param", 117),
         ("optional", "InputParameter", "input_param", 143),
         ("optional", "PoolingParameter", "pooling_param", 121),
@@ -190,6 +199,7 @@ MESSAGES: dict[str, list[tuple]] = {
         ("optional", "ConvolutionParameter", "convolution_param", 10),
         ("optional", "DataParameter", "data_param", 11),
         ("optional", "DropoutParameter", "dropout_param", 12),
+        ("optional", "ImageDataParameter", "image_data_param", 15),
         ("optional", "InnerProductParameter", "inner_product_param", 17),
         ("optional", "PoolingParameter", "pooling_param", 19),
         ("optional", "ReLUParameter", "relu_param", 30),

@@ -15,9 +15,13 @@ channel-first, as the IR does); ReLU, Dropout, Softmax, Flatten; Input layers,
 one :class:`UnsupportedError`.
 
 train_val prototxts are read as Caffe's TEST net: layers whose include/exclude
-rules leave them out of phase TEST are dropped, the Data layer becomes the input
-(3 × crop_size × crop_size from ``transform_param``), Accuracy is skipped and
-SoftmaxWithLoss becomes an inference softmax ``prob``; each step is a provenance note.
+rules leave them out of phase TEST are dropped, the Data/ImageData layer becomes the
+input (3 × crop_size × crop_size from ``transform_param``, or the deprecated copy in
+``data_param``/``image_data_param``; ImageData without a crop: new_height × new_width),
+Accuracy is skipped and SoftmaxWithLoss becomes an inference softmax ``prob``; each
+step is a provenance note. ``transform_param.scale`` other than 1 and grayscale data
+are refused; ``mean_value`` becomes the per-channel mean (unless a mean file or a
+preprocessing spec is given) and a ``mean_file`` path is noted, not read.
 
 Blob names follow Caffe: ``graph.blobs[top]`` is the IR layer whose output is that
 blob's final value at inference, so with in-place ReLU ``fc7`` is ``relu7`` (an
@@ -31,10 +35,12 @@ Weights are float32 NumPy views of the caffemodel's bytes, read once into a
 writable buffer (no per-tensor copy; a full VGG16 reads in ~0.6 s at ~0.55 GB peak).
 
 Preprocessing is data in the IR: the ``caffe`` preset (BGR, 0–255, per-channel
-mean, resize 256×256, crop to the input size), or the means of a ``.binaryproto``
-per channel or as a 3×H×W mean image (tensor ``preprocess.mean_image``). With
-``rgb_input`` the BGR order is folded into the first convolution's weights
-(``w[:, ::-1]``) and the preprocessing, means included, becomes RGB.
+mean, resize 256×256), or a given spec, which must say BGR (RGB only with
+``rgb_input``) and 0–255; either with the means of a ``.binaryproto`` per channel
+or as a 3×H×W mean image (tensor ``preprocess.mean_image``; mean mode ``image``
+needs the file). The crop is always the network's input size. Only ``rgb_input``
+folds the BGR order into the first convolution's weights (``w[:, ::-1]``); the
+preprocessing, means included, then becomes RGB and its name ends in ``-rgb``.
 """
 from __future__ import annotations
 
@@ -76,6 +82,7 @@ class CaffeNet:
     no_bias: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     sha256: str = ""
+    data_mean: tuple[float, float, float] | None = None  # a train_val Data layer's mean_value (BGR)
 
 
 @dataclass
@@ -94,7 +101,7 @@ class _CLayer:
         return schema.message(_PARAM_TYPES[name])()
 
 
-_PARAM_TYPES = {"input_param": "InputParameter", "flatten_param": "FlattenParameter"}
+_PARAM_TYPES = {"input_param": "InputParameter", "flatten_param": "FlattenParameter"}  # absent from V1
 
 
 # --- prototxt ----------------------------------------------------------------------------------
@@ -220,6 +227,46 @@ def _pair(values, h_field, w_field, msg, default, what: str, path: Path) -> tupl
     raise InputError(f"{what}: needs 1 or 2 values, has {values}", path)
 
 
+def _data_layer(layer: _CLayer, path: Path, notes: list[str]) -> tuple[tuple[int, int], tuple | None]:
+    """A train_val Data/ImageData layer: the input (H, W) its TEST transform gives, and
+    its ``mean_value`` (BGR, or None). ``transform_param`` fields win over the deprecated
+    copies in ``data_param``/``image_data_param``, as Caffe's upgrade moves them."""
+    t, name, where = layer.type, layer.name, f"layer {layer.name} ({layer.type})"
+    tp, legacy = layer.param("transform_param"), layer.param("data_param" if t == "Data" else "image_data_param")
+
+    def pick(field_name: str):
+        msg = tp if tp.HasField(field_name) or not legacy.HasField(field_name) else legacy
+        return getattr(msg, field_name)
+    scale, crop, mean_file = float(pick("scale")), int(pick("crop_size")), pick("mean_file")
+    means = tuple(float(v) for v in tp.mean_value)
+    if scale != 1:
+        raise UnsupportedError(f"{where}: transform_param.scale {scale:g} (pixels scaled after the mean); "
+                               "the reader takes 0-255 networks (scale 1): convert the deploy prototxt with "
+                               "a --preprocess spec whose std is 1/scale", path)
+    if tp.force_gray or (t == "ImageData" and not legacy.is_color):
+        raise UnsupportedError(f"{where}: grayscale input (force_gray / is_color: false); the IR's "
+                               "preprocessing is 3-channel", path)
+    if mean_file and means:
+        raise InputError(f"{where}: transform_param has both mean_file and mean_value (Caffe refuses it)", path)
+    if len(means) not in (0, 1, 3):
+        raise InputError(f"{where}: {len(means)} mean_value entries; Caffe takes 1 or one per channel (3)", path)
+    if crop:
+        hw, how = (crop, crop), "crop_size"
+    elif t == "ImageData" and legacy.new_height and legacy.new_width:
+        hw, how = (int(legacy.new_height), int(legacy.new_width)), "new_height/new_width, no crop"
+    else:
+        raise InputError(f"{where} has no transform_param.crop_size to fix the input size; use the deploy "
+                         "prototxt", path)
+    notes.append(f"train_val: {t} layer {name!r} read as a 3×{hw[0]}×{hw[1]} input ({how})")
+    if mean_file:
+        notes.append(f"train_val: {t} layer {name!r} names mean_file {mean_file!r} (not read; give a local "
+                     "copy with --mean-file to use it)")
+    if means:
+        means = means * 3 if len(means) == 1 else means
+        notes.append(f"train_val: {t} layer {name!r} mean_value {means} (BGR)")
+    return hw, means or None
+
+
 def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
     notes: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}   # Caffe blob → per-sample shape
@@ -281,12 +328,8 @@ def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
             set_input(layer.top[0], shape_msgs[0].dim if len(shape_msgs) else [], f"layer {name}")
             continue
         if t in _DATA_TYPES:
-            crop = layer.param("transform_param").crop_size
-            if not crop:
-                raise InputError(f"layer {name} ({t}) has no transform_param.crop_size to fix the input "
-                                 "size; use the deploy prototxt", path)
-            set_input(layer.top[0], (1, 3, crop, crop), f"layer {name}")
-            notes.append(f"train_val: {t} layer {name!r} read as a 3×{crop}×{crop} input (crop_size)")
+            hw, result.data_mean = _data_layer(layer, path, notes)
+            set_input(layer.top[0], (1, 3, *hw), f"layer {name}")
             continue
         if not layer.bottom:
             raise InputError(f"layer {name} ({t}) has no bottom blob", path)
@@ -331,6 +374,12 @@ def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
             ceil = p.round_mode == 0
             out_hw = [pool_output_size(s, k, st, pd, ceil) if st > 0 else 0
                       for s, k, st, pd in zip(shape[1:], kernel, stride, pad)]
+            if ceil and not any(pad) and min(stride) > 0 and any(
+                    o != -(-(s - k) // st) + 1 for o, s, k, st in zip(out_hw, shape[1:], kernel, stride)):
+                # Caffe drops a last window that starts past the input only when padded
+                raise UnsupportedError(f"layer {name}: pooling kernel {kernel} stride {stride} without pad on "
+                                       f"a {shape} map: Caffe's ceil rounding adds a window outside the input",
+                                       path)
             if min(out_hw) < 1 or min(kernel) < 1 or any(pd >= k for pd, k in zip(pad, kernel)):
                 raise InputError(f"layer {name}: pooling kernel {kernel} stride {stride} pad {pad} does not "
                                  f"fit a {shape} map", path)
@@ -495,28 +544,51 @@ def read_mean_file(path: Path) -> np.ndarray:
     return np.array(mean, dtype=np.float32)
 
 
-def _preprocessing(graph: Graph, given: Preprocess | None, mean_file: Path | None, mean_mode: str,
-                   rgb_input: bool, notes: list[str]) -> tuple[Preprocess, dict[str, np.ndarray], bool]:
-    """The Preprocess of the emitted model, extra tensors, and whether to fold BGR→RGB.
+def _check_given(given: Preprocess, rgb_input: bool, prototxt: Path) -> None:
+    """A user's spec must describe what the emitted model takes: BGR (RGB with the fold), 0-255."""
+    problems = []
+    if given.channel_order == "RGB" and not rgb_input:
+        problems.append("channel order RGB, but the Caffe network takes BGR (add --rgb-input to fold "
+                        "BGR→RGB into the first convolution)")
+    if given.value_range != "0-255":
+        problems.append(f"value range {given.value_range}, but the Caffe network takes 0-255 pixels")
+    if problems:
+        raise InputError(f"preprocessing {given.name!r} does not fit this Caffe network: "
+                         + "; ".join(problems), prototxt)
 
-    The Caffe network itself takes BGR: the model is made to take RGB when
-    ``rgb_input`` is set or ``given`` says RGB (e.g. re-reading for verification).
+
+def _preprocessing(net: CaffeNet, given: Preprocess | None, mean_file: Path | None, mean_mode: str,
+                   rgb_input: bool, notes: list[str], prototxt: Path) -> tuple[Preprocess, dict[str, np.ndarray]]:
+    """The Preprocess of the emitted model and its extra tensors (a mean image).
+
+    The spec is ``given`` (checked: BGR, or RGB with ``rgb_input``; 0-255), else the
+    ``caffe`` preset with a train_val Data layer's ``mean_value`` when it has one.
+    Either way the crop becomes the network's input size, and with ``rgb_input``
+    the spec becomes RGB (means reversed) and its name gets ``-rgb``.
     """
-    spec = given or PREPROCESS_PRESETS["caffe"]
+    graph = net.graph
     c, h, w = graph.input.shape
-    if given is None and tuple(spec.crop) != (h, w):
+    if given is not None:
+        _check_given(given, rgb_input, prototxt)
+        spec = given
+        if net.data_mean is not None:
+            notes.append(f"mean: the train_val mean_value is not used; the given preprocessing {given.name!r} is")
+    elif net.data_mean is not None and mean_file is None:
+        spec = dataclasses.replace(PREPROCESS_PRESETS["caffe"], mean=net.data_mean, name="caffe-mean-value")
+    else:
+        spec = PREPROCESS_PRESETS["caffe"]
+    if tuple(spec.crop) != (h, w):
+        notes.append(f"preprocess: crop {spec.crop[0]}×{spec.crop[1]} of {spec.name!r} set to the input size {h}×{w}")
         spec = dataclasses.replace(spec, crop=(h, w))
-        notes.append(f"preprocess: crop set to the input size {h}×{w}")
-    rgb = rgb_input or spec.channel_order == "RGB"
-    flip = (lambda v: tuple(v[::-1])) if rgb_input and spec.channel_order == "BGR" else tuple
-    spec = dataclasses.replace(spec, mean=flip(spec.mean), std=flip(spec.std))
+    if rgb_input and spec.channel_order == "BGR":
+        spec = dataclasses.replace(spec, mean=tuple(spec.mean[::-1]), std=tuple(spec.std[::-1]))
+    order = "RGB" if rgb_input else "BGR"
     extra: dict[str, np.ndarray] = {}
     if mean_file is not None:
         mean = read_mean_file(mean_file)
         if c != 3:
             raise InputError(f"the network takes {c} channels, the mean file has 3", mean_file)
-        order = "RGB" if rgb else "BGR"
-        if rgb:
+        if rgb_input:
             mean = np.ascontiguousarray(mean[::-1])
         if mean_mode == "channel":
             per = tuple(round(float(v), 4) for v in mean.astype(np.float64).mean(axis=(1, 2)))
@@ -534,26 +606,23 @@ def _preprocessing(graph: Graph, given: Preprocess | None, mean_file: Path | Non
     else:
         if spec.mean_image:
             notes.append(f"preprocess names mean image {spec.mean_image!r}, which this read does not supply")
-        notes.append(f"mean: {spec.name} per-channel {spec.mean} ({'RGB' if rgb else 'BGR'})")
-    if rgb:
+        source = "train_val mean_value" if spec.name == "caffe-mean-value" else spec.name
+        notes.append(f"mean: {source} per-channel {spec.mean} ({order})")
+    if rgb_input:
         spec = dataclasses.replace(spec, channel_order="RGB",
-                                   name=spec.name if spec.name.endswith("-rgb") or given else spec.name + "-rgb")
-    if spec.value_range != "0-255":
-        notes.append(f"preprocess value range {spec.value_range}: Caffe models are trained on 0-255 pixels")
+                                   name=spec.name if spec.name.endswith("-rgb") else spec.name + "-rgb")
     spec.validate()
-    return spec, extra, rgb
+    return spec, extra
 
 
-def _fold_rgb(graph: Graph, weights: dict[str, np.ndarray], notes: list[str]) -> None:
-    """Reverse the input channels of the first convolution: the model then takes RGB."""
+def _rgb_conv(graph: Graph, prototxt: Path) -> Layer:
+    """The convolution the BGR→RGB fold reverses: the first layer, on 3 input channels."""
     first = next(l for l in graph.layers if graph.input.name in l.inputs)
     if first.kind != "conv2d" or first.attrs["in_channels"] != 3:
-        raise InputError(f"an RGB input needs a first convolution on 3 channels; {first.name} is "
-                         f"{first.kind}")
-    name = first.tensors["weight"].name
-    weights[name] = np.ascontiguousarray(weights[name][:, ::-1])
-    notes.append(f"input channel order: {first.name} weights reversed along input channels, "
-                 "so the model takes RGB (Caffe's network takes BGR)")
+        raise InputError(f"an RGB input (--rgb-input) needs a first convolution on 3 channels; {first.name} "
+                         f"is {first.kind}" + (f" on {first.attrs['in_channels']}" if first.kind == "conv2d" else ""),
+                         prototxt)
+    return first
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -572,21 +641,27 @@ def read_caffe(prototxt: Path, caffemodel: Path | None = None, *, mean_file: Pat
     prototxt = Path(prototxt)
     if mean_mode not in MEAN_MODES:
         raise InputError(f"mean mode must be one of {list(MEAN_MODES)}, not {mean_mode!r}")
+    if mean_mode == "image" and mean_file is None:
+        raise InputError("mean mode 'image' needs a mean image: give the .binaryproto mean file "
+                         "(--mean-file), or use mean mode 'channel'", prototxt)
     net = read_prototxt(prototxt)
     if caffemodel is None:
         raise InputError("a prototxt describes the network but holds no weights: give the .caffemodel "
                          "too (--caffemodel)", prototxt)
-    caffemodel = Path(caffemodel)
-    notes = [f"prototxt {prototxt.name} (sha256 {net.sha256})"]
+    caffemodel, graph, pre_notes = Path(caffemodel), net.graph, []
+    # everything but the weights first: a bad option fails before the caffemodel is read
+    spec, extra = _preprocessing(net, preprocess, None if mean_file is None else Path(mean_file),
+                                 mean_mode, rgb_input, pre_notes, prototxt)
+    first = _rgb_conv(graph, prototxt) if rgb_input else None
     weights, sha, encoding = load_weights(net, caffemodel, prototxt.name)
-    notes.append(f"caffemodel encoding: {encoding}"
-                 + (" (legacy V1LayerParameter)" if encoding == "layers" else ""))
-    notes += net.notes + [f"{n}: bias_term false, zero bias" for n in sorted(net.no_bias)]
-    graph = net.graph
-    spec, extra, rgb = _preprocessing(graph, preprocess, None if mean_file is None else Path(mean_file),
-                                      mean_mode, rgb_input, notes)
-    if rgb:
-        _fold_rgb(graph, weights, notes)
+    notes = [f"prototxt {prototxt.name} (sha256 {net.sha256})", f"caffemodel encoding: {encoding}"
+             + (" (legacy V1LayerParameter)" if encoding == "layers" else "")]
+    notes += net.notes + [f"{n}: bias_term false, zero bias" for n in sorted(net.no_bias)] + pre_notes
+    if first is not None:  # the model takes RGB: reverse the first convolution's input channels
+        name = first.tensors["weight"].name
+        weights[name] = np.ascontiguousarray(weights[name][:, ::-1])
+        notes.append(f"input channel order: {first.name} weights reversed along input channels, "
+                     "so the model takes RGB (Caffe's network takes BGR)")
     graph.preprocess = spec
     graph.input = dataclasses.replace(graph.input, channel_order=spec.channel_order, value_range=spec.value_range)
     graph.provenance = Provenance(
