@@ -282,9 +282,8 @@ def test_the_rgb_fold_is_checked_against_caffes_own_bgr_network(tmp_path, monkey
     assert report.passed and report.reference.startswith("caffe-source"), report.to_json()["gates"]
     assert "BGR" in report.engines["caffe-source"]["input"]
 
-    # a fold that does nothing (the reader names the step _rgb_conv; earlier versions _fold_rgb)
-    step = "_rgb_conv" if hasattr(from_caffe, "_rgb_conv") else "_fold_rgb"
-    monkeypatch.setattr(from_caffe, step, lambda *args, **kwargs: None)
+    # a fold that does nothing: the reader finds no convolution to reverse
+    monkeypatch.setattr(from_caffe, "_rgb_conv", lambda *args, **kwargs: None)
     _, _, unfolded = _caffe_model(tmp_path)
     report = run_verify(unfolded, engines=("ir", "onnx"), source=caffemodel, prototxt=proto, random=2)
     assert not report.passed and report.first_divergence() == {"ir": "conv1_1", "onnx": "conv1_1"}
