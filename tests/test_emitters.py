@@ -11,7 +11,7 @@ from crossmodal.convert.emitters import to_onnx
 from crossmodal.convert.ir import LAYER_KINDS, Labels, Layer
 from crossmodal.convert.ir_io import load_ir
 from crossmodal.convert.registry import TARGETS, check_supported, converter, coverage
-from crossmodal.errors import UnsupportedError
+from crossmodal.errors import InputError, UnsupportedError
 from helpers import rel_err
 
 
@@ -133,9 +133,31 @@ def test_onnx_beyond_the_protobuf_limit_uses_external_data(tiny_ir, tmp_path, ba
     assert rel_err(sess.run(["logits"], {"input": batch})[0], ref["logits"]) < 1e-5
 
 
-def test_too_old_opset_is_refused(tiny_ir):
-    with pytest.raises(ValueError, match="too old"):
-        to_onnx.build_onnx(tiny_ir, opset=9)
+def test_opsets_outside_the_supported_range_are_refused_with_the_range(tiny_ir):
+    import onnx
+    newest, why = to_onnx.max_opset()
+    assert to_onnx.MIN_OPSET <= to_onnx.DEFAULT_OPSET <= newest <= onnx.defs.onnx_opset_version()
+    assert "onnxruntime" in why
+    for bad in (9, newest + 1, onnx.defs.onnx_opset_version() + 1):
+        with pytest.raises(InputError, match=rf"opset {bad} .*{to_onnx.MIN_OPSET}\.\.{newest}"):
+            to_onnx.build_onnx(tiny_ir, opset=bad)
+    with pytest.raises(InputError, match="integer"):
+        to_onnx.check_opset("21")
+
+
+def test_newest_supported_opset_runs(tiny_ir, tmp_path, batch, ref):
+    import onnxruntime as ort
+    newest, _ = to_onnx.max_opset()
+    path = tmp_path / "new.onnx"
+    to_onnx.save_onnx(to_onnx.build_onnx(tiny_ir, opset=newest), path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert rel_err(sess.run(["logits"], {"input": batch})[0], ref["logits"]) < 1e-5
+
+
+def test_onnx_producer_is_recorded(tiny_ir):
+    from crossmodal import __version__
+    proto = to_onnx.build_onnx(tiny_ir)
+    assert (proto.producer_name, proto.producer_version) == ("crossmodal", __version__)
 
 
 def test_torch_emitter_round_trips_weights_bit_for_bit(tiny_ir, batch, ref):
@@ -152,11 +174,123 @@ def test_torch_emitter_round_trips_weights_bit_for_bit(tiny_ir, batch, ref):
     assert rel_err(run_layers(module, batch, ["relu7"])["relu7"], ref["fc7"]) < 1e-5
 
 
-def test_ceil_pooling_that_keras_cannot_express_is_refused(tiny_ir):
-    import copy
+# --------------------------------------------------------------------------- Keras pooling
+def _pool_net(kind="max_pool2d", k=3, s=3, p=0, ceil=True, relu=True, hw=(13, 14), pools=1):
+    """input 2×H×W → conv 3×3 (pad 1) [→ relu] → ``pools`` × pooling → flatten → dense(4)."""
+    from crossmodal.convert.ir import Graph, InputSpec, IRModel, Preprocess, TensorSpec, infer_shapes
+    rng = np.random.default_rng(5)
+    conv = {"weight": TensorSpec("conv1.weight", (3, 2, 3, 3), "OIHW"), "bias": TensorSpec("conv1.bias", (3,), "O")}
+    layers = [Layer("conv1", "conv2d", ["input"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1),
+                                                   "in_channels": 2, "out_channels": 3}, conv)]
+    if relu:
+        layers.append(Layer("relu1", "relu", ["conv1"]))
+    for i in range(1, pools + 1):
+        layers.append(Layer(f"pool{i}", kind, [layers[-1].name],
+                            {"kernel": (k, k), "stride": (s, s), "pad": (p, p), "ceil_mode": ceil}))
+    last = layers[-1].name
+    inp = InputSpec(shape=(2, *hw))
+    chw = infer_shapes(Graph("net", inp, layers, []))[last]
+    n = int(np.prod(chw))
+    fc = {"weight": TensorSpec("fc.weight", (4, n), "OI"), "bias": TensorSpec("fc.bias", (4,), "O")}
+    layers += [Layer("flatten", "flatten", [last], {"shape": chw}),
+               Layer("fc", "dense", ["flatten"], {"in_features": n, "out_features": 4}, fc)]
+    graph = Graph("poolnet", inp, layers, ["fc"], Preprocess(resize=hw, crop=hw), blobs={"logits": "fc"})
+    weights = {t.name: rng.standard_normal(t.shape).astype(np.float32)
+               for l in layers for t in l.tensors.values()}
+    return IRModel(graph, weights)
+
+
+def _keras_matches_reference(model, layer="pool1"):
+    import keras
     from crossmodal.convert.emitters.to_keras import build_keras
-    model = copy.deepcopy(tiny_ir)
-    pool = model.graph.layer("pool1")
-    pool.attrs = {**pool.attrs, "kernel": (3, 3), "ceil_mode": True}
-    with pytest.raises(UnsupportedError, match="pool1"):
+    x = np.random.default_rng(1).standard_normal((2, *model.graph.input.shape)).astype(np.float32)
+    kmodel, names = build_keras(model)
+    probe = keras.Model(kmodel.input, [kmodel.get_layer(names[layer]).output, kmodel.output])
+    pooled, logits = (t.numpy() for t in probe(x.transpose(0, 2, 3, 1)))
+    ref = reference.run(model, x, [layer, "fc"])
+    assert pooled.transpose(0, 3, 1, 2).shape == ref[layer].shape
+    return rel_err(pooled.transpose(0, 3, 1, 2), ref[layer]), rel_err(logits, ref["fc"]), kmodel
+
+
+@pytest.mark.parametrize("kind,k,s,p,ceil,hw,plan", [
+    ("max_pool2d", 2, 2, 0, False, (14, 14), ("valid", None)),        # VGG at 224
+    ("max_pool2d", 2, 2, 0, True, (13, 15), ("same", None)),          # Caffe VGG on an odd map
+    ("max_pool2d", 3, 2, 0, True, (14, 16), ("same", None)),          # one cell past the end
+    ("max_pool2d", 3, 3, 0, True, (13, 14), ("valid", ((0, 2), (0, 1)))),  # two past the end: "same" would start early
+    ("max_pool2d", 3, 2, 0, True, (13, 14), ("valid", ((0, 0), (0, 1)))),  # one axis "valid", the other "same"
+    ("max_pool2d", 3, 2, 1, True, (13, 14), ("valid", ((1, 1), (1, 2)))),
+    ("max_pool2d", 3, 2, 1, False, (13, 14), ("valid", ((1, 1), (1, 0)))),
+    ("avg_pool2d", 3, 2, 0, True, (14, 16), ("same", None)),
+    ("avg_pool2d", 3, 2, 1, False, (13, 14), ("valid", ((1, 1), (1, 0)))),
+])
+def test_keras_pooling_is_exact_where_it_is_emitted(kind, k, s, p, ceil, hw, plan):
+    from crossmodal.convert.emitters.to_keras import pool_plan
+    model = _pool_net(kind, k, s, p, ceil, relu=True, hw=hw)
+    layer = model.graph.layer("pool1")
+    got = pool_plan(model.graph, layer, (3, *hw))
+    assert (got.padding, got.zero_pad) == plan
+    pooled, logits, _ = _keras_matches_reference(model)
+    assert pooled < 1e-6 and logits < 1e-5, (pooled, logits)
+
+
+def test_keras_ceil_pooling_k3_s3_on_13_is_exact_after_relu_not_same():
+    """Keras "same" puts half of the 2-cell padding first (max|Δ| 1.73 here before the fix)."""
+    model = _pool_net("max_pool2d", 3, 3, 0, True, relu=True, hw=(13, 13))
+    pooled, logits, kmodel = _keras_matches_reference(model)
+    assert pooled < 1e-6 and logits < 1e-5
+    assert kmodel.get_layer("block1_pool").padding == "valid"
+    assert kmodel.get_layer("block1_pool_pad").padding == ((0, 2), (0, 2))
+
+
+def test_keras_refuses_pooling_it_cannot_express_all_in_one_pass():
+    from crossmodal.convert.emitters.to_keras import build_keras, keras_gaps
+    # max pooling that needs zero end padding on an input that can be negative (no ReLU)
+    model = _pool_net("max_pool2d", 3, 3, 0, True, relu=False, hw=(28, 28), pools=2)  # 28 → 10 → 4
+    model.graph.layers.insert(1, Layer("norm1", "lrn_fake", ["conv1"]))
+    model.graph.layer("pool1").inputs = ["norm1"]
+    with pytest.raises(UnsupportedError) as err:
         build_keras(model)
+    text = str(err.value)
+    assert text.startswith("3 unsupported layer(s) for Keras") and "norm1 (lrn_fake) → keras" in text
+    assert "layer pool1: max_pool2d k=3x3 s=3x3 pad=0x0 ceil on a 28x28 map" in text
+    assert "layer pool2: max_pool2d k=3x3 s=3x3 pad=0x0 ceil on a 10x10 map" in text
+    assert "can be negative" in text
+    # average pooling whose ceil-mode windows run past the padding
+    for hw in ((13, 13), (13, 14)):
+        gaps = keras_gaps(_pool_net("avg_pool2d", 3, 3 if hw == (13, 13) else 2, 0, True, hw=hw).graph)
+        assert len(gaps) == 1 and "pool1" in gaps[0] and "past the padding" in gaps[0], hw
+
+
+def test_keras_refusal_comes_before_any_file_is_written(tmp_path):
+    from crossmodal.convert.ir_io import save_ir
+    from crossmodal.convert.pipeline import convert
+    src = tmp_path / "ir"
+    src.mkdir()
+    save_ir(_pool_net("max_pool2d", 3, 3, 0, True, relu=False, hw=(13, 13)), src)
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedError, match="pool1"):
+        convert(src, out, targets=["ir", "onnx", "keras"], onnx_outputs=())
+    assert not out.exists()
+    convert(src, out, targets=["ir", "onnx"], onnx_outputs=())  # ONNX pads with -inf: exact
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "weights.h5"]
+
+
+@pytest.mark.parametrize("kind,k,s,p,n", [
+    ("max_pool2d", 2, 3, 0, 6), ("max_pool2d", 2, 2, 1, 13), ("max_pool2d", 3, 3, 1, 14),
+    ("avg_pool2d", 2, 2, 1, 7), ("avg_pool2d", 2, 3, 0, 6), ("max_pool2d", 3, 2, 1, 13),
+])
+def test_onnx_ceil_pooling_drops_a_window_that_starts_in_the_padding(tmp_path, kind, k, s, p, n):
+    """Caffe/PyTorch drop a last ceil-mode window starting in the right padding;
+    onnxruntime keeps it, so the emitter slices it off (the full checker runs on save)."""
+    import onnxruntime as ort
+    model = _pool_net(kind, k, s, p, True, hw=(n, n + 1))
+    path = tmp_path / "pool.onnx"
+    proto = to_onnx.build_onnx(model, extra_outputs=["pool1"])
+    to_onnx.save_onnx(proto, path)
+    assert set(to_onnx.layer_tensors(proto)) == {"conv1", "relu1", "pool1", "flatten", "fc"}
+    x = np.random.default_rng(2).standard_normal((2, 2, n, n + 1)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
+    ref = reference.run(model, x, ["pool1", "fc"])
+    assert out["pool1"].shape == ref["pool1"].shape
+    assert rel_err(out["pool1"], ref["pool1"]) < 1e-6 and rel_err(out["logits"], ref["fc"]) < 1e-5

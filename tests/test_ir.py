@@ -128,3 +128,78 @@ def test_fc6_row_permutation_matches_a_channel_last_flatten(rng):
                                   layouts.dense_oi_to_io(layouts.dense_chw_rows_to_hwc(weight, (c, h, w))))
     k = rng.standard_normal((8, 3, 3, 5))
     assert np.array_equal(layouts.conv_hwio_to_oihw(layouts.conv_oihw_to_hwio(k)), k)
+
+
+@pytest.mark.parametrize("data,field", [
+    ({"resize": "big"}, "resize"), ({"resize": 0}, "resize"), ({"resize": [1, 2, 3]}, "resize"),
+    ({"resize": True}, "resize"), ({"crop": "224"}, "crop"), ({"crop": [224, -1]}, "crop"),
+    ({"crop": 2.5}, "crop"), ({"mean": [1, 2]}, "mean"), ({"mean": "0.5"}, "mean"),
+    ({"mean": [0.4, 0.4, None]}, "mean"), ({"std": [1, 0, 1]}, "std"), ({"interpolation": "fancy"}, "interpolation"),
+    ({"interpolation": 3}, "interpolation"), ({"channel_order": "rgb"}, "channel_order"),
+    ({"value_range": 255}, "value_range"), ({"mean_image": 7}, "mean_image"), ({"name": ""}, "name"),
+])
+def test_every_preprocess_field_is_type_checked(data, field):
+    with pytest.raises(InputError, match=rf"preprocessing field '{field}' must be "):
+        Preprocess.from_dict(data)
+
+
+def test_preprocess_sizes_and_default_name():
+    spec = Preprocess.from_dict({"crop": 5, "resize": [7], "mean": [1, 2, 3], "std": [1, 1, 1]})
+    assert (spec.crop, spec.resize, spec.mean, spec.name) == ((5, 5), 7, (1.0, 2.0, 3.0), "custom")
+    assert Preprocess.from_dict({"crop": [20, 28], "resize": [20.0, 28]}).resize == (20, 28)
+    assert Preprocess.from_dict({"name": "mine"}).name == "mine"
+    with pytest.raises(InputError, match="JSON object"):
+        Preprocess.from_dict([1, 2])
+    spec.check_fits((3, 5, 5))
+    with pytest.raises(InputError, match=r"crops 5×5, but the network takes 20×28.*\[20, 28\]"):
+        spec.check_fits((3, 20, 28))
+
+
+MEAN = "preprocess.mean_image"
+
+
+@pytest.fixture
+def with_mean_image(tiny_model, tmp_path):
+    """The tiny model with a (3, 20, 28) mean image, saved: returns the folder."""
+    import dataclasses
+    tiny_model.weights[MEAN] = np.random.default_rng(0).uniform(90, 130, (3, 20, 28)).astype(np.float32)
+    tiny_model.graph.preprocess = dataclasses.replace(tiny_model.graph.preprocess, mean_image=MEAN)
+    save_ir(tiny_model, tmp_path)
+    return tmp_path
+
+
+def test_mean_image_hash_is_recorded_and_checked(with_mean_image):
+    from crossmodal.convert.ir_io import read_tensor
+    data = json.loads((with_mean_image / "model.json").read_text())
+    record = data["tensors"][MEAN]
+    assert record["shape"] == [3, 20, 28] and record["layout"] == "CHW" and len(record["sha256"]) == 64
+    loaded = load_ir(with_mean_image)
+    assert loaded.graph.tensors[MEAN].sha256 == record["sha256"]
+    assert read_tensor(with_mean_image, loaded.graph, MEAN).shape == (3, 20, 28)
+    with h5py.File(with_mean_image / "weights.h5", "a") as f:
+        f[MEAN][0, 0, 0] += 1.0
+    with pytest.raises(InputError, match=r"preprocess.mean_image SHA-256 mismatch"):
+        load_ir(with_mean_image)
+    with pytest.raises(InputError, match=r"preprocess.mean_image SHA-256 mismatch"):
+        read_tensor(with_mean_image, loaded.graph, MEAN)
+
+
+def test_a_tensor_the_graph_does_not_record_is_refused(with_mean_image):
+    with h5py.File(with_mean_image / "weights.h5", "a") as f:
+        f.create_dataset("smuggled", data=np.zeros(3, np.float32))
+    with pytest.raises(InputError, match="smuggled is not recorded in model.json"):
+        load_ir(with_mean_image)
+
+
+def test_a_format_1_0_ir_without_tensor_records_still_loads(with_mean_image, tmp_path):
+    data = json.loads((with_mean_image / "model.json").read_text())
+    data["format_version"] = "1.0"
+    del data["tensors"]
+    (with_mean_image / "model.json").write_text(json.dumps(data))
+    loaded = load_ir(with_mean_image)
+    assert loaded.graph.tensors == {} and loaded.weights[MEAN].shape == (3, 20, 28)
+    out = tmp_path / "resaved"
+    out.mkdir()
+    save_ir(loaded, out)  # written in the current format, with the record
+    resaved = json.loads((out / "model.json").read_text())
+    assert resaved["format_version"] == FORMAT_VERSION == "1.1" and MEAN in resaved["tensors"]

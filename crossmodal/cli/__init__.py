@@ -2,8 +2,9 @@
 
 Each command lives in its own module here, parses options, calls the library and
 prints. Library errors (:class:`~crossmodal.errors.CrossmodalError`) become one
-line on stderr and exit code 2 (bad input) or 1. Heavy frameworks are imported
-inside the commands, so ``crossmodal --help`` stays fast.
+line on stderr and exit code 2 (bad input) or 1; so do Click's own usage errors
+(a missing argument, a bad option value), which Click would print as four lines.
+Heavy frameworks are imported inside the commands, so ``crossmodal --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -25,8 +26,35 @@ COMMANDS = {
 }
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as the one line ``Error: <message>`` (exit code 2), without
+    Click's usage synopsis and "Try --help" hint."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", file=file, err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc  # already one line, or the help text asked for by running with no arguments
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
 class LazyGroup(click.Group):
-    """A group whose commands are imported only when listed or run."""
+    """A group whose commands are imported only when listed or run, and whose usage
+    errors (its own and its commands') are one line on stderr."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def list_commands(self, ctx):
         return [name for name in COMMANDS if self._load(name) is not None]

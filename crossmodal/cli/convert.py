@@ -32,7 +32,9 @@ from crossmodal.cli.options import (
               help="Subtract the mean file's per-channel means or the full mean image.")
 @click.option("--rgb-input", is_flag=True,
               help="Caffe only: fold BGR→RGB into conv1_1 so the emitted models take RGB.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 21).")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset (default 21): 13 up to the newest both the installed onnx and onnxruntime "
+                   "support (an opset outside that range is refused with the range).")
 @click.option("--onnx-outputs", default="fc7", show_default=True,
               help="Extra ONNX outputs after logits and prob (blob or layer names; 'none' for none).")
 @click.option("--input-size", default=None,
@@ -49,7 +51,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     from crossmodal.convert.pipeline import convert as run_convert
 
     extra = [] if onnx_outputs.strip().lower() == "none" else csv_list(onnx_outputs)
-    options = dict(trust_pickle=trust_pickle, input_size=parse_size(input_size), preprocess=preprocess)
+    options = dict(trust_pickle=trust_pickle, input_size=_size(input_size), preprocess=preprocess)
     if weights.suffix == ".prototxt":
         options.update(caffemodel=caffemodel, mean_file=mean_file, mean_mode=mean_mode, rgb_input=rgb_input)
     elif caffemodel or mean_file or rgb_input:
@@ -66,3 +68,11 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     for a in result.artifacts:
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
     click.echo(f"done in {result.timings['total']:.1f} s")
+
+
+def _size(value):
+    try:
+        return parse_size(value)
+    except click.BadParameter as exc:
+        exc.param_hint = "'--input-size'"
+        raise

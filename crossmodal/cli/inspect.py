@@ -25,7 +25,7 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     if path.suffix == ".prototxt":
         options["caffemodel"] = caffemodel
     elif path.suffix not in (".onnx", ".keras"):
-        options.update(trust_pickle=trust_pickle, input_size=parse_size(input_size))
+        options.update(trust_pickle=trust_pickle, input_size=_size(input_size))
     s = summarize(path, **options)
     if as_json:
         echo_json(s.to_json())
@@ -42,3 +42,13 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     if s.preprocess:
         click.echo(f"preprocess: {s.preprocess}")
     click.echo(f"labels: {s.labels if s.labels else 'none (convert with --labels categories_places365.txt)'}")
+    for note in s.notes:
+        click.echo(f"note: {note}")
+
+
+def _size(value):
+    try:
+        return parse_size(value)
+    except click.BadParameter as exc:
+        exc.param_hint = "'--input-size'"
+        raise

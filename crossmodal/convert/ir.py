@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -28,7 +29,9 @@ import numpy as np
 
 from crossmodal.errors import InputError, UnsupportedError
 
-FORMAT_VERSION = "1.0"
+#: 1.1 added ``tensors``: the SHA-256 of tensors no layer owns (the Caffe mean image).
+#: A 1.0 IR still loads; its extra tensors are then not hash-checked.
+FORMAT_VERSION = "1.1"
 
 #: Every layer kind the IR knows, with the tensor roles it owns (in order).
 LAYER_KINDS: dict[str, tuple[str, ...]] = {
@@ -128,18 +131,21 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: object = None) -> "Preprocess":
+        """A spec from JSON data, every field type-checked (InputError naming the field).
+
+        ``resize``: a positive int or [H, W] ([S] means S); ``crop``: a positive int
+        (square) or [H, W]; ``mean``: three numbers; ``std``: three non-zero numbers.
+        Fields left out take the torchvision defaults, except ``name``, which is
+        ``"custom"`` for a spec that does not name itself.
+        """
+        if not isinstance(d, Mapping):
+            raise InputError("preprocessing spec must be a JSON object", source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"unknown preprocessing keys {unknown}; known: {sorted(known)}", source)
-        kw = dict(d)
-        if isinstance(kw.get("resize"), list):
-            kw["resize"] = tuple(int(v) for v in kw["resize"])
-        for key in ("crop", "mean", "std"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        if isinstance(kw.get("crop"), tuple) and len(kw["crop"]) == 1:
-            kw["crop"] = (kw["crop"][0], kw["crop"][0])
+        kw = {key: _PREPROCESS_FIELDS[key](value, key, source) for key, value in d.items()}
+        kw.setdefault("name", "custom")
         spec = cls(**kw)
         spec.validate(source)
         return spec
@@ -151,6 +157,88 @@ class Preprocess:
             raise InputError(f"value_range must be '0-1' or '0-255', not {self.value_range!r}", source)
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise InputError("mean and std need three values each, std non-zero", source)
+
+    def check_fits(self, input_shape: tuple[int, ...], source: object = None) -> None:
+        """Refuse a spec whose crop (H, W) is not the network input's (C, H, W) size."""
+        h, w = int(input_shape[-2]), int(input_shape[-1])
+        if tuple(int(v) for v in self.crop) != (h, w):
+            raise InputError(f"preprocessing {self.name!r} crops {self.crop[0]}×{self.crop[1]}, but the "
+                             f"network takes {h}×{w}: give a spec whose \"crop\" is [{h}, {w}]", source)
+
+
+#: Resampling filters an image may be resized with (see crossmodal.evaluate.images).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area", "box")
+
+
+def _bad(key: str, want: str, value: Any, source: object) -> InputError:
+    return InputError(f"preprocessing field {key!r} must be {want}, not {json.dumps(value)}", source)
+
+
+def _int(value: Any) -> int | None:
+    """A positive int from JSON (an integral float counts), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value > 0 else None
+
+
+def _size(value: Any, key: str, source: object, *, square: bool) -> int | tuple[int, int]:
+    """``resize``: int or (H, W); ``crop`` (``square``): always (H, W)."""
+    want = "a positive integer or [H, W] of positive integers"
+    if isinstance(value, (list, tuple)):
+        sizes = [_int(v) for v in value]
+        if len(sizes) not in (1, 2) or None in sizes:
+            raise _bad(key, want, list(value), source)
+        if len(sizes) == 2:
+            return (sizes[0], sizes[1])
+        value = sizes[0]
+    n = _int(value)
+    if n is None:
+        raise _bad(key, want, value, source)
+    return (n, n) if square else n
+
+
+def _choice(options: tuple[str, ...], *, lower: bool = False):
+    def check(value: Any, key: str, source: object) -> str:
+        if not isinstance(value, str) or (value.lower() if lower else value) not in options:
+            raise _bad(key, "one of " + ", ".join(repr(o) for o in options), value, source)
+        return value
+    return check
+
+
+def _triple(nonzero: bool):
+    def check(value: Any, key: str, source: object) -> tuple[float, float, float]:
+        want = "three " + ("non-zero " if nonzero else "") + "numbers"
+        if (not isinstance(value, (list, tuple)) or len(value) != 3
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                       or (nonzero and v == 0) for v in value)):
+            raise _bad(key, want, list(value) if isinstance(value, tuple) else value, source)
+        return tuple(float(v) for v in value)
+    return check
+
+
+def _text(optional: bool):
+    def check(value: Any, key: str, source: object) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _bad(key, "a non-empty string" + (" or null" if optional else ""), value, source)
+        return value
+    return check
+
+
+_PREPROCESS_FIELDS: dict[str, Any] = {
+    "resize": lambda v, k, s: _size(v, k, s, square=False),
+    "crop": lambda v, k, s: _size(v, k, s, square=True),
+    "interpolation": _choice(INTERPOLATIONS, lower=True),
+    "channel_order": _choice(("RGB", "BGR")),
+    "value_range": _choice(("0-1", "0-255")),
+    "mean": _triple(nonzero=False),
+    "std": _triple(nonzero=True),
+    "mean_image": _text(optional=True),
+    "name": _text(optional=False),
+}
 
 
 #: Named preprocessing presets (``--preprocess NAME``).
@@ -202,6 +290,9 @@ class Graph:
     labels: Labels | None = None
     provenance: Provenance = field(default_factory=Provenance)
     blobs: dict[str, str] = field(default_factory=dict)
+    #: Tensors no layer owns, by name: the Caffe mean image ``preprocess.mean_image``
+    #: (3, H, W), layout ``CHW``, in the preprocessing's channel order and value units.
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)
     format_version: str = FORMAT_VERSION
 
     def layer(self, name: str) -> Layer:
@@ -232,9 +323,10 @@ class Graph:
 
     # --- (de)serialisation of the JSON part -------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, always in the current format version (what the writer writes)."""
         return {
             "format": "crossmodal-ir",
-            "format_version": self.format_version,
+            "format_version": FORMAT_VERSION,
             "name": self.name,
             "input": {**dataclasses.asdict(self.input), "shape": list(self.input.shape)},
             "preprocess": self.preprocess.to_dict(),
@@ -253,6 +345,7 @@ class Graph:
             ],
             "outputs": list(self.outputs),
             "blobs": dict(self.blobs),
+            "tensors": {name: {**dataclasses.asdict(t), "shape": list(t.shape)} for name, t in self.tensors.items()},
             "labels": None if self.labels is None else dataclasses.asdict(self.labels),
             "provenance": dataclasses.asdict(self.provenance),
         }
@@ -285,6 +378,8 @@ class Graph:
                 labels=None if d.get("labels") is None else Labels(**d["labels"]),
                 provenance=Provenance(**d.get("provenance", {})),
                 blobs=dict(d.get("blobs", {})),
+                tensors={n: TensorSpec(**{**t, "shape": tuple(t["shape"])})
+                         for n, t in (d.get("tensors") or {}).items()},
                 format_version=version,
             )
         except (KeyError, TypeError) as exc:
@@ -392,6 +487,12 @@ def validate(model: IRModel) -> None:
                 problems.append(f"tensor {spec.name!r} of layer {layer.name!r} is missing")
             elif tuple(arr.shape) != tuple(spec.shape):
                 problems.append(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, graph says {spec.shape}")
+    for name, spec in graph.tensors.items():
+        arr = model.weights.get(name)
+        if arr is None:
+            problems.append(f"tensor {name!r} is recorded in the graph but missing")
+        elif tuple(arr.shape) != tuple(spec.shape):
+            problems.append(f"tensor {name!r} has shape {tuple(arr.shape)}, graph says {spec.shape}")
     for out in graph.outputs:
         if out not in seen:
             problems.append(f"output {out!r} is not a layer")
@@ -404,21 +505,32 @@ def validate(model: IRModel) -> None:
         raise InputError("invalid IR: " + "; ".join(problems))
 
 
+def layer_tensor_names(graph: Graph) -> set[str]:
+    return {t.name for l in graph.layers for t in l.tensors.values()}
+
+
 def with_hashes(model: IRModel) -> IRModel:
     """Fill in the SHA-256 of every tensor that has none yet (returns a new graph).
 
-    Hashes already present are kept: they were computed from these arrays when the
-    model was read (``load_ir`` checks them against the file).
+    Covers the layers' tensors and every other array in ``model.weights`` (e.g. the
+    Caffe mean image), which gets a record in ``Graph.tensors``. Hashes already
+    present are kept: they were computed from these arrays when the model was
+    read (``load_ir`` checks them against the file).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = [t.name for l in model.graph.layers for t in l.tensors.values() if not t.sha256]
+    graph = model.graph
+    owned = layer_tensor_names(graph)
+    extra = {name: graph.tensors.get(name) or TensorSpec(name, tuple(arr.shape), "CHW" if arr.ndim == 3 else "",
+                                                         str(arr.dtype))
+             for name, arr in model.weights.items() if name not in owned}
+    todo = [t.name for l in graph.layers for t in l.tensors.values() if not t.sha256]
+    todo += [name for name, t in extra.items() if not t.sha256]
     with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL on large buffers
         hashes = dict(zip(todo, pool.map(lambda n: tensor_sha256(model.weights[n]), todo)))
-    layers = [
-        dataclasses.replace(l, tensors={
-            r: t if t.sha256 else dataclasses.replace(t, sha256=hashes[t.name], dtype=str(model.weights[t.name].dtype))
-            for r, t in l.tensors.items()})
-        for l in model.graph.layers
-    ]
-    return IRModel(dataclasses.replace(model.graph, layers=layers), model.weights)
+
+    def filled(t: TensorSpec) -> TensorSpec:
+        return t if t.sha256 else dataclasses.replace(t, sha256=hashes[t.name], dtype=str(model.weights[t.name].dtype))
+    layers = [dataclasses.replace(l, tensors={r: filled(t) for r, t in l.tensors.items()}) for l in graph.layers]
+    tensors = {name: filled(t) for name, t in extra.items()}
+    return IRModel(dataclasses.replace(graph, layers=layers, tensors=tensors), model.weights)

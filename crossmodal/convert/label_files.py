@@ -1,7 +1,9 @@
 """Read Places365 label files into :class:`~crossmodal.convert.ir.Labels`.
 
 ``categories_places365.txt``: lines ``/a/airfield 0`` (name, index; indices 0..K-1,
-any order). ``IO_places365.txt``: lines ``/a/airfield 2`` (1 = indoor, 2 = outdoor).
+any order). ``categories_hybrid1365.txt`` has names with spaces
+(``n01440764 tench, Tinca tinca 0``): the index is the last token, the name all
+before it. ``IO_places365.txt``: lines ``/a/airfield 2`` (1 = indoor, 2 = outdoor).
 """
 from __future__ import annotations
 
@@ -11,14 +13,20 @@ from crossmodal.convert.ir import Labels
 from crossmodal.errors import InputError
 
 
+def _name_and_value(line: str) -> tuple[str, str] | None:
+    """``NAME VALUE`` with NAME possibly holding spaces → (NAME, VALUE), or None."""
+    parts = line.strip().rsplit(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
 def parse_categories(text: str, source: object = None) -> list[str]:
     """``name index`` lines → names in index order; checks indices are 0..K-1 once each."""
     by_index: dict[int, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        parts = _name_and_value(line)
+        if parts is None or not parts[1].lstrip("-").isdigit():
             raise InputError(f"line {n}: expected 'name index', got {line.strip()!r}", source)
         idx = int(parts[1])
         if idx in by_index:
@@ -35,8 +43,8 @@ def parse_indoor_outdoor(text: str, names: list[str], source: object = None) -> 
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split()
-        if len(parts) != 2 or parts[1] not in ("1", "2"):
+        parts = _name_and_value(line)
+        if parts is None or parts[1] not in ("1", "2"):
             raise InputError(f"line {n}: expected 'name 1|2', got {line.strip()!r}", source)
         flags[parts[0]] = int(parts[1])
     missing = [name for name in names if name not in flags]
@@ -45,14 +53,25 @@ def parse_indoor_outdoor(text: str, names: list[str], source: object = None) -> 
     return [flags[name] for name in names]
 
 
-def read_labels(path: Path, io_path: Path | None = None, num_classes: int | None = None) -> Labels:
-    """Read the category file (and optional indoor/outdoor file), checking the class count."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
     try:
-        names = parse_categories(path.read_text(), path)
-        flags = parse_indoor_outdoor(Path(io_path).read_text(), names, io_path) if io_path else None
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read label file ({exc.__class__.__name__})", path) from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+        raise InputError(f"cannot read label file ({detail})", path) from None
+
+
+def read_labels(path: Path, io_path: Path | None = None, num_classes: int | None = None) -> Labels:
+    """Read the category file (and optional indoor/outdoor file), checking the class count.
+
+    Each file is read on its own, so an error names the file that caused it.
+    """
+    path = Path(path)
+    names = parse_categories(_read_text(path), path)
     if num_classes is not None and len(names) != num_classes:
         raise InputError(f"{len(names)} labels, but the classifier has {num_classes} outputs", path)
+    flags = None
+    if io_path is not None:
+        io_path = Path(io_path)
+        flags = parse_indoor_outdoor(_read_text(io_path), names, io_path)
     return Labels(names=names, indoor_outdoor=flags, source=path.name)

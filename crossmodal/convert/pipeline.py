@@ -2,13 +2,18 @@
 
 All outputs are written into a staging folder inside the output directory and
 moved into place only when every requested target succeeded, so a failed run
-leaves the output directory as it was.
+leaves the output directory as it was (and removes it again when the run created it).
+
+Preprocessing the user gives (``--preprocess``) must crop to the network input's
+(H, W); a default preset is fitted to it (crop set to the input size, noted in the
+provenance). The input spec's channel order and value range follow the preprocessing.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -61,7 +66,7 @@ def resolve_preprocess(value: str | Preprocess | None, default: str = "torchvisi
     value = value or default
     if value in PREPROCESS_PRESETS:
         return PREPROCESS_PRESETS[value]
-    if value.lstrip().startswith("{"):
+    if value.lstrip().startswith(("{", "[")):
         text, source = value, None
     elif Path(value).is_file():
         text, source = Path(value).read_text(), Path(value)
@@ -83,21 +88,61 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
                 rgb_input: bool = False) -> IRModel:
     """Read any supported source into an IR model."""
     source = Path(source)
+    given = None if preprocess is None else resolve_preprocess(preprocess)
     if is_ir_dir(source):
         model = load_ir(source)
-        if preprocess is not None:
-            model.graph.preprocess = resolve_preprocess(preprocess)
+        if given is not None:
+            set_preprocess(model, given)
         return model
     if source.suffix == ".prototxt":
         from crossmodal.convert.readers.from_caffe import read_caffe
-        return read_caffe(source, caffemodel, mean_file=mean_file, mean_mode=mean_mode,
-                          preprocess=None if preprocess is None else resolve_preprocess(preprocess),
-                          rgb_input=rgb_input)
+        model = read_caffe(source, caffemodel, mean_file=mean_file, mean_mode=mean_mode,
+                           preprocess=given, rgb_input=rgb_input)
+        if given is not None:
+            given.check_fits(model.graph.input.shape)
+        return model
     if source.is_dir():
         raise InputError("is a folder without an IR (model.json); give a checkpoint file or an IR folder", source)
     from crossmodal.convert.readers.from_torch import read_torch_checkpoint
-    return read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size,
-                                 preprocess=resolve_preprocess(preprocess, _default_preset(source)))
+    model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size,
+                                  preprocess=given or resolve_preprocess(None, _default_preset(source)))
+    if given is not None:
+        _check_mean_image(model, given)
+        given.check_fits(model.graph.input.shape)
+    else:
+        _fit_default(model)
+    return model
+
+
+def set_preprocess(model: IRModel, spec: Preprocess) -> None:
+    """Replace an IR's preprocessing (e.g. ``--preprocess`` on an IR folder): the input
+    spec's channel order and value range follow it, its crop must be the input size,
+    and a mean image it names must be in the IR. Noted in the provenance."""
+    g = model.graph
+    spec.check_fits(g.input.shape)
+    _check_mean_image(model, spec)
+    if spec == g.preprocess:
+        return
+    g.provenance.notes.append(f"preprocess replaced: {g.preprocess.name} → {spec.name} "
+                              f"(input {spec.channel_order} {spec.value_range})")
+    g.preprocess = spec
+    g.input = dataclasses.replace(g.input, channel_order=spec.channel_order, value_range=spec.value_range)
+
+
+def _check_mean_image(model: IRModel, spec: Preprocess) -> None:
+    if spec.mean_image and spec.mean_image not in model.weights:
+        raise InputError(f"preprocessing {spec.name!r} names the mean image {spec.mean_image!r}, which the "
+                         f"model does not hold (convert the Caffe model with --mean-file --mean-mode image)")
+
+
+def _fit_default(model: IRModel) -> None:
+    """A default preset (the user gave none) cropping another size than the input: crop to the input."""
+    g = model.graph
+    _, h, w = g.input.shape
+    if tuple(g.preprocess.crop) != (h, w):
+        g.provenance.notes.append(f"preprocess: {g.preprocess.name} preset crop {g.preprocess.crop[0]}×"
+                                  f"{g.preprocess.crop[1]} set to the input size {h}×{w}")
+        g.preprocess = dataclasses.replace(g.preprocess, crop=(h, w))
 
 
 def _default_preset(source: Path) -> str:
@@ -110,13 +155,32 @@ def _default_preset(source: Path) -> str:
     return getattr(card, "preprocess", None) or "torchvision"
 
 
+#: framework → the distributions that provide it (the first one installed counts).
+FRAMEWORKS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-macos", "tensorflow-intel"),
+    "keras": ("keras",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                    "onnxruntime-silicon"),
+    "h5py": ("h5py",),
+    "numpy": ("numpy",),
+    "safetensors": ("safetensors",),
+    "protobuf": ("protobuf",),
+}
+
+
 def framework_versions() -> dict[str, str]:
-    import numpy
-    out = {"python": sys.version.split()[0], "numpy": numpy.__version__}
-    for name in ("torch", "onnx", "keras", "tensorflow", "h5py"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            out[name] = getattr(mod, "__version__", "?")
+    """Python and every framework's installed version, from package metadata (no imports);
+    a framework that is not installed is left out."""
+    out = {"python": sys.version.split()[0]}
+    for name, dists in FRAMEWORKS.items():
+        for dist in dists:
+            try:
+                out[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     return out
 
 
@@ -128,29 +192,61 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_writable(out_dir: Path) -> None:
+def check_writable(out_dir: Path) -> list[Path]:
+    """Create ``out_dir`` if needed and probe it; returns the folders this call created
+    (deepest first), for :func:`remove_created` after a failed run."""
+    created = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".crossmodal-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        remove_created(created)
         raise InputError(f"output directory is not writable ({exc.strerror or exc})", out_dir) from None
+    return created
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders a run created, deepest first, as long as they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
             labels: Path | None = None, io_labels: Path | None = None,
             opset: int | None = None, onnx_outputs: Iterable[str] = ("fc7",),
             on_step: Callable[[str], None] | None = None, **read_options) -> ConvertResult:
-    """Run the whole conversion; ``read_options`` go to :func:`read_source`."""
-    from crossmodal.convert.label_files import read_labels
+    """Run the whole conversion; ``read_options`` go to :func:`read_source`.
 
+    Targets and the ONNX opset are checked before anything is read or written; the
+    output folder is created (and removed again on failure when this run created it).
+    """
     targets = list(dict.fromkeys(targets))
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         raise InputError(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    if opset is not None and "onnx" not in targets:
+        raise InputError(f"an ONNX opset ({opset}) was given, but the targets {targets} leave out onnx")
+    if "onnx" in targets:
+        from crossmodal.convert.emitters.to_onnx import DEFAULT_OPSET, check_opset
+        opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     out_dir = Path(out_dir)
-    check_writable(out_dir)
+    created = check_writable(out_dir)
+    try:
+        return _convert(source, out_dir, targets, labels, io_labels, opset, onnx_outputs, on_step, read_options)
+    except BaseException:
+        remove_created(created)
+        raise
+
+
+def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset, onnx_outputs,
+             on_step, read_options) -> ConvertResult:
+    from crossmodal.convert.label_files import read_labels
+
     step = on_step or (lambda msg: None)
     timings: dict[str, float] = {}
 
@@ -166,6 +262,9 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
     prov.framework_versions = {**framework_versions(), **prov.framework_versions}
     prov.created = prov.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
+    if "keras" in targets:  # refuse inexpressible layers before any file is written
+        from crossmodal.convert.emitters.to_keras import check_keras
+        check_keras(model.graph)
     timings["read"] = time.perf_counter() - t0
 
     staging = out_dir / f".crossmodal-staging-{os.getpid()}"
@@ -178,10 +277,10 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
             written += [("ir-graph", p) if p.suffix == ".json" else ("ir-weights", p) for p in save_ir(model, staging)]
             timings["ir"] = time.perf_counter() - t
         if "onnx" in targets:
-            from crossmodal.convert.emitters.to_onnx import DEFAULT_OPSET, build_onnx_skeleton, save_onnx
+            from crossmodal.convert.emitters.to_onnx import build_onnx_skeleton, save_onnx
             t = time.perf_counter()
-            step(f"emitting ONNX (opset {opset or DEFAULT_OPSET}, checked)")
-            proto, arrays = build_onnx_skeleton(model, opset=opset or DEFAULT_OPSET, extra_outputs=list(onnx_outputs))
+            step(f"emitting ONNX (opset {opset}, checked)")
+            proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=list(onnx_outputs))
             written += [("onnx" if p.suffix == ".onnx" else "onnx-data", p)
                         for p in save_onnx(proto, staging / "model.onnx", arrays=arrays)]
             del proto, arrays

@@ -30,6 +30,7 @@ class ModelSummary:
     preprocess: dict | None = None
     labels: dict | None = None
     outputs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def parameters(self) -> int:
@@ -53,21 +54,24 @@ def summarize(path: Path, **read_options) -> ModelSummary:
     shapes = infer_shapes(g)
     rows = [LayerRow(l.name, l.kind, ["N", *shapes[l.name]],
                      sum(int(np.prod(t.shape)) for t in l.tensors.values())) for l in g.layers]
-    labels = None
-    if g.labels is not None:
-        labels = {"count": len(g.labels.names), "first": g.labels.names[:3], "source": g.labels.source,
-                  "indoor_outdoor": None if not g.labels.indoor_outdoor else
-                  {"indoor": g.labels.indoor_outdoor.count(1), "outdoor": g.labels.indoor_outdoor.count(2)}}
     fmt = "ir" if (path / "model.json").is_file() else g.provenance.source_format
     return ModelSummary(str(path), fmt, rows, {"shape": ["N", *g.input.shape], "layout": g.input.layout,
                                                "channel_order": g.input.channel_order,
                                                "value_range": g.input.value_range},
-                        g.preprocess.to_dict(), labels, list(g.outputs))
+                        g.preprocess.to_dict(), _labels(g), list(g.outputs))
+
+
+def _labels(g) -> dict | None:
+    if g.labels is None:
+        return None
+    flags = g.labels.indoor_outdoor
+    return {"count": len(g.labels.names), "first": g.labels.names[:3], "source": g.labels.source,
+            "indoor_outdoor": None if not flags else {"indoor": flags.count(1), "outdoor": flags.count(2)}}
 
 
 def _summarize_onnx(path: Path) -> ModelSummary:
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
     try:
         proto = onnx.load(str(path))
@@ -100,5 +104,30 @@ def _summarize_keras(path: Path) -> ModelSummary:
         raise InputError(f"not a loadable Keras model ({exc.__class__.__name__}: {str(exc)[:120]})", path) from None
     rows = [LayerRow(l.name, l.__class__.__name__, ["N", *l.output.shape[1:]], int(l.count_params()))
             for l in model.layers]
-    return ModelSummary(str(path), "keras", rows, {"shape": ["N", *model.input.shape[1:]], "layout": "NHWC"},
-                        outputs=[t.name for t in model.outputs])
+    outputs = list(model.output_names)  # the producing layers' names: "predictions"
+    summary = ModelSummary(str(path), "keras", rows, {"shape": ["N", *model.input.shape[1:]], "layout": "NHWC"},
+                           outputs=outputs)
+    _add_sibling_ir(summary, path, model)
+    return summary
+
+
+def _add_sibling_ir(summary: ModelSummary, path: Path, model) -> None:
+    """A .keras file carries no preprocessing or labels: take them from the IR graph
+    (``model.json``) converted beside it, when there is one and it fits the model."""
+    from crossmodal.convert.ir_io import GRAPH_FILE, load_graph
+
+    if not (path.parent / GRAPH_FILE).is_file():
+        summary.notes.append(f"no {GRAPH_FILE} beside it: preprocessing and labels unknown")
+        return
+    try:
+        g = load_graph(path.parent)
+    except InputError as exc:
+        summary.notes.append(f"{GRAPH_FILE} beside it is unreadable ({exc})")
+        return
+    c, h, w = g.input.shape
+    if tuple(model.input.shape[1:]) != (h, w, c) or model.outputs[0].shape[-1] != g.num_classes:
+        summary.notes.append(f"{GRAPH_FILE} beside it describes another model: preprocessing and labels unknown")
+        return
+    summary.input.update(channel_order=g.input.channel_order, value_range=g.input.value_range)
+    summary.preprocess, summary.labels = g.preprocess.to_dict(), _labels(g)
+    summary.notes.append(f"preprocessing and labels from {path.parent / GRAPH_FILE} (the IR converted beside it)")

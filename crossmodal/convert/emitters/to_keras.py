@@ -6,6 +6,15 @@ classifier_activation=None)``, so its weights load there by layer name and back.
 A conv or dense followed by a ReLU becomes one layer with ``activation="relu"``;
 dropout (identity at inference) and the final softmax have no layer. The fc6
 weights are permuted from CHW to HWC input order, so only native layers are used.
+
+Pooling (Caffe/PyTorch windows: padding ``pad`` on both sides, in ceil mode extra
+windows that run past the end, clipped there) is emitted only where Keras computes
+exactly the same thing (:func:`pool_plan`): ``valid``; ``same`` where Keras' padding
+falls wholly at the end (total padding ≤ 1 per axis: Keras puts half at the start);
+else an explicit ``ZeroPadding2D`` then ``valid``, which is exact for max pooling
+only when the input is ≥ 0 (it follows a ReLU) and for average pooling only
+when no window runs past the padding (Caffe counts the padding, not the overhang). Anything else is
+refused, all such layers in one :class:`UnsupportedError` with the other gaps.
 """
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from pathlib import Path
 
 from crossmodal.convert import layouts
 from crossmodal.convert.ir import Graph, IRModel, Layer, infer_shapes, pool_output_size
-from crossmodal.convert.registry import check_supported, converter, lookup
+from crossmodal.convert.registry import converter, lookup
 from crossmodal.errors import UnsupportedError
 from crossmodal.models.vgg import keras_names
 
@@ -88,23 +97,89 @@ def _conv(ctx: KerasContext, layer: Layer, x):
     return _built(conv, x)
 
 
+@dataclass(frozen=True)
+class PoolPlan:
+    """How one IR pooling layer becomes Keras layers: ``padding`` of the pooling layer,
+    and ``zero_pad`` ((top, bottom), (left, right)) of a ZeroPadding2D before it, if any."""
+
+    padding: str
+    zero_pad: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+
+def _non_negative(graph: Graph, name: str) -> bool:
+    """Whether the output of ``name`` is ≥ 0 for every input (it comes from a ReLU,
+    possibly through pooling or dropout, which keep the sign)."""
+    while name != graph.input.name:
+        layer = graph.layer(name)
+        if layer.kind == "relu":
+            return True
+        if layer.kind not in ("max_pool2d", "avg_pool2d", "dropout"):
+            return False
+        name = layer.inputs[0]
+    return False
+
+
+def pool_plan(graph: Graph, layer: Layer, in_shape: tuple[int, ...]) -> PoolPlan:
+    """The exact Keras form of a pooling layer on a (C, H, W) input, or UnsupportedError.
+
+    Per axis of size n, kernel k, stride s, pad p, the IR wants ``out`` windows
+    starting at ``i·s − p``; they cover ``(out − 1)·s + k`` cells, of which
+    ``end = (out − 1)·s + k − n − p`` (≥ 0) lie past the input's end.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    _, h, w = in_shape
+    ceil = bool(layer.attrs.get("ceil_mode", False))
+    axes = [(n, k, st, p, pool_output_size(n, k, st, p, ceil)) for n, k, st, p in ((h, kh, sh, ph), (w, kw, sw, pw))]
+    if all(p == 0 and out == (n - k) // st + 1 for n, k, st, p, out in axes):
+        return PoolPlan("valid")
+    # Keras "same": out = ceil(n / s), padding total = max((out − 1)·s + k − n, 0), of which
+    # total // 2 at the start: exact (padding ignored, as Caffe clips) when nothing goes first.
+    if all(p == 0 and out == -(-n // st) and max((out - 1) * st + k - n, 0) <= 1 for n, k, st, p, out in axes):
+        return PoolPlan("same")
+    ends = tuple(max((out - 1) * st + k - n - p, 0) for n, k, st, p, out in axes)
+    pads = ((ph, ends[0]), (pw, ends[1]))
+    what = (f"layer {layer.name}: {layer.kind} k={kh}x{kw} s={sh}x{sw} pad={ph}x{pw} "
+            f"{'ceil' if ceil else 'floor'} on a {h}x{w} map")
+    if layer.kind == "max_pool2d" and not _non_negative(graph, layer.inputs[0]):
+        raise UnsupportedError(f"{what} needs end padding {ends[0]}x{ends[1]}, which Keras can only add as zeros: "
+                               "exact only after a ReLU, and this input can be negative")
+    if layer.kind == "avg_pool2d" and (ends[0] > ph or ends[1] > pw):
+        raise UnsupportedError(f"{what}: its last windows run past the padding, where Caffe counts no cells "
+                               "and a zero-padded Keras average pooling would")
+    return PoolPlan("valid", pads)
+
+
+def keras_gaps(graph: Graph) -> list[str]:
+    """Every reason ``graph`` cannot become an exact Keras model: layer kinds without a
+    converter and pooling Keras cannot express (:func:`pool_plan`)."""
+    from crossmodal.convert.registry import coverage
+    kinds, shapes, gaps = coverage("keras"), infer_shapes(graph), []
+    for layer in graph.layers:
+        if layer.kind not in kinds:
+            gaps.append(f"{layer.name} ({layer.kind}) → keras")
+        elif layer.kind in ("max_pool2d", "avg_pool2d"):
+            try:
+                pool_plan(graph, layer, shapes[layer.inputs[0]])
+            except UnsupportedError as exc:
+                gaps.append(str(exc))
+    return gaps
+
+
+def check_keras(graph: Graph) -> None:
+    """Raise one UnsupportedError listing every gap of :func:`keras_gaps`."""
+    gaps = keras_gaps(graph)
+    if gaps:
+        raise UnsupportedError(f"{len(gaps)} unsupported layer(s) for Keras: " + "; ".join(gaps))
+
+
 def _pool(cls_name: str, ctx: KerasContext, layer: Layer, x):
     import keras
-    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
-    _, h, w = ctx.shapes[layer.inputs[0]]
-    ceil = bool(layer.attrs.get("ceil_mode", False))
-    want = (pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil))
-    valid = ((h - kh) // sh + 1, (w - kw) // sw + 1)
-    same = (-(-h // sh), -(-w // sw))
-    if (ph, pw) == (0, 0) and want == valid:
-        padding = "valid"
-    elif (ph, pw) == (0, 0) and want == same and (kh, kw) == (sh, sw):
-        padding = "same"  # Caffe's ceil rounding: one extra window at the end, padding ignored
-    else:
-        raise UnsupportedError(f"layer {layer.name}: pooling k={kh}x{kw} s={sh}x{sw} pad={ph}x{pw} "
-                               f"{'ceil' if ceil else 'floor'} on a {h}x{w} map has no Keras equivalent")
+    plan = pool_plan(ctx.model.graph, layer, ctx.shapes[layer.inputs[0]])
+    name = ctx.names[layer.name]
+    if plan.zero_pad is not None:
+        x = keras.layers.ZeroPadding2D(plan.zero_pad, name=f"{name}_pad")(x)
     cls = getattr(keras.layers, cls_name)
-    return cls((kh, kw), strides=(sh, sw), padding=padding, name=ctx.names[layer.name])(x)
+    return cls(layer.attrs["kernel"], strides=layer.attrs["stride"], padding=plan.padding, name=name)(x)
 
 
 @converter("max_pool2d", "keras")
@@ -114,8 +189,6 @@ def _max_pool(ctx, layer, x):
 
 @converter("avg_pool2d", "keras")
 def _avg_pool(ctx, layer, x):
-    if any(layer.attrs["pad"]):
-        raise UnsupportedError(f"layer {layer.name}: padded average pooling has no Keras equivalent")
     return _pool("AveragePooling2D", ctx, layer, x)
 
 
@@ -188,7 +261,7 @@ def build_keras(model: IRModel):
     import keras
 
     graph = model.graph
-    check_supported(graph, ["keras"])
+    check_keras(graph)
     names = keras_names(graph)
     fused = fused_relus(graph)
     ctx = KerasContext(model, names, fused, {graph.layer(n).inputs[0] for n in fused}, shapes=infer_shapes(graph))

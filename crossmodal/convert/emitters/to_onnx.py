@@ -7,6 +7,7 @@ IR fingerprint go into ``metadata_props``. NCHW throughout, so fc6 needs no perm
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,11 +16,58 @@ from typing import Iterable
 
 import numpy as np
 
-from crossmodal.convert.ir import IRModel, Layer, infer_shapes
+from crossmodal import __version__
+from crossmodal.convert.ir import IRModel, Layer, infer_shapes, pool_output_size
 from crossmodal.convert.registry import check_supported, converter, lookup
+from crossmodal.errors import InputError
 
 DEFAULT_OPSET = 21
+HELPER = "crossmodal: part of a layer"  # doc_string of nodes that are not a whole IR layer
 MIN_OPSET = 13  # Softmax with per-axis semantics
+
+
+@functools.lru_cache(maxsize=1)
+def max_opset() -> tuple[int, str]:
+    """The newest opset both the installed ``onnx`` and ``onnxruntime`` handle, and why.
+
+    ``onnx.defs.onnx_opset_version()`` bounds what the checker knows. onnxruntime has
+    no API for its own bound, so it is probed: a one-node model per opset, newest
+    first, until a session opens (a few milliseconds each). Without onnxruntime the
+    onnx bound alone counts.
+    """
+    import onnx
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return newest, f"onnx {onnx.__version__} knows up to {newest}"
+    from onnx import TensorProto, helper
+    for opset in range(newest, MIN_OPSET - 1, -1):
+        ids = [helper.make_opsetid("", opset)]
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", vi[:1], vi[1:])
+        proto = helper.make_model(graph, opset_imports=ids, ir_version=helper.find_min_ir_version_for(ids))
+        try:
+            ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime refuses opsets newer than its kernels with its own errors
+            continue
+        return opset, f"onnx {onnx.__version__} knows up to {newest}, onnxruntime {ort.__version__} runs up to {opset}"
+    return MIN_OPSET, f"onnxruntime {ort.__version__} runs no opset from {MIN_OPSET}"
+
+
+def check_opset(opset: object) -> int:
+    """``opset`` as an int, or InputError naming the supported range."""
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise InputError(f"ONNX opset must be an integer, not {opset!r}")
+    if opset < MIN_OPSET:
+        newest, _ = max_opset()
+        raise InputError(f"ONNX opset {opset} is too old: this emitter writes opsets {MIN_OPSET}..{newest} "
+                         f"(Softmax needs {MIN_OPSET} or newer)")
+    import onnx
+    if opset > onnx.defs.onnx_opset_version() or opset > max_opset()[0]:
+        newest, why = max_opset()
+        raise InputError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{newest} ({why})")
+    return opset
 PROTOBUF_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2  # leave headroom below protobuf's 2 GiB
 
 
@@ -29,6 +77,7 @@ class OnnxContext:
 
     model: IRModel
     opset: int
+    shapes: dict[str, tuple] = field(default_factory=dict)  # IR layer → (C, H, W) or (F,)
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # IR layer → ONNX tensor name
@@ -64,11 +113,28 @@ def _conv(ctx: OnnxContext, layer: Layer) -> str:
 
 
 def _pool(op: str, ctx: OnnxContext, layer: Layer) -> str:
-    (ph, pw) = layer.attrs["pad"]
+    """Pooling with ``pads`` on both sides; in ceil mode onnxruntime keeps a last window
+    that starts in the right padding, which Caffe and PyTorch drop: a Slice then cuts
+    the output to the IR's size (every other window is the same)."""
+    from onnx import TensorProto, helper
+    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    ceil = bool(layer.attrs.get("ceil_mode", False))
     extra = {"count_include_pad": 1} if op == "AveragePool" else {}
-    return ctx.node(op, [_src(ctx, layer)], layer, kernel_shape=list(layer.attrs["kernel"]),
-                    strides=list(layer.attrs["stride"]), pads=[ph, pw, ph, pw],
-                    ceil_mode=int(bool(layer.attrs.get("ceil_mode", False))), **extra)
+    attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], ceil_mode=int(ceil), **extra)
+    _, h, w = ctx.shapes[layer.inputs[0]]
+    want = (pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil))
+    onnx_out = tuple(-(-(n + 2 * p - k) // st) + 1 for n, k, st, p in ((h, kh, sh, ph), (w, kw, sw, pw)))
+    if not ceil or onnx_out == want:
+        return ctx.node(op, [_src(ctx, layer)], layer, **attrs)
+    pooled = f"{layer.name}/pool"
+    ctx.nodes.append(helper.make_node(op, [_src(ctx, layer)], [pooled], name=pooled, doc_string=HELPER, **attrs))
+    names = []
+    for role, values in (("starts", [0, 0]), ("ends", list(want)), ("axes", [2, 3])):
+        name = f"{layer.name}/{role}"
+        ctx.nodes.append(helper.make_node("Constant", [], [name], name=name, doc_string=HELPER,
+                                          value=helper.make_tensor(name, TensorProto.INT64, [2], values)))
+        names.append(name)
+    return ctx.node("Slice", [pooled, *names], layer)
 
 
 @converter("max_pool2d", "onnx")
@@ -148,14 +214,13 @@ def build_onnx_skeleton(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_out
     """
     from onnx import TensorProto, helper
 
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    opset = check_opset(opset)
     graph = model.graph
     check_supported(graph, ["onnx"])
     public = ["logits"] + (["prob"] if "prob" in graph.blobs else [])
     public += [n for n in extra_outputs if n not in public]
     targets = {name: graph.resolve(name) for name in public}
-    ctx = OnnxContext(model, opset, names={graph.input.name: "input"}, reserved=set(public))
+    ctx = OnnxContext(model, opset, infer_shapes(graph), names={graph.input.name: "input"}, reserved=set(public))
     for layer in graph.layers:
         ctx.names[layer.name] = lookup(layer.kind, "onnx")(ctx, layer)
     outputs, shapes = [], infer_shapes(graph)
@@ -170,7 +235,7 @@ def build_onnx_skeleton(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_out
     )
     opsets = [helper.make_opsetid("", opset)]
     # the lowest IR version that carries this opset, so that older runtimes load it
-    proto = helper.make_model(g, opset_imports=opsets, producer_name="crossmodal",
+    proto = helper.make_model(g, opset_imports=opsets, producer_name="crossmodal", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
     helper.set_model_props(proto, metadata(model))
     return proto, ctx.arrays
@@ -290,6 +355,8 @@ def save_onnx(proto, path: Path, *, arrays: dict[str, np.ndarray] | None = None,
 def layer_tensors(proto) -> dict[str, str]:
     """IR layer name → ONNX tensor name, read back from a model this module built.
 
-    Layers without a node (dropout) are absent: they equal their input.
+    Layers without a node (dropout) are absent: they equal their input. Helper nodes
+    (a pooling layer's Slice inputs and pre-Slice pooling) are not layers.
     """
-    return {node.name: node.output[0] for node in proto.graph.node if not node.name.startswith("output_")}
+    return {node.name: node.output[0] for node in proto.graph.node
+            if not node.name.startswith("output_") and node.doc_string != HELPER}

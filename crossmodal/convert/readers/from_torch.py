@@ -8,7 +8,9 @@ Accepted layouts (after :func:`normalise_key` strips ``module.`` wrappers):
   … ``classifier.fc8a.bias``.
 
 Files: ``.pth``, ``.pth.tar``, ``.pt`` (``torch.load(weights_only=True)``; a pickled
-whole model only with ``trust_pickle=True``) and ``.safetensors``.
+whole model only with ``trust_pickle=True``) and ``.safetensors``. The loader is
+picked from the file's first bytes (:func:`sniff_format`), not its name, so a file
+that is no checkpoint is named as such before torch sees it.
 The architecture (conv widths, pool positions), class count and hidden width are
 inferred from the tensors' names and shapes.
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from crossmodal.convert.ir import IRModel, Preprocess, Provenance
 from crossmodal.errors import InputError, UnsupportedError
-from crossmodal.models.vgg import VGGSpec, arch_of, build_graph, named_keys, torchvision_keys
+from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, named_keys, torchvision_keys
 
 _TV_FEATURE = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 _TV_CLASSIFIER = re.compile(r"^classifier\.(\d+)\.(weight|bias)$")
@@ -49,21 +51,73 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: What :func:`sniff_format` can answer; the first three are loadable.
+FORMATS = ("zip", "pickle", "safetensors", "empty", "text", "unknown")
+
+
+def sniff_format(path: Path) -> str:
+    """What a file holds, from its first bytes: ``zip`` (``torch.save``, 'PK'),
+    ``pickle`` (legacy ``torch.save``, protocol byte 0x80), ``safetensors`` (8-byte
+    little-endian header length, then '{'), or ``empty`` / ``text`` / ``unknown``."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100 << 20:
+        return "safetensors"
+    if head[0] == 0x80:
+        return "pickle"
+    for cut in range(4):  # the 512-byte window may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if all(c.isprintable() or c in "\t\r\n" for c in text):
+            return "text"
+        break
+    return "unknown"
+
+
+def _not_a_checkpoint(path: Path, kind: str) -> InputError:
+    with open(path, "rb") as f:
+        head = f.read(40)
+    what = {
+        "empty": "an empty file",
+        "text": f"a text file starting {(head.decode('utf-8', 'replace').strip().splitlines() or [''])[0][:30]!r}",
+        "unknown": f"unrecognised bytes {head[:8].hex(' ')}",
+    }[kind]
+    return InputError(f"not a PyTorch checkpoint ({what}); expected a torch.save file (zip or legacy "
+                      "pickle) or a safetensors file", path)
+
+
 def load_state_dict(path: Path, *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
     """Read a checkpoint file into name → float32 array (keys normalised)."""
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-        try:
-            raw = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise InputError(f"not a readable safetensors file ({exc})", path) from None
-    else:
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        raw = _safetensors_load(path)
+    elif kind in ("zip", "pickle"):
         raw = _torch_load(path, trust_pickle)
+    elif path.suffix == ".safetensors" and kind == "unknown":
+        raise InputError("not a readable safetensors file (it does not start with an 8-byte header length "
+                         "and a JSON header)", path)
+    else:
+        raise _not_a_checkpoint(path, kind)
     return _to_arrays(raw, path)
+
+
+def _safetensors_load(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    named = "" if path.suffix == ".safetensors" else f"a safetensors file named {path.suffix or 'without suffix'}, "
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{named}not a readable safetensors file ({_first_line(str(exc))})", path) from None
 
 
 def _torch_load(path: Path, trust_pickle: bool):
@@ -72,24 +126,52 @@ def _torch_load(path: Path, trust_pickle: bool):
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        if path.suffix == ".safetensors":  # torch.load would hand a path so named to safetensors
+            with open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text and "GLOBAL" in text.upper():
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = found.group(1) if found else "a Python class"
+        found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
+        if found and not _corrupt_global(found.group(1)):
             raise InputError(
-                f"holds a pickled Python object ({what}), e.g. a whole model "
-                "(whole_*_places365.pth.tar); unpickling it would run code from the file. "
-                "Convert a state_dict instead, or re-run with --trust-pickle if you trust its source",
-                path) from None
-        raise InputError(f"not a readable PyTorch checkpoint ({_first_line(text)})", path) from None
+                f"a pickled object that needs --trust-pickle: it holds {found.group(1)}, e.g. a whole model "
+                "(whole_*_places365.pth.tar), and unpickling it runs code from the file. Convert a state_dict "
+                "instead, or re-run with --trust-pickle if you trust its source", path) from None
+        raise InputError(f"not a readable PyTorch checkpoint, truncated or corrupt ({_torch_detail(text)})",
+                         path) from None
+    except (AttributeError, ImportError) as exc:
+        if trust_pickle:  # a whole model whose class is not importable here
+            raise InputError(f"a pickled object whose class cannot be loaded here ({_first_line(str(exc))}); "
+                             "convert its state_dict instead", path) from None
+        raise InputError(f"not a readable PyTorch checkpoint ({_first_line(str(exc))})", path) from None
     except Exception as exc:  # torch.load raises anything from KeyError to RuntimeError on garbage
         raise InputError(f"not a readable PyTorch checkpoint, truncated or corrupt "
                          f"({exc.__class__.__name__}: {_first_line(str(exc))})", path) from None
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         obj = obj.state_dict()
     return obj
+
+
+def _corrupt_global(name: str) -> bool:
+    """A refused ``torch.*`` global that does not exist in the loaded torch: a name cut by
+    truncation (``torch._utils._rebuild_tens``), not a pickled object."""
+    import sys
+    module, _, attr = name.rpartition(".")
+    if module.split(".")[0] != "torch" or module not in sys.modules:
+        return False
+    return not hasattr(sys.modules[module], attr)
+
+
+def _torch_detail(text: str) -> str:
+    """The informative part of torch's weights-only error, without its advice to drop
+    ``weights_only`` (which would run code from an untrusted file)."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    detail = found.group(1) if found else text
+    if "Weights only load failed" in detail:
+        return "the weights-only unpickler refused it"
+    return _first_line(" ".join(detail.split()))
 
 
 def _first_line(text: str) -> str:
@@ -131,15 +213,20 @@ def infer_spec(state: Mapping[str, np.ndarray], *, input_size: tuple[int, int] |
         if bn or any(k.endswith(("running_mean", "running_var")) for k in state):
             raise UnsupportedError("batch-norm VGG (vgg*_bn) is not supported", source)
         idx = sorted({int(_TV_FEATURE.match(k).group(1)) for k in state if _TV_FEATURE.match(k)})
+        _check_conv_keys(state, [f"features.{i}" for i in idx], layout, source)
         widths = [state[f"features.{i}.weight"].shape[0] for i in idx if f"features.{i}.weight" in state]
         pools = [n for n, (a, b) in enumerate(zip(idx, idx[1:])) if b - a == 3] + [len(idx) - 1]
         bad_gaps = [(a, b) for a, b in zip(idx, idx[1:]) if b - a not in (2, 3)]
         if bad_gaps:
-            raise InputError(f"features indices {bad_gaps} fit no VGG (conv, relu[, pool]) pattern", source)
+            guesses = "; ".join(f"after features.{a} the next conv is features.{a + 2} or features.{a + 3}, "
+                                f"not features.{b}" for a, b in bad_gaps)
+            raise InputError(f"features indices fit no VGG (conv, relu[, pool]) pattern, a layer's keys are "
+                             f"missing: {guesses}", source)
         fc_keys = {n: f"classifier.{n}" for n in (0, 3, 6)}
         final_name, first_conv = "fc8", f"features.{idx[0]}.weight"
     else:
         convs = sorted({(int(m.group(1)), int(m.group(2))) for k in state if (m := _NAMED_FEATURE.match(k))})
+        _check_conv_keys(state, [f"features.conv{b}_{i}" for b, i in convs], layout, source)
         widths = [state[f"features.conv{b}_{i}.weight"].shape[0] for b, i in convs
                   if f"features.conv{b}_{i}.weight" in state]
         pools = [n for n, (a, b) in enumerate(zip(convs, convs[1:])) if a[0] != b[0]] + [len(convs) - 1]
@@ -163,6 +250,49 @@ def infer_spec(state: Mapping[str, np.ndarray], *, input_size: tuple[int, int] |
         input_size = (side * 2 ** n_pools, side * 2 ** n_pools)
     spec = VGGSpec(arch, cfg, (int(cin), *input_size), int(hidden), int(num_classes), final_name)
     return spec, layout
+
+
+def _check_conv_keys(state: Mapping[str, np.ndarray], layers: list[str], layout: str, source: object) -> None:
+    """Name the conv keys a checkpoint lacks where the gap would mislead the architecture
+    guess: a layer with a bias but no weight, and whole layers missing inside the sequence.
+
+    Named keys: ``conv2_2`` without ``conv2_1``, or blocks 1 and 3 without block 2, are
+    sure gaps. Torchvision keys: indices must start at 0 and step by 2 (conv, relu) or 3
+    (… pool); where they do not, the smallest standard configuration (:data:`CFGS`)
+    holding the present layers with the fewest missing (``features.2`` between
+    ``features.0`` and ``features.5`` of a VGG16) names them. A missing bias alone is left
+    to :func:`to_ir`, which reports it with every other problem; a missing last layer
+    cannot be told from a shorter custom VGG.
+    """
+    gap, like = [], ""
+    if layout == "named":
+        blocks: dict[int, set[int]] = {}
+        for m in (re.match(r"^features\.conv(\d+)_(\d+)$", p) for p in layers):
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+        for b in range(1, max(blocks, default=0) + 1):
+            have = blocks.get(b, set())
+            gap += [f"features.conv{b}_{i}" for i in range(1, max(have, default=1) + 1) if i not in have]
+    else:
+        idx = sorted(int(p.rsplit(".", 1)[1]) for p in layers)
+        if idx and (idx[0] != 0 or any(b - a not in (2, 3) for a, b in zip(idx, idx[1:]))):
+            present, best = set(layers), None
+            for arch, cfg in CFGS.items():
+                keys = torchvision_keys(VGGSpec(arch, tuple(cfg))).values()
+                expected = {k.rsplit(".", 1)[0] for k in keys if k.startswith("features.")}
+                inside = sorted((e for e in expected - present if int(e.rsplit(".", 1)[1]) < idx[-1]), key=_natural)
+                if present <= expected and (best is None or (len(inside), len(expected)) < best[2]):
+                    best = (arch, inside, (len(inside), len(expected)))
+            if best is not None:
+                gap, like = best[1], f" (the others fit {best[0]})"
+            elif idx[0] != 0:
+                gap = ["features.0"]
+            else:
+                return
+    if not gap and all(f"{p}.weight" in state for p in layers):
+        return
+    layers = sorted(set(layers) | set(gap), key=_natural)
+    missing = [f"{p}.{role}" for p in layers for role in ("weight", "bias") if f"{p}.{role}" not in state]
+    raise InputError(f"missing keys: {_some(missing)}{like}", source)
 
 
 def _natural(key: str):
@@ -214,10 +344,15 @@ def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess:
         spec, layout = infer_spec(state, input_size=input_size, source=path)
         model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
         source_sha256 = source_sha256.result()
+    kind = sniff_format(path)
+    notes = []
+    if (kind == "safetensors") != (path.suffix == ".safetensors"):
+        notes.append(f"a {'safetensors' if kind == 'safetensors' else 'torch.save'} file named {path.suffix!r}: "
+                     "read by its content")
     model.graph.provenance = Provenance(
         source_file=path.name, source_sha256=source_sha256,
-        source_format="safetensors" if path.suffix == ".safetensors" else "pytorch",
+        source_format="safetensors" if kind == "safetensors" else "pytorch",
         reader=f"crossmodal.convert.readers.from_torch ({layout} keys)",
-        framework_versions={"torch": torch.__version__},
+        framework_versions={"torch": torch.__version__}, notes=notes,
     )
     return model
