@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
-import time
 
 
 def measure(code: str, env: dict | None = None) -> tuple[float, int, str]:

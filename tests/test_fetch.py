@@ -331,9 +331,9 @@ def test_card_registry():
         "places365-labels", "hybrid1365-labels", "places365-mean"}
     pt = get_card("vgg16-places365-pytorch")
     (f,) = pt.files
-    assert f.url == "http://dissect.csail.mit.edu/models/vgg16_places365-0bafbc55.pth"
+    assert f.url == "https://dissect.csail.mit.edu/models/vgg16_places365-0bafbc55.pth"
     assert (f.sha256, f.sha256_prefix, f.preprocess, f.labels) == (None, "0bafbc55", "torchvision", "places365-labels")
-    assert "dissection" in pt.description and pt.preprocess == "torchvision"
+    assert "dissection" in pt.description and "features.conv1_1" in pt.description and pt.preprocess == "torchvision"
     caffe = get_card("vgg16-places365-caffe")
     assert caffe.preprocess == "caffe" and {x.file for x in caffe.files} == {
         "vgg16_places365.caffemodel", "deploy_vgg16_places365.prototxt"}
@@ -408,7 +408,8 @@ def test_cli_list(runner):
 
 
 def test_cli_fetch_single_file_card_with_sha256(runner, server, folder, tmp_path):
-    data = _blob(20, 5000)
+    from helpers import shared_file  # the card records the real file's SHA-256
+    data = shared_file("places365", "categories_hybrid1365.txt").read_bytes()
     server.serve(f"{folder}/categories_hybrid1365.txt", data)
     base = f"http://127.0.0.1:{server.port}/{folder}/"
     args = ["hybrid1365-labels", "--base-url", base, "--dest", str(tmp_path / "w"), "--sha256", _sha(data),
@@ -423,11 +424,13 @@ def test_cli_fetch_single_file_card_with_sha256(runner, server, folder, tmp_path
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
     assert row["sha256"] == _sha(data) and row["verified"] and row["action"] == "already there"
-    assert row["bytes"] == 5000 and row["path"] == str(dest)
+    assert row["bytes"] == len(data) and row["path"] == str(dest)
 
 
 def test_cli_multi_file_card_base_url_json(runner, server, folder, tmp_path):
-    files = {"categories_places365.txt": _blob(21, 700), "IO_places365.txt": _blob(22, 600)}
+    from helpers import shared_file  # the card records the real files' SHA-256
+    files = {name: shared_file("places365", name).read_bytes()
+             for name in ("categories_places365.txt", "IO_places365.txt")}
     for name, data in files.items():
         server.serve(f"{folder}/{name}", data)
     result = runner.invoke(fetch, ["places365-labels", "--base-url", f"http://127.0.0.1:{server.port}/{folder}",
@@ -436,7 +439,7 @@ def test_cli_multi_file_card_base_url_json(runner, server, folder, tmp_path):
     rows = json.loads(result.stdout)
     assert [r["file"] for r in rows] == list(files)
     for r in rows:
-        assert r["sha256"] == _sha(files[r["file"]]) and r["check"] == "none" and not r["verified"]
+        assert r["sha256"] == _sha(files[r["file"]]) and r["check"] == "sha256" and r["verified"]
         assert Path(r["path"]).read_bytes() == files[r["file"]]
 
 

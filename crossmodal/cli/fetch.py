@@ -73,6 +73,8 @@ def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, f
         expected = f.sha256
         if sha256:
             given = sha256.strip().lower()
+            if len(given) != 64 or any(c not in "0123456789abcdef" for c in given):
+                raise InputError(f"--sha256 must be 64 hex digits, not {sha256!r}")
             if expected and given != expected:
                 raise InputError(f"--sha256 {given} differs from the SHA-256 card {card.name} records ({expected})")
             expected = given

@@ -68,7 +68,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crossmodal.convert.ir import Graph, IRModel, infer_shapes
-from crossmodal.convert.ir_io import WEIGHTS_FILE, load_graph
+from crossmodal.convert.ir_io import load_graph, read_tensor
 from crossmodal.errors import InputError
 from crossmodal.evaluate.datasets import Dataset
 from crossmodal.evaluate.images import load_batch
@@ -147,18 +147,12 @@ def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) 
 
 
 def read_mean_image(model_dir: str | os.PathLike, graph: Graph) -> np.ndarray | None:
-    """The mean image tensor the preprocessing names (read alone from ``weights.h5``), or None."""
+    """The mean image tensor the preprocessing names, float32 (3, H, W), read alone from
+    ``weights.h5`` and checked against its SHA-256 in ``model.json``; None without one."""
     name = graph.preprocess.mean_image
     if not name:
         return None
-    import h5py
-    path = Path(model_dir) / WEIGHTS_FILE
-    try:
-        with h5py.File(path, "r") as f:
-            return np.asarray(f[name][()], dtype=np.float32)
-    except (OSError, KeyError):
-        raise InputError(f"preprocessing needs the mean image {name!r}, which is not in the weights",
-                         path) from None
+    return np.asarray(read_tensor(Path(model_dir), graph, name), dtype=np.float32)
 
 
 def file_list_sha256(paths: Sequence[Path]) -> str:
@@ -323,8 +317,6 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     with its new labels. A resumed pass keeps the batch size the cache was started
     with, so that its rows are identical to those of an uninterrupted pass.
     """
-    import h5py
-
     from crossmodal.evaluate.backends import Backend, open_backend
 
     if batch_size < 1:

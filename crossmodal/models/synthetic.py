@@ -20,7 +20,7 @@ LAYOUTS = ("torchvision", "csail", "dataparallel", "named", "safetensors")
 def random_state_dict(spec: VGGSpec, seed: int = 0, bias_std: float = 0.01) -> dict[str, np.ndarray]:
     """IR tensor name → float32 array: He-normal convs (fan-out), N(0, 0.01) dense, small biases."""
     rng = np.random.default_rng(seed)
-    out, cin = {}, spec.input_shape[0]
+    out = {}
     from crossmodal.models.vgg import build_graph
     for layer in build_graph(spec).layers:
         if layer.kind == "conv2d":
