@@ -321,3 +321,13 @@ def test_trust_pickle_refusal_and_acceptance_through_the_cli(runner, tmp_path, t
                                   "--to", "ir", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["parameters"] == 2361
+
+
+@pytest.mark.parametrize("command", ["convert", "inspect"])
+def test_bad_input_size_is_a_usage_error(runner, tiny_ckpt, tmp_path, command):
+    args = [command, str(tiny_ckpt[0]), "--input-size", "20y28"] + (
+        ["--out-dir", str(tmp_path / "out")] if command == "convert" else [])
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    assert "--input-size" in result.output and "expected H or HxW" in result.output
+    assert not (tmp_path / "out").exists()

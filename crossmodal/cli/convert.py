@@ -5,9 +5,7 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import (
-    csv_list, echo_json, handle_errors, json_option, parse_size, step_printer,
-)
+from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_size_option, json_option, step_printer
 
 
 @click.command("convert")
@@ -37,8 +35,7 @@ from crossmodal.cli.options import (
                    "support (an opset outside that range is refused with the range).")
 @click.option("--onnx-outputs", default="fc7", show_default=True,
               help="Extra ONNX outputs after logits and prob (blob or layer names; 'none' for none).")
-@click.option("--input-size", default=None,
-              help="Input H or HxW, for networks whose fc6 does not reveal it (non-square maps).")
+@input_size_option
 @click.option("--trust-pickle", is_flag=True,
               help="Allow unpickling a whole pickled model. Runs code from the file: only for trusted files.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
@@ -51,7 +48,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     from crossmodal.convert.pipeline import convert as run_convert
 
     extra = [] if onnx_outputs.strip().lower() == "none" else csv_list(onnx_outputs)
-    options = dict(trust_pickle=trust_pickle, input_size=_size(input_size), preprocess=preprocess)
+    options = dict(trust_pickle=trust_pickle, input_size=input_size, preprocess=preprocess)
     if weights.suffix == ".prototxt":
         options.update(caffemodel=caffemodel, mean_file=mean_file, mean_mode=mean_mode, rgb_input=rgb_input)
     elif caffemodel or mean_file or rgb_input:
@@ -69,10 +66,3 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
     click.echo(f"done in {result.timings['total']:.1f} s")
 
-
-def _size(value):
-    try:
-        return parse_size(value)
-    except click.BadParameter as exc:
-        exc.param_hint = "'--input-size'"
-        raise

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import echo_json, handle_errors, json_option, parse_size
+from crossmodal.cli.options import echo_json, handle_errors, input_size_option, json_option
 
 
 @click.command("inspect")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--caffemodel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Caffe weights, when PATH is a deploy .prototxt.")
-@click.option("--input-size", default=None, help="Input H or HxW for checkpoints with non-square maps.")
+@input_size_option
 @click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole pickled model (trusted files only).")
 @json_option
 @handle_errors
@@ -25,7 +25,7 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     if path.suffix == ".prototxt":
         options["caffemodel"] = caffemodel
     elif path.suffix not in (".onnx", ".keras"):
-        options.update(trust_pickle=trust_pickle, input_size=_size(input_size))
+        options.update(trust_pickle=trust_pickle, input_size=input_size)
     s = summarize(path, **options)
     if as_json:
         echo_json(s.to_json())
@@ -45,10 +45,3 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     for note in s.notes:
         click.echo(f"note: {note}")
 
-
-def _size(value):
-    try:
-        return parse_size(value)
-    except click.BadParameter as exc:
-        exc.param_hint = "'--input-size'"
-        raise

@@ -49,6 +49,12 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
+def input_size_option(fn: Callable) -> Callable:
+    """``--input-size H`` or ``HxW`` → ``(H, W)`` or None, for networks whose fc6 does not reveal it."""
+    return click.option("--input-size", default=None, callback=lambda ctx, param, value: parse_size(value),
+                        help="Input H or HxW, for networks whose fc6 does not reveal it (non-square maps).")(fn)
+
+
 def csv_list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
