@@ -18,7 +18,11 @@ from crossmodal.cli import main
 from crossmodal.errors import InputError
 from test_features import BROKEN, convert_tiny, make_cmplaces_tree, reference_logits
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+@pytest.fixture(scope="module")
+def sklearn_metrics():
+    return pytest.importorskip("sklearn.metrics", reason="scikit-learn (the test extra) is the independent AP")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def cross_run(model, root, tmp_path_factory):
     return out, json.loads(result.stdout)
 
 
-def test_cross_modal_map_matches_sklearn_on_reference_features(cross_run, model, root):
+def test_cross_modal_map_matches_sklearn_on_reference_features(cross_run, model, root, sklearn_metrics):
     out, printed = cross_run
     data = json.loads((out / "retrieval.json").read_text())
     (pair,) = data["pairs"]
@@ -121,7 +125,7 @@ def test_outputs_for_people(cross_run, root):
                       "file": "neighbours_sketch_to_natural.png"}]
 
 
-def test_all_grid_within_modal_drops_the_query(model, root, tmp_path):
+def test_all_grid_within_modal_drops_the_query(model, root, tmp_path, sklearn_metrics):
     result = _run(["--model", str(model), "--all", "--data-root", str(root), "--cache", str(tmp_path / "c")],
                   tmp_path / "out")
     assert result.exit_code == 0, result.output
@@ -241,3 +245,23 @@ def test_pair_errors():
     p = score_pair(_features("sketch", ["a", "b", "z"], 4), _features("natural", ["a", "b", "a"], 4))
     assert p["num_excluded_queries"] == 1 and p["excluded_queries_by_category"] == {"z": 1}
     assert p["k"] == 3  # lowered to the ranking length
+
+
+def test_all_reports_a_broken_modality_instead_of_dropping_it(model, root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(root / "natural", data / "natural")
+    shutil.copytree(root / "natural", data / "clipart")
+    (data / "clipart" / "categories.txt").unlink()  # there, but its list cannot be read
+    _fail(["--model", str(model), "--all", "--data-root", str(data)], "needs a categories file", tmp_path / "out")
+
+
+def test_an_output_path_that_is_a_file(model, root, tmp_path):
+    """Refused before any work, through the CLI (Click) and the library alike; the file is kept."""
+    from crossmodal.evaluate.retrieval import run_retrieval
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    result = _run(["--model", str(model), "--query", "natural", "--data-root", str(root)], out)
+    assert result.exit_code == 2 and "is a file" in result.stderr and result.stderr.count("\n") == 1
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        run_retrieval(model, "natural", data_root=root, out_dir=out, device="cpu")
+    assert out.read_text() == "not a folder"

@@ -44,10 +44,10 @@ from crossmodal.convert.ir import Graph
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
 from crossmodal.evaluate import reports
-from crossmodal.evaluate.datasets import Dataset, canonical_modality, resolve_modality
+from crossmodal.evaluate.datasets import Dataset, modality_names, resolve_modality
 from crossmodal.evaluate.labels import LabelMapping, build_mapping, load_aliases, merge_aliases, score
 from crossmodal.evaluate.metrics import ClassificationMetrics, classification_metrics, muted_softmax, wilson_interval
-from crossmodal.io.atomic import write_text_atomic
+from crossmodal.io.atomic import check_output_dir, write_text_atomic
 
 TOP_K = 5
 FORMAT = "crossmodal-baseline"
@@ -271,9 +271,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
 
     t_start = time.perf_counter()
     step = on_step or (lambda msg: None)
-    names = [canonical_modality(m) for m in
-             (modalities.split(",") if isinstance(modalities, str) else modalities) if m.strip()]
-    names = list(dict.fromkeys(names))
+    names = modality_names(modalities)
     if not names:
         raise InputError("no modality given; use e.g. --modality sketch or natural,clipart,sketch")
     if len(names) > 1 and any(v is not None for v in (images, list_file, categories)):
@@ -286,7 +284,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     device = check_device(device)
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
     model_labels(graph, model_dir)
     layers = list(dict.fromkeys(["logits", *features]))

@@ -32,7 +32,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from crossmodal.errors import InputError
 from crossmodal.evaluate.images import list_images
@@ -45,6 +45,11 @@ CONFIG_NAME = "crossmodal.toml"
 #: split names recognised in list file names (``val.txt``, ``sketch_train.txt``)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _CONFIG_KEYS = {"root", "categories", "list", "lists", "description"}
+
+
+class ModalityAbsent(InputError):
+    """A modality with no data where :func:`resolve_modality` looked (no root given, or its
+    images root does not exist); a data set that is there but broken raises plain InputError."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,12 @@ def canonical_modality(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def modality_names(value: str | Sequence[str] | None) -> list[str]:
+    """``"natural, Clipart,sketch"`` or a list → canonical names, in order, without repeats."""
+    items = value.split(",") if isinstance(value, str) else (value or [])
+    return list(dict.fromkeys(canonical_modality(v) for v in items if v.strip()))
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``crossmodal.toml``; relative paths inside resolve against its folder.
 
@@ -324,10 +335,10 @@ def resolve_modality(name: str, *, data_root: str | os.PathLike | None = None,
     elif data_root is not None:
         root, origin = Path(data_root) / modality, [f"convention under data root {data_root}"]
     else:
-        raise InputError(f"no data for modality {modality!r}: give an images folder, a "
+        raise ModalityAbsent(f"no data for modality {modality!r}: give an images folder, a "
                          f"[modalities.{modality}] entry in {CONFIG_NAME}, or a data root")
     if not root.is_dir():
-        raise InputError(f"images root for modality {modality!r} not found", root)
+        raise ModalityAbsent(f"images root for modality {modality!r} not found", root)
 
     # list file
     if list_file is not None:

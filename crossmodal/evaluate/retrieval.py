@@ -35,10 +35,14 @@ import numpy as np
 
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
-from crossmodal.evaluate.datasets import CONFIG_NAME, IMAGE_MODALITIES, Dataset, canonical_modality, load_config, \
-    resolve_modality
-from crossmodal.evaluate.retrieval_metrics import METRICS, chance_map, chance_precision_at_k, \
-    chance_recall_at_k, retrieval_scores
+from crossmodal.evaluate.datasets import (
+    CONFIG_NAME, IMAGE_MODALITIES, TEXT_MODALITIES, Dataset, ModalityAbsent, load_config, modality_names,
+    resolve_modality,
+)
+from crossmodal.evaluate.retrieval_metrics import (
+    METRICS, chance_map, chance_precision_at_k, chance_recall_at_k, retrieval_scores,
+)
+from crossmodal.io.atomic import check_output_dir
 
 FORMAT = "crossmodal-retrieval"
 LAYERS: tuple[str, ...] = ("fc7", "fc6", "pool5")
@@ -126,27 +130,22 @@ def score_pair(query: ModalityFeatures, target: ModalityFeatures, *, metric: str
     }
 
 
-def present_modalities(*, data_root=None, config=None, split: str = "val") -> list[str]:
-    """The image modalities whose data can be found (known ones first, then the config's own)."""
+def present_modalities(*, data_root=None, config=None, split: str = "val") -> dict[str, Dataset]:
+    """The image modalities whose data can be found, read: ``{name: Dataset}`` (known ones
+    first, then the config's own). A modality that is absent (:class:`ModalityAbsent`) is
+    left out; one that is there but broken (a missing list, a bad categories file) raises."""
     if config is None and Path(CONFIG_NAME).is_file():
         config = Path(CONFIG_NAME)
-    cfg = load_config(config) if config is not None else None
-    names = list(IMAGE_MODALITIES) + sorted(set((cfg or {}).get("modalities", {})) - set(IMAGE_MODALITIES))
-    found = []
+    cfg = load_config(config) if config is not None else {}
+    names = list(IMAGE_MODALITIES) + sorted(set(cfg.get("modalities", {})) - set(IMAGE_MODALITIES)
+                                            - set(TEXT_MODALITIES))
+    found = {}
     for name in names:
         try:
-            resolve_modality(name, data_root=data_root, config=cfg, split=split)
-        except InputError as exc:
-            if "not found" in str(exc) or "no data for" in str(exc) or "is text" in str(exc):
-                continue
-            raise
-        found.append(name)
+            found[name] = resolve_modality(name, data_root=data_root, config=cfg, split=split)
+        except ModalityAbsent:
+            continue
     return found
-
-
-def _names(value: str | Sequence[str] | None) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else (value or [])
-    return list(dict.fromkeys(canonical_modality(v) for v in items if v.strip()))
 
 
 @dataclass
@@ -175,6 +174,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     images, or a path / file name).
     """
     from crossmodal.evaluate import retrieval_reports as reports
+    from crossmodal.evaluate.retrieval_reports import pick_query
     from crossmodal.evaluate.backends import SharedBackend, check_device
     from crossmodal.evaluate.baseline import limit_records
     from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
@@ -188,20 +188,22 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     if k < 1:
         raise InputError(f"k must be at least 1, not {k}")
     device = check_device(device)
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
     graph.resolve(layer)
     if all_pairs:
         if queries or targets:
             raise InputError("--all runs every pair of the modalities present; leave out --query/--target")
-        q_names = t_names = present_modalities(data_root=data_root, config=config, split=split)
+        present = present_modalities(data_root=data_root, config=config, split=split)
+        q_names = t_names = list(present)
         if not q_names:
             raise InputError("no image modality found (looked for " + ", ".join(IMAGE_MODALITIES)
                              + " under the data root / in the config)", data_root or config)
         step(f"modalities present: {', '.join(q_names)}")
     else:
-        q_names = _names(queries)
-        t_names = _names(targets) or q_names
+        present = {}
+        q_names = modality_names(queries)
+        t_names = modality_names(targets) or q_names
         if not q_names:
             raise InputError("no query modality given; use e.g. --query clipart --target natural, or --all")
     names = list(dict.fromkeys(q_names + t_names))
@@ -212,10 +214,13 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     for name in names:
         role = "query" if name in q_names else "target"
         try:
-            ds = resolve_modality(name, data_root=data_root, config=config, split=split)
-        except InputError as exc:
+            ds = present.get(name) or resolve_modality(name, data_root=data_root, config=config, split=split)
+        except ModalityAbsent as exc:
             raise InputError(f"{role} modality {name!r} is absent from the data: {exc}") from None
         datasets[name] = limit_records(ds, limit)
+    if show:  # a bad query image fails now, not after the feature pass
+        for name in q_names:
+            pick_query([r.path for r in datasets[name].records], show_query)
 
     # 2. features, from the cache or computed by one shared backend ("logits" too: the baseline's cache)
     layers = ["logits", layer]

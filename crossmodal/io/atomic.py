@@ -37,3 +37,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def check_output_dir(path: Path) -> Path:
+    """Fail early, creating nothing, when ``path`` cannot become an output folder: it is a
+    file, or its nearest existing ancestor is not a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("is a file, not a folder: cannot write the outputs there", path)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError("output folder is not writable", existing)
+    return path
