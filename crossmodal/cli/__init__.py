@@ -34,8 +34,12 @@ class OneLineUsageError(click.UsageError):
         click.echo(f"Error: {self.format_message()}", file=file, err=True)
 
 
+#: Click ≥ 8.2 raises this for a group run with no arguments (its help, not an error).
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _one_line(exc: click.UsageError) -> click.UsageError:
-    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+    if isinstance(exc, (OneLineUsageError, _NO_ARGS_IS_HELP)):
         return exc  # already one line, or the help text asked for by running with no arguments
     return OneLineUsageError(exc.format_message(), exc.ctx)
 

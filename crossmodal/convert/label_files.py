@@ -55,7 +55,7 @@ def parse_indoor_outdoor(text: str, names: list[str], source: object = None) -> 
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
         raise InputError(f"cannot read label file ({detail})", path) from None

@@ -96,11 +96,8 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
         return model
     if source.suffix == ".prototxt":
         from crossmodal.convert.readers.from_caffe import read_caffe
-        model = read_caffe(source, caffemodel, mean_file=mean_file, mean_mode=mean_mode,
-                           preprocess=given, rgb_input=rgb_input)
-        if given is not None:
-            given.check_fits(model.graph.input.shape)
-        return model
+        return read_caffe(source, caffemodel, mean_file=mean_file, mean_mode=mean_mode,
+                          preprocess=given, rgb_input=rgb_input)  # checks a given spec's crop itself
     if source.is_dir():
         raise InputError("is a folder without an IR (model.json); give a checkpoint file or an IR folder", source)
     from crossmodal.convert.readers.from_torch import read_torch_checkpoint

@@ -63,12 +63,14 @@ def caffe_preprocessing(input_shape: tuple[int, int, int], data_mean: tuple | No
     ``caffe`` preset with a train_val Data layer's ``mean_value`` (``data_mean``) when it
     has one. ``input_shape``: the network's (C, H, W). Notes for the provenance are
     appended to ``notes``.
-    Either way the crop becomes the network's input size, and with ``rgb_input``
-    the spec becomes RGB (means reversed) and its name gets ``-rgb``.
+    A given spec must crop to the network's input size (refused otherwise, before the
+    weights are read); a preset's crop is set to it. With ``rgb_input`` the spec
+    becomes RGB (means reversed) and its name gets ``-rgb``.
     """
     c, h, w = input_shape
     if given is not None:
         check_given(given, rgb_input, prototxt)
+        given.check_fits(input_shape, prototxt)  # a spec the user wrote is never changed silently
         spec = given
         if data_mean is not None:
             notes.append(f"mean: the train_val mean_value is not used; the given preprocessing {given.name!r} is")
@@ -76,7 +78,7 @@ def caffe_preprocessing(input_shape: tuple[int, int, int], data_mean: tuple | No
         spec = dataclasses.replace(PREPROCESS_PRESETS["caffe"], mean=data_mean, name="caffe-mean-value")
     else:
         spec = PREPROCESS_PRESETS["caffe"]
-    if tuple(spec.crop) != (h, w):
+    if tuple(spec.crop) != (h, w):  # a preset chosen here, not by the user
         notes.append(f"preprocess: crop {spec.crop[0]}×{spec.crop[1]} of {spec.name!r} set to the input size {h}×{w}")
         spec = dataclasses.replace(spec, crop=(h, w))
     if rgb_input and spec.channel_order == "BGR":
