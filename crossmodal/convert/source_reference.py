@@ -35,30 +35,23 @@ from crossmodal.errors import InputError
 def load_raw_state(path: Path, *, trust_pickle: bool = False) -> dict:
     """The checkpoint's tensors as saved: key → ``torch.Tensor`` (keys not yet normalised).
 
-    A training checkpoint ``{'state_dict': …}`` (or ``model_state_dict`` / ``model``) is
-    unwrapped; a pickled whole model (only with ``trust_pickle``) gives its ``state_dict()``.
+    Read by the reader's file loader (:func:`~crossmodal.convert.readers.from_torch.load_raw`:
+    format sniffed from the bytes, ``weights_only`` unless ``trust_pickle``, training
+    checkpoints unwrapped); what makes this reference independent starts after that —
+    no renaming to IR names, no layout change, no IR.
     """
     import torch
 
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return dict(load_file(str(path)))
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:  # torch/safetensors raise many kinds on a bad file
-        raise InputError(f"cannot load the source checkpoint ({exc.__class__.__name__}: "
-                         f"{_first_line(str(exc))})", path) from None
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):
-        obj = obj.state_dict()
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError("holds no state_dict of tensors", path)
-    return dict(obj)
+    from crossmodal.convert.readers.from_torch import load_raw
+
+    out = {}
+    for key, value in load_raw(path, trust_pickle=trust_pickle).items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"entry {key!r} is a {type(value).__name__}, not a tensor", path)
+        out[key] = value
+    return out
 
 
 def torchvision_state(raw: Mapping, input_size: tuple[int, int], source: Path):
@@ -167,7 +160,3 @@ def caffe_source_engine(model: IRModel, prototxt: Path, caffemodel: Path) -> Eng
                   {**inner.info, "source": str(caffemodel), "prototxt": str(prototxt),
                    "input": "BGR (the IR's RGB batch, channels reversed)" if rgb else "BGR, as the IR"},
                   path=str(caffemodel))
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else "no detail"

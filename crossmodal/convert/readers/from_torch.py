@@ -94,6 +94,15 @@ def _not_a_checkpoint(path: Path, kind: str) -> InputError:
 
 def load_state_dict(path: Path, *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
     """Read a checkpoint file into name → float32 array (keys normalised)."""
+    return _to_arrays(load_raw(path, trust_pickle=trust_pickle), path)
+
+
+def load_raw(path: Path, *, trust_pickle: bool = False) -> Mapping:
+    """A checkpoint's state dict as saved: key (not normalised) → ``torch.Tensor`` (or NumPy
+    array, from safetensors). The format is sniffed from the file's first bytes, not its
+    suffix; a training checkpoint ``{'state_dict': …}`` (or ``model_state_dict``, ``model``)
+    is unwrapped; a pickled whole model (only with ``trust_pickle``) gives its ``state_dict()``.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
@@ -107,7 +116,7 @@ def load_state_dict(path: Path, *, trust_pickle: bool = False) -> dict[str, np.n
                          "and a JSON header)", path)
     else:
         raise _not_a_checkpoint(path, kind)
-    return _to_arrays(raw, path)
+    return _unwrap(raw, path)
 
 
 def _safetensors_load(path: Path):
@@ -178,7 +187,7 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else "no detail"
 
 
-def _to_arrays(obj, path: Path) -> dict[str, np.ndarray]:
+def _unwrap(obj, path: Path) -> Mapping:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -186,6 +195,10 @@ def _to_arrays(obj, path: Path) -> dict[str, np.ndarray]:
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise InputError("holds no state_dict (expected a mapping of tensor names to tensors)", path)
+    return obj
+
+
+def _to_arrays(obj: Mapping, path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, value in obj.items():
         if hasattr(value, "detach"):
