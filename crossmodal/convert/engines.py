@@ -12,7 +12,6 @@ is the file an engine runs, named when it fails.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +82,25 @@ def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, 
                   {"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32})
 
 
+def tf_device(device: str, num_gpus: int) -> tuple[str, str]:
+    """``cpu`` / ``cuda[:N]`` / ``auto`` → (TensorFlow device, our device name):
+    ``("/CPU:0", "cpu")`` or ``("/GPU:N", "cuda:N")``; ``auto`` takes GPU 0 when
+    TensorFlow sees one. A GPU TensorFlow does not see is an error."""
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= num_gpus:
+            raise InputError(f"{device} was asked for, but TensorFlow sees {num_gpus} GPU(s) here")
+        return f"/GPU:{index}", f"cuda:{index}"
+    if device == "auto" and num_gpus:
+        return "/GPU:0", "cuda:0"
+    return "/CPU:0", "cpu"
+
+
 def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str = "cpu") -> Engine:
     """A saved ``.keras`` model, with a sub-model on the layers that match IR layers.
 
-    ``device``: ``cpu`` pins TensorFlow to ``/CPU:0`` (else it takes any GPU it sees),
-    ``cuda[:N]`` to ``/GPU:N``, ``auto`` leaves placement to TensorFlow.
+    ``device``: placed on the TensorFlow device :func:`tf_device` gives (``cpu`` pins
+    ``/CPU:0``, else TensorFlow would take any GPU it sees).
     """
     import keras
     import tensorflow as tf
@@ -96,15 +109,8 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
 
     tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
     gpus = tf.config.list_physical_devices("GPU")
-    if device == "cpu":
-        tf_dev = "/CPU:0"
-    elif device.startswith("cuda"):
-        if not gpus:
-            raise InputError("CUDA was asked for, but TensorFlow sees no GPU here")
-        tf_dev = f"/GPU:{device.split(':')[1] if ':' in device else 0}"
-    else:
-        tf_dev = None
-    placed = (lambda: tf.device(tf_dev)) if tf_dev else contextlib.nullcontext
+    tf_dev, _ = tf_device(device, len(gpus))
+    placed = lambda: tf.device(tf_dev)  # noqa: E731
     with placed():
         try:
             kmodel = keras.saving.load_model(model_path, safe_mode=True, compile=False)
@@ -128,10 +134,10 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         by_k = {k: np.asarray(o) for k, o in zip(knames, outs)}
         return {l: _to_ir_layout(by_k[mapping[l]], graph.layer(l)) for l in wanted}
-    where = "cpu" if device == "cpu" or not gpus else "gpu"
+    where = "gpu" if tf_dev.startswith("/GPU") else "cpu"
     return Engine("keras", run, set(mapping), where,
                   {"keras": keras.__version__, "tensorflow": tf.__version__, "allow_tf32": allow_tf32,
-                   "tf_device": tf_dev or "auto", "devices": [d.name for d in gpus] or ["cpu"]},
+                   "tf_device": tf_dev, "devices": [d.name for d in gpus] or ["cpu"]},
                   path=str(model_path))
 
 
@@ -165,22 +171,35 @@ def onnx_providers(device: str, allow_tf32: bool = False) -> list:
     return [("CUDAExecutionProvider", {"device_id": dev_id, "use_tf32": int(allow_tf32)}), "CPUExecutionProvider"]
 
 
-def onnx_session(source, device: str = "cpu", allow_tf32: bool = False):
+def onnx_session(source, device: str = "cpu", allow_tf32: bool = False, *, threads: int | None = None,
+                 spinning: bool | None = None):
     """An InferenceSession on ``source`` (path or serialized bytes); returns (session, providers used).
 
     With ``device="auto"`` CUDA is tried and silently dropped when it does not really
-    work (onnxruntime-gpu lists CUDA even on machines without a GPU).
+    work (onnxruntime-gpu lists CUDA even on machines without a GPU); ``cuda`` without
+    a working CUDA provider is an error. ``threads``: intra-op threads (default ORT's,
+    one per physical core); ``spinning``: whether idle intra-op threads busy-wait
+    (default ORT's).
     """
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    def options():
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        if spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        return opts
+
     providers = onnx_providers(device, allow_tf32)
+    if device == "auto":  # a CUDA provider that cannot start logs errors before falling back
+        ort.set_default_logger_severity(3)
     try:
-        sess = ort.InferenceSession(source, opts, providers=providers)
+        sess = ort.InferenceSession(source, options(), providers=providers)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         if device == "auto" and providers[0] != "CPUExecutionProvider":
-            sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(source, options(), providers=["CPUExecutionProvider"])
         else:
             where = source if isinstance(source, (str, os.PathLike)) else None
             raise InputError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:160]})", where) from None
@@ -189,30 +208,44 @@ def onnx_session(source, device: str = "cpu", allow_tf32: bool = False):
     return sess, sess.get_providers()
 
 
+def onnx_layer_outputs(proto, graph) -> dict[str, str]:
+    """IR layer name → the ONNX tensor holding its output (a dropout, which has no node,
+    maps to its input's tensor)."""
+    from crossmodal.convert.emitters.to_onnx import layer_tensors
+
+    tensors = layer_tensors(proto)
+    mapping: dict[str, str] = {}
+    for layer in graph.layers:
+        if layer.name in tensors:
+            mapping[layer.name] = tensors[layer.name]
+        elif layer.kind == "dropout" and layer.inputs[0] in mapping:
+            mapping[layer.name] = mapping[layer.inputs[0]]
+    return mapping
+
+
+def add_graph_outputs(proto, tensors) -> None:
+    """Append ``tensors`` (names) to ``proto``'s graph outputs, in order, skipping present ones."""
+    import onnx
+
+    existing = {o.name for o in proto.graph.output}
+    for t in dict.fromkeys(tensors):
+        if t not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+
+
 def onnx_engine(model_path: Path, graph, device: str = "cpu", allow_tf32: bool = False,
                 label: str = "onnx", proto=None) -> Engine:
     """An ONNX model, with every IR layer's tensor added as an extra graph output."""
     import onnx
     import onnxruntime as ort
 
-    from crossmodal.convert.emitters.to_onnx import layer_tensors
-
     if proto is None:
         try:
             proto = onnx.load(str(model_path))
         except Exception as exc:  # DecodeError and friends
             raise InputError(f"not a readable ONNX model ({exc.__class__.__name__})", model_path) from None
-    tensors = layer_tensors(proto)
-    mapping = {}
-    for layer in graph.layers:  # dropout has no node: it is its input
-        if layer.name in tensors:
-            mapping[layer.name] = tensors[layer.name]
-        elif layer.kind == "dropout" and layer.inputs[0] in mapping:
-            mapping[layer.name] = mapping[layer.inputs[0]]
-    existing = {o.name for o in proto.graph.output}
-    for t in dict.fromkeys(mapping.values()):
-        if t not in existing:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    mapping = onnx_layer_outputs(proto, graph)
+    add_graph_outputs(proto, mapping.values())
     sess, providers = onnx_session(proto.SerializeToString(), device, allow_tf32)
     input_name = sess.get_inputs()[0].name
 

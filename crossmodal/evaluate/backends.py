@@ -111,40 +111,10 @@ class Backend:
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
-def _ort_session(source, device: str, allow_tf32: bool, threads: int | None, spinning: bool = False):
-    """An InferenceSession on ``source`` with our thread settings; returns (session, providers).
-
-    Same device rules as :func:`crossmodal.convert.engines.onnx_session` (``auto``
-    drops a CUDA provider that does not start; ``cuda`` without one is an error),
-    which takes no session options yet.
-    """
-    import onnxruntime as ort
-
-    from crossmodal.convert.engines import onnx_providers
-
-    def options():
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        return opts
-
-    providers = onnx_providers(device, allow_tf32)
-    if device == "auto":  # a CUDA provider that cannot start logs errors before falling back
-        ort.set_default_logger_severity(3)
-    try:
-        sess = ort.InferenceSession(source, options(), providers=providers)
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-        if device == "auto" and providers[0] != "CPUExecutionProvider":
-            sess = ort.InferenceSession(source, options(), providers=["CPUExecutionProvider"])
-        else:
-            where = source if isinstance(source, (str, os.PathLike)) else None
-            raise InputError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:160]})",
-                             where) from None
-    if device.startswith("cuda") and "CUDAExecutionProvider" not in sess.get_providers():
-        raise InputError("CUDA was asked for, but onnxruntime could not start it on this machine")
-    return sess, sess.get_providers()
+def _has_external_data(proto) -> bool:
+    """Whether any initializer of ``proto`` keeps its bytes in an external file."""
+    import onnx
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
 class OnnxBackend(Backend):
@@ -163,43 +133,36 @@ class OnnxBackend(Backend):
             raise InputError("no model.onnx in the model folder; convert with --to onnx "
                              "or choose --backend torch or keras", model_dir)
         self.spinning = spinning
-        self.sess, self.providers = _ort_session(str(path), device, allow_tf32, threads, spinning)
-        missing = [n for n in self.layers if n not in self._output_names()]
-        self.outputs = {n: n for n in self.layers if n not in missing}
+        import onnx
+
+        from crossmodal.convert.engines import add_graph_outputs, onnx_layer_outputs, onnx_session
+
+        try:  # the graph without external tensor data: enough to see its outputs
+            head = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # DecodeError and friends
+            raise InputError(f"not a readable ONNX model ({exc.__class__.__name__})", path) from None
+        present = {o.name for o in head.graph.output}
+        self.outputs = {n: n for n in self.layers if n in present}
+        missing = [n for n in self.layers if n not in present]
+        source = str(path)
         if missing:  # add the IR layers' tensors as graph outputs, in memory
-            source = self._with_outputs(path, missing)
-            self.sess = None
-            self.sess, self.providers = _ort_session(source, device, allow_tf32, threads, spinning)
+            proto = onnx.load(str(path)) if _has_external_data(head) else head
+            tensors = onnx_layer_outputs(proto, graph)
+            for name in missing:
+                if self.ir_layers[name] not in tensors:
+                    raise InputError(f"model.onnx has no tensor for {name!r} (IR layer {self.ir_layers[name]!r})",
+                                     path)
+                self.outputs[name] = tensors[self.ir_layers[name]]
+            add_graph_outputs(proto, [self.outputs[n] for n in missing])
+            source = proto.SerializeToString()
+        del head
+        self.sess, self.providers = onnx_session(source, device, allow_tf32, threads=threads, spinning=spinning)
         self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
         self.device = f"cuda:{_cuda_index(device)}" if self.on_gpu else "cpu"
         self.io_binding = self.on_gpu if io_binding is None else bool(io_binding)
         self.input_name = self.sess.get_inputs()[0].name
         self.names = list(dict.fromkeys(self.outputs.values()))
         self._ort = ort
-
-    def _output_names(self) -> set[str]:
-        return {o.name for o in self.sess.get_outputs()}
-
-    def _with_outputs(self, path: Path, names: list[str]) -> bytes:
-        import onnx
-
-        from crossmodal.convert.emitters.to_onnx import layer_tensors
-
-        proto = onnx.load(str(path))
-        tensors = layer_tensors(proto)
-        existing = {o.name for o in proto.graph.output}
-        for name in names:
-            layer = self.graph.layer(self.ir_layers[name])
-            while layer.name not in tensors and layer.kind == "dropout":  # dropout has no node
-                layer = self.graph.layer(layer.inputs[0])
-            if layer.name not in tensors:
-                raise InputError(f"model.onnx has no tensor for {name!r} (IR layer {layer.name!r})", path)
-            tensor = tensors[layer.name]
-            self.outputs[name] = tensor
-            if tensor not in existing:
-                proto.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
-                existing.add(tensor)
-        return proto.SerializeToString()
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self._check_batch(batch)
@@ -245,6 +208,7 @@ class KerasBackend(Backend):
         import tensorflow as tf
 
         from crossmodal.convert.emitters.to_keras import keras_outputs
+        from crossmodal.convert.engines import tf_device
 
         super().__init__(graph, layers)
         path = Path(model_dir) / "model.keras"
@@ -258,14 +222,7 @@ class KerasBackend(Backend):
                 pass
         tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
         gpus = tf.config.list_physical_devices("GPU")
-        if device.startswith("cuda"):
-            if _cuda_index(device) >= len(gpus):
-                raise InputError(f"{device} was asked for, but TensorFlow sees {len(gpus)} GPU(s) here")
-            self.tf_device, self.device = f"/GPU:{_cuda_index(device)}", f"cuda:{_cuda_index(device)}"
-        elif device == "auto" and gpus:
-            self.tf_device, self.device = "/GPU:0", "cuda:0"
-        else:
-            self.tf_device, self.device = "/CPU:0", "cpu"
+        self.tf_device, self.device = tf_device(device, len(gpus))
         try:
             kmodel = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:  # a corrupt archive raises many kinds
