@@ -51,7 +51,7 @@ def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, f
     crossmodal fetch vgg16-places365-pytorch --dest weights/
     crossmodal fetch places365-mean --base-url file:///data/mirror/ --dest weights/
     """
-    from crossmodal.io.download import download
+    from crossmodal.io.download import download, parse_hex
     from crossmodal.models.cards import get_card, list_cards
 
     if list_only:
@@ -72,9 +72,7 @@ def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, f
     for card, f in files:
         expected = f.sha256
         if sha256:
-            given = sha256.strip().lower()
-            if len(given) != 64 or any(c not in "0123456789abcdef" for c in given):
-                raise InputError(f"--sha256 must be 64 hex digits, not {sha256!r}")
+            given = parse_hex(sha256, "--sha256", exact=64)
             if expected and given != expected:
                 raise InputError(f"--sha256 {given} differs from the SHA-256 card {card.name} records ({expected})")
             expected = given

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -26,6 +25,7 @@ from crossmodal import __version__
 from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
 from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
+from crossmodal.io.hashing import file_sha256
 
 TARGETS = ("ir", "keras", "onnx")
 
@@ -181,14 +181,6 @@ def framework_versions() -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_writable(out_dir: Path) -> list[Path]:
     """Create ``out_dir`` if needed and probe it; returns the folders this call created
     (deepest first), for :func:`remove_created` after a failed run."""
@@ -294,7 +286,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
         for kind, path in written:
             final = out_dir / path.name
             os.replace(path, final)
-            artifacts.append(Artifact(kind, str(final), final.stat().st_size, _sha256(final)))
+            artifacts.append(Artifact(kind, str(final), final.stat().st_size, file_sha256(final)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     timings["total"] = time.perf_counter() - t0

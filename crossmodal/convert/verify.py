@@ -325,7 +325,7 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
     """The reference built from the original weights, independently of the conversion
     (:mod:`~crossmodal.convert.source_reference`), after checking they are the IR's source."""
     from crossmodal.convert import source_reference as S
-    from crossmodal.convert.readers.from_torch import file_sha256
+    from crossmodal.io.hashing import file_sha256
 
     recorded = model.graph.provenance.source_sha256
     actual = file_sha256(source)

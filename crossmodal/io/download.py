@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossmodal.errors import InputError
+from crossmodal.io.hashing import file_sha256
 
 #: HTTP statuses worth another try (the server is busy or briefly broken).
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -61,12 +62,7 @@ class _Transient(Exception):
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> tuple[str, int]:
     """(hex SHA-256, size in bytes) of a file."""
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
+    return file_sha256(path, chunk_size), Path(path).stat().st_size
 
 
 def download(url: str, dest: Path, *, sha256: str | None = None, sha256_prefix: str | None = None,
@@ -86,8 +82,8 @@ def download(url: str, dest: Path, *, sha256: str | None = None, sha256_prefix: 
     again resumes).
     """
     dest = Path(dest)
-    sha256 = _hex_or_none(sha256, "sha256", exact=64)
-    prefix = _hex_or_none(sha256_prefix, "sha256_prefix")
+    sha256 = parse_hex(sha256, "sha256", exact=64)
+    prefix = parse_hex(sha256_prefix, "sha256_prefix")
     if sha256 and prefix and not sha256.startswith(prefix):
         raise InputError(f"the SHA-256 {sha256} does not start with the expected prefix {prefix}")
     check = "sha256" if sha256 else "sha256-prefix" if prefix else "none"
@@ -299,7 +295,9 @@ def _mismatch(actual: str, sha256: str | None, prefix: str | None) -> str | None
     return None
 
 
-def _hex_or_none(value: str | None, what: str, exact: int | None = None) -> str | None:
+def parse_hex(value: str | None, what: str, exact: int | None = None) -> str | None:
+    """``value`` as lower-case hex (``exact`` digits, else 1 to 64), None when empty; an
+    InputError naming ``what`` otherwise."""
     if value is None or value == "":
         return None
     text = str(value).strip().lower()

@@ -16,7 +16,6 @@ inferred from the tensors' names and shapes.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from crossmodal.convert.ir import IRModel, Preprocess, Provenance
 from crossmodal.errors import InputError, UnsupportedError
+from crossmodal.io.hashing import file_sha256
 from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, named_keys, torchvision_keys
 
 _TV_FEATURE = re.compile(r"^features\.(\d+)\.(weight|bias)$")
@@ -41,14 +41,6 @@ def normalise_key(key: str) -> str:
     while key.startswith("module."):
         key = key[len("module."):]
     return key.replace("features.module.", "features.", 1)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: What :func:`sniff_format` can answer; the first three are loadable.
