@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -146,6 +147,12 @@ def test_cli_reports_and_exit_codes(model_copy, tmp_path):
     assert data["environment"]["seed"] == 0 and "onnxruntime" in data["environment"]
     md = (tmp_path / "r.md").read_text()
     assert "PASSED" in md and "| relu7 (fc7) |" in md and "**" in md
+    # every row of every table has its header's cells (a bare | inside "max|Δ|" would split one)
+    cells = lambda row: len(re.split(r"(?<!\\)\|", row)) - 2  # noqa: E731
+    tables = [t.splitlines() for t in re.findall(r"(?:^\|.*\n?)+", md, re.M)]
+    assert len(tables) >= 4
+    for table in tables:
+        assert {cells(row) for row in table} == {cells(table[0])}, table
 
     def edit(proto, nh):
         t = _initializer(proto, "fc8.bias")

@@ -20,6 +20,11 @@ def _precision(report: VerifyReport) -> str:
             if report.allow_tf32 else "TF32 off in every engine (full fp32)")
 
 
+def _cell(value) -> str:
+    """Text for a Markdown table cell: a ``|`` (as in max|Δ|) escaped, so it stays one cell."""
+    return str(value).replace("|", "\\|")
+
+
 def markdown(report: VerifyReport) -> str:
     """Engines × layers table of max|Δ|/max|ref|; the worst cell in bold, breaches marked ✗."""
     data = report.to_json()
@@ -38,7 +43,8 @@ def markdown(report: VerifyReport) -> str:
             value = "non-finite or shape differs"
         else:
             value = _fmt(g["value"]) if isinstance(g["value"], float) else g["value"]
-        lines.append(f"| {g['engine']} | {g['check']} | {value} | {g['limit']} | {'✓' if g['passed'] else '✗'} |")
+        lines.append(f"| {g['engine']} | {_cell(g['check'])} | {_cell(value)} | {g['limit']} | "
+                     f"{'✓' if g['passed'] else '✗'} |")
     lines += ["", "## Classifier agreement", "", "| engine | top-1 | top-5 set | argmax flips |", "|---|---|---|---|"]
     for e, c in data["classifier"].items():
         lines.append(f"| {e} | {c['top1_agreement']:.2%} | {c['top5_set_agreement']:.2%} | {c['argmax_flips']} |")
@@ -68,7 +74,7 @@ def markdown(report: VerifyReport) -> str:
     lines += ["## Environment", "", "| engine | device | details |", "|---|---|---|"]
     for e, info in data["engines"].items():
         details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "device")
-        lines.append(f"| {e} | {info.get('device', '')} | {details} |")
+        lines.append(f"| {e} | {info.get('device', '')} | {_cell(details)} |")
     lines += ["", "`" + ", ".join(f"{k} {v}" for k, v in data["environment"].items()) + "`", ""]
     return "\n".join(lines)
 
