@@ -365,3 +365,21 @@ def test_larger_set_against_sklearn():
     res = mean_average_precision(q, ql, t, tl, chunk_size=64, return_per_query=True)
     ref = _sklearn_ap(_cosine(q, t), ql, tl)
     np.testing.assert_allclose(res.per_query, ref, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("same_set", [False, True])
+def test_float32_search_ranking_against_brute_force(same_set):
+    """float32 scores are ranked by sort + search (ties go to the argsort ranking): integer
+    features from a wide range give exact float32 scores, almost all rows without ties."""
+    rng = np.random.default_rng(11)
+    q = rng.integers(-1000, 1001, (40, 8)).astype(np.float64)
+    t = q if same_set else rng.integers(-1000, 1001, (70, 8)).astype(np.float64)
+    ql = rng.integers(0, 5, len(q))
+    tl = ql if same_set else rng.integers(0, 5, len(t))
+    ks = (1, 5, 20)
+    res = retrieval_scores(q.astype(np.float32), ql, t.astype(np.float32), tl, same_set=same_set,
+                           metric="euclidean", ks=ks, chunk_size=16)
+    ap, prec, _ = _brute(_neg_sq_dist(q, t), ql, tl, same_set=same_set, ks=ks)
+    np.testing.assert_allclose(res.ap, ap, atol=1e-12, equal_nan=True)
+    for k in ks:
+        np.testing.assert_allclose(res.precision[k], prec[k], atol=1e-12, equal_nan=True)
