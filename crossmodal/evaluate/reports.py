@@ -104,7 +104,7 @@ def json_safe(value):
 
 
 # --------------------------------------------------------------------------- plots
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height))
@@ -112,7 +112,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path, dpi: int = 150) -> Path:
+def save_png(fig, path: Path, dpi: int = 150) -> Path:
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
@@ -130,7 +130,7 @@ def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], titl
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     size = float(np.clip(3 + 0.065 * c, 5, 17))
-    fig = _figure(size + 1.2, size)
+    fig = new_figure(size + 1.2, size)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     step = 1 if c <= 250 else math.ceil(c / 250)
@@ -146,7 +146,7 @@ def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], titl
     ax.set_title(title or f"Confusion matrix ({c} classes, rows normalised)", fontsize=10)
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cbar.set_label("fraction of the true class's images")
-    return _save(fig, path, dpi=200 if c > 60 else 150)
+    return save_png(fig, path, dpi=200 if c > 60 else 150)
 
 
 def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, images: np.ndarray,
@@ -162,7 +162,7 @@ def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, image
     else:
         panels = [(order[:n], f"best {n}"), (order[::-1][:n], f"worst {n}")]
     rows = max(max(len(sel) for sel, _ in panels), 1)
-    fig = _figure(6.5 * len(panels), max(3.0, 0.28 * rows + 1.5))
+    fig = new_figure(6.5 * len(panels), max(3.0, 0.28 * rows + 1.5))
     for col, (sel, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), col + 1)
         y = np.arange(len(sel))
@@ -180,7 +180,7 @@ def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, image
         ax.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> Path:
@@ -188,7 +188,7 @@ def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES36
     labels = [r["modality"] for r in runs]
     x = np.arange(len(runs))
     width = 0.38
-    fig = _figure(max(5.0, 1.6 * len(runs) + 2.5), 4.5)
+    fig = new_figure(max(5.0, 1.6 * len(runs) + 2.5), 4.5)
     ax = fig.add_subplot(1, 1, 1)
     for offset, key, colour in ((-width / 2, "top1", "#3b7dd8"), (width / 2, "top5", "#8cb8f0")):
         values = np.array([100 * (r.get(key) or 0.0) for r in runs])
@@ -214,7 +214,7 @@ def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES36
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Baseline accuracy per modality", fontsize=11)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- Markdown

@@ -11,9 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
+from crossmodal.errors import InputError
 from crossmodal.evaluate.published import ABBREVIATIONS, load_published, published_cross_modal, \
     published_within_modal
-from crossmodal.evaluate.reports import _figure, _save, json_safe, pct, write_json
+from crossmodal.evaluate.reports import json_safe, new_figure, pct, save_png, write_json
 from crossmodal.io.atomic import write_text_atomic
 
 FILES = {
@@ -137,7 +138,7 @@ def plot_grid(path: Path, results: dict) -> Path:
     """Heat map of the mAP grid (rows: query, columns: target), each cell with its value and chance."""
     v, c = _grid(results, "map"), _grid(results, "chance_map")
     q, t = results["queries"], results["targets"]
-    fig = _figure(1.6 + 1.5 * len(t), 1.2 + 1.1 * len(q))
+    fig = new_figure(1.6 + 1.5 * len(t), 1.2 + 1.1 * len(q))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(100 * v, cmap="viridis", vmin=0, vmax=max(1.0, float(np.nanmax(100 * v))))
     for i in range(len(q)):
@@ -152,12 +153,11 @@ def plot_grid(path: Path, results: dict) -> Path:
     ax.set_ylabel("query modality")
     ax.set_title(f"{results['layer']} retrieval mAP (%), {results['metric']}")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mAP (%)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def pick_query(paths: Sequence[Path], which: str) -> int:
     """``which``: a 0-based index into ``paths``, or a path / file name among them."""
-    from crossmodal.errors import InputError
     if str(which).lstrip("-").isdigit():
         i = int(which)
         if not 0 <= i < len(paths):
@@ -179,7 +179,7 @@ def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str) 
                                     exclude=index if same else None)
     cols = min(6, len(order) + 1)
     rows = int(np.ceil((len(order) + 1) / cols))
-    fig = _figure(2.2 * cols, 2.5 * rows)
+    fig = new_figure(2.2 * cols, 2.5 * rows)
     true = query.labels[index]
 
     def tile(pos: int, file: Path, title: str, colour: str) -> None:
@@ -204,7 +204,7 @@ def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str) 
              "tab:green" if hit else "tab:red")
     fig.suptitle(f"{query.modality} → {target.modality}: top {len(order)} by {metric} "
                  f"(green: same category)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_retrieval(out_dir: Path, results: dict, feats: dict | None = None, *, show: int = 0,
