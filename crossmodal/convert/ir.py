@@ -27,32 +27,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from crossmodal.convert.kinds import (  # noqa: F401  (re-exported: the IR's public names)
+    LAYER_KINDS, MULTI_INPUT_KINDS, OPTIONAL_ROLES, TENSOR_LAYOUTS, expected_tensor_shapes, infer_shapes,
+    pool_output_size,
+)
 from crossmodal.errors import InputError, UnsupportedError
 
 #: 1.1 added ``tensors``: the SHA-256 of tensors no layer owns (the Caffe mean image).
-#: A 1.0 IR still loads; its extra tensors are then not hash-checked.
-FORMAT_VERSION = "1.1"
-
-#: Every layer kind the IR knows, with the tensor roles it owns (in order).
-LAYER_KINDS: dict[str, tuple[str, ...]] = {
-    "conv2d": ("weight", "bias"),
-    "relu": (),
-    "max_pool2d": (),
-    "avg_pool2d": (),
-    "flatten": (),
-    "dense": ("weight", "bias"),
-    "dropout": (),
-    "softmax": (),
-}
-
-#: Storage layout of each tensor role, per kind (recorded in the JSON and HDF5).
-TENSOR_LAYOUTS: dict[tuple[str, str], str] = {
-    ("conv2d", "weight"): "OIHW",
-    ("conv2d", "bias"): "O",
-    ("dense", "weight"): "OI",
-    ("dense", "bias"): "O",
-}
-
+#: 1.2 added the kinds of the Places365 family (grouped/dilated and bias-free convolution,
+#: LRN, batch norm, scale, element-wise and concat layers, global average pooling, leaky
+#: ReLU), ``keras_names`` and ``feature_blob``. Older 1.x files still load.
+FORMAT_VERSION = "1.2"
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -67,18 +52,9 @@ class TensorSpec:
 
 @dataclass
 class Layer:
-    """One node of the graph.
-
-    ``attrs`` by kind:
-
-    * ``conv2d``: ``kernel`` (kh, kw), ``stride`` (sh, sw), ``pad`` (ph, pw),
-      ``in_channels``, ``out_channels``;
-    * ``max_pool2d`` / ``avg_pool2d``: ``kernel``, ``stride``, ``pad``, ``ceil_mode``;
-    * ``flatten``: ``shape`` (C, H, W) of its input;
-    * ``dense``: ``in_features``, ``out_features``;
-    * ``dropout``: ``rate`` (identity at inference);
-    * ``softmax``: ``axis`` (1).
-    """
+    """One node of the graph: ``inputs`` name the graph input or earlier layers (several
+    for ``eltwise`` and ``concat``); ``attrs`` and ``tensors`` by kind are described in
+    :mod:`crossmodal.convert.kinds`."""
 
     name: str
     kind: str
@@ -293,6 +269,13 @@ class Graph:
     #: Tensors no layer owns, by name: the Caffe mean image ``preprocess.mean_image``
     #: (3, H, W), layout ``CHW``, in the preprocessing's channel order and value units.
     tensors: dict[str, TensorSpec] = field(default_factory=dict)
+    #: IR layer → the Keras layer name the emitter gives it (``block1_conv1`` for VGG16, as
+    #: ``keras.applications`` names it); set by the model definitions in ``crossmodal.models``.
+    #: Layers not listed keep their IR name (``/`` and other characters Keras refuses become ``_``).
+    keras_names: dict[str, str] = field(default_factory=dict)
+    #: The public blob that is the network's feature vector (retrieval's and probe's default
+    #: layer, the ONNX model's third output): ``fc7`` for VGG/AlexNet, the pooled features else.
+    feature_blob: str = "fc7"
     format_version: str = FORMAT_VERSION
 
     def layer(self, name: str) -> Layer:
@@ -346,6 +329,8 @@ class Graph:
             "outputs": list(self.outputs),
             "blobs": dict(self.blobs),
             "tensors": {name: {**dataclasses.asdict(t), "shape": list(t.shape)} for name, t in self.tensors.items()},
+            "keras_names": dict(self.keras_names),
+            "feature_blob": self.feature_blob,
             "labels": None if self.labels is None else dataclasses.asdict(self.labels),
             "provenance": dataclasses.asdict(self.provenance),
         }
@@ -380,45 +365,13 @@ class Graph:
                 blobs=dict(d.get("blobs", {})),
                 tensors={n: TensorSpec(**{**t, "shape": tuple(t["shape"])})
                          for n, t in (d.get("tensors") or {}).items()},
+                keras_names=dict(d.get("keras_names") or {}),
+                feature_blob=str(d.get("feature_blob") or "fc7"),
                 format_version=version,
             )
         except (KeyError, TypeError) as exc:
             raise InputError(f"malformed IR graph: {exc!r}", source) from None
         return graph
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """Output length of a pooling window sweep (PyTorch/Caffe rule for ceil mode).
-
-    In ceil mode the last window must start inside the input or left padding
-    (a window that would start in the right padding is dropped).
-    """
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """Per-sample output shape of every layer: (C, H, W) for maps, (F,) for vectors."""
-    shapes: dict[str, tuple[int, ...]] = {graph.input.name: tuple(graph.input.shape)}
-    for layer in graph.layers:
-        shape, a = shapes[layer.inputs[0]], layer.attrs
-        if layer.kind == "conv2d":
-            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
-            shape = (a["out_channels"], (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
-        elif layer.kind in ("max_pool2d", "avg_pool2d"):
-            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
-            ceil = bool(a.get("ceil_mode", False))
-            shape = (shape[0], pool_output_size(shape[1], kh, sh, ph, ceil),
-                     pool_output_size(shape[2], kw, sw, pw, ceil))
-        elif layer.kind == "flatten":
-            shape = (int(np.prod(shape)),)
-        elif layer.kind == "dense":
-            shape = (a["out_features"],)
-        shapes[layer.name] = tuple(int(v) for v in shape)
-    return shapes
 
 
 def _jsonable(value: Any) -> Any:
@@ -471,22 +424,32 @@ def validate(model: IRModel) -> None:
     unknown = sorted({l.kind for l in graph.layers if l.kind not in LAYER_KINDS})
     if unknown:
         raise UnsupportedError(f"unsupported layer kinds {unknown}")
+    try:
+        shapes = infer_shapes(graph)
+    except InputError as exc:
+        problems.append(str(exc))
+        shapes = {}
     for layer in graph.layers:
         for src in layer.inputs:
             if src not in seen:
                 problems.append(f"layer {layer.name!r} reads {src!r}, which comes later or not at all")
         seen.add(layer.name)
-        expected = LAYER_KINDS[layer.kind]
-        if tuple(sorted(layer.tensors)) != tuple(sorted(expected)):
+        required, optional = set(LAYER_KINDS[layer.kind]), set(OPTIONAL_ROLES.get(layer.kind, ()))
+        if not required <= set(layer.tensors) <= required | optional:
             problems.append(f"layer {layer.name!r} ({layer.kind}) has tensors {sorted(layer.tensors)}, "
-                            f"expected {list(expected)}")
+                            f"expected {sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
             continue
+        in_shape = shapes.get(layer.inputs[0]) if layer.inputs else None
+        want = expected_tensor_shapes(layer.kind, layer.attrs, in_shape) if in_shape else {}
         for role, spec in layer.tensors.items():
             arr = model.weights.get(spec.name)
             if arr is None:
                 problems.append(f"tensor {spec.name!r} of layer {layer.name!r} is missing")
             elif tuple(arr.shape) != tuple(spec.shape):
                 problems.append(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, graph says {spec.shape}")
+            elif role in want and tuple(arr.shape) != tuple(want[role]):
+                problems.append(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, layer {layer.name!r} "
+                                f"({layer.kind}) needs {tuple(want[role])}")
     for name, spec in graph.tensors.items():
         arr = model.weights.get(name)
         if arr is None:
@@ -502,7 +465,7 @@ def validate(model: IRModel) -> None:
     if graph.labels is not None and len(graph.labels.names) != graph.num_classes:
         problems.append(f"{len(graph.labels.names)} labels for {graph.num_classes} classes")
     if problems:
-        raise InputError("invalid IR: " + "; ".join(problems))
+        raise InputError("invalid IR: " + "; ".join(dict.fromkeys(problems)))
 
 
 def layer_tensor_names(graph: Graph) -> set[str]:
