@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.options import handle_errors, step_printer
+from crossmodal.errors import InputError
 
 SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
@@ -25,8 +26,13 @@ SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().
               help="Images to verify on (default: ../shared/data/images when present, else random).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="categories_places365.txt (default: ../shared/data/places365/ when present).")
+@click.option("--arch", default=None,
+              help="A Caffe network instead (alexnet-caffe, googlenet-caffe, resnet152-caffe, vgg16-caffe, …): "
+                   "random caffemodel for its real deploy prototxt → convert → verify.")
+@click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With a Caffe --arch: its deploy prototxt (default: $CROSSMODAL_SHARED_DATA/places365/).")
 @handle_errors
-def demo(out_dir, seed, layout, model_name, images, labels):
+def demo(out_dir, seed, layout, model_name, images, labels, arch, prototxt):
     """Write a full-size VGG16-Places365 checkpoint with SEEDED RANDOM weights in the published
     key layout, convert it to the IR, Keras 3 and ONNX, verify every layer on every engine against
     the checkpoint loaded independently (a plain torchvision VGG), write verify.md and verify.json,
@@ -40,6 +46,12 @@ def demo(out_dir, seed, layout, model_name, images, labels):
     from crossmodal.models.vgg import create_spec
 
     step = step_printer()
+    from crossmodal.models.caffe_zoo import CAFFE_ARCHS
+    if arch in CAFFE_ARCHS:  # the Caffe networks: crossmodal.cli.demo_caffe
+        from crossmodal.cli.demo_caffe import caffe_demo
+        return caffe_demo(arch, out_dir, seed, prototxt, images, labels, step)
+    if arch is not None:
+        raise InputError(f"unknown --arch {arch!r}; Caffe networks: {sorted(CAFFE_ARCHS)}")
     click.echo("NOTE: this demo uses RANDOM weights (seed %d), not the trained Places365 network: "
                "its predictions mean nothing; the conversion and verification are real." % seed)
     spec = create_spec(model_name)

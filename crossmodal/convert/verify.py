@@ -7,7 +7,8 @@ a PyTorch checkpoint in a plain torchvision VGG, a Caffe net without the RGB fol
 else the IR's NumPy evaluator in float64. Statistics are accumulated batch by batch,
 so memory stays bounded whatever the number of images.
 
-Gates (defaults): on the logits and fc7, max|Δ| / max|ref| ≤ ``tolerance``
+Gates (defaults): on the logits and the network's feature blob (``graph.feature_blob``:
+fc7 for VGG/AlexNet, pool5 for GoogLeNet/ResNet), max|Δ| / max|ref| ≤ ``tolerance``
 (1e-5), and at most ``max_top1_disagreements`` (0) top-1 disagreements. A non-finite
 output where the reference is finite is an infinite error. Every requested engine
 must observe the gated layers, or its gate fails with the reason. Every other layer
@@ -27,7 +28,12 @@ from crossmodal.convert.engines import Engine
 from crossmodal.convert.ir import IRModel
 from crossmodal.errors import InputError
 
-GATED_BLOBS = ("logits", "fc7")
+GATED_BLOBS = ("logits", "fc7")  # a VGG's; a run gates gated_blobs(graph.feature_blob)
+
+
+def gated_blobs(feature_blob: str = "fc7") -> tuple[str, ...]:
+    """The public blobs whose comparison gates a run: the logits and the network's feature blob."""
+    return tuple(dict.fromkeys(("logits", feature_blob)))
 OPTIONAL_ENGINES = ("tf2onnx",)  # a cross-check: its failures are reported, never fatal
 
 
@@ -138,11 +144,13 @@ class VerifyReport:
     environment: dict = field(default_factory=dict)
     max_top1_disagreements: int = 0
     allow_tf32: bool = False
+    feature_blob: str = "fc7"
 
     def gates(self) -> list[dict]:
         """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
         rows = []
-        gated = {self.blobs.get(b, b): b for b in GATED_BLOBS if self.blobs.get(b, b) in self.layers}
+        gated = {self.blobs.get(b, b): b for b in gated_blobs(self.feature_blob)
+                 if self.blobs.get(b, b) in self.layers}
         logits = self.blobs.get("logits", "logits")
         for engine, layers in self.comparisons.items():
             for layer, blob in gated.items():
@@ -183,7 +191,7 @@ class VerifyReport:
             "passed": self.passed,
             "reference": self.reference,
             "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
-                          "gated": list(GATED_BLOBS)},
+                          "gated": list(gated_blobs(self.feature_blob))},
             "allow_tf32": self.allow_tf32,
             "inputs": self.inputs,
             "engines": self.engines,
@@ -372,7 +380,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
         wanted = [l.name for l in graph.layers]
     else:
         wanted = list(dict.fromkeys(graph.resolve(l) for l in layers))
-        for blob in GATED_BLOBS:
+        for blob in gated_blobs(graph.feature_blob):
             if blob in graph.blobs and graph.blobs[blob] not in wanted:
                 wanted.append(graph.blobs[blob])
         wanted.sort(key=[l.name for l in graph.layers].index)
@@ -394,7 +402,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     else:
         reference = E.ir_engine(model)
         ref_label = "ir (NumPy reference evaluator, float64)"
-    gated = [graph.blobs.get(b, b) for b in GATED_BLOBS if graph.blobs.get(b, b) in wanted]
+    gated = [graph.blobs.get(b, b) for b in gated_blobs(graph.feature_blob) if graph.blobs.get(b, b) in wanted]
     blind = [l for l in gated if l not in reference.observable]
     if blind:
         raise InputError(f"the reference {reference.name} cannot observe the gated layer(s) {blind}")
@@ -439,7 +447,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
                                  if e is reference or e.name in comparisons},
                         comparisons=comparisons, classifier=classifier, errors=errors,
                         environment=environment(seed if images is None else None),
-                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32)
+                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32,
+                        feature_blob=graph.feature_blob)
 
 
 def _need(path: Path) -> Path:
