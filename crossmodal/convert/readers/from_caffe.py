@@ -241,7 +241,7 @@ def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
 
     def set_input(blob: str, dims, what: str) -> None:
         dims = [int(d) for d in dims]
-        if "input" in b.wire.values():
+        if "input" in b.ir_shapes:
             raise UnsupportedError(f"more than one network input ({what})", path)
         if len(dims) != 4 or min(dims[1:]) < 1:
             raise InputError(f"{what}: input shape {dims} is not N×C×H×W", path)
@@ -292,7 +292,7 @@ def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
             continue
         CONVERTERS[t](b, layer)
 
-    if "input" not in b.wire.values():
+    if "input" not in b.ir_shapes:
         raise InputError("declares no input (input/input_dim, an Input layer or a Data layer)", path)
     ir = b.layers
     dense = [l.name for l in ir if l.kind == "dense"]
@@ -305,10 +305,9 @@ def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
     if flat is not None:  # the map before the classifier, named as the PyTorch reader names it
         blobs.setdefault("pool5", _through_dropout(ir, flat.inputs[0]))
     pre = PREPROCESS_PRESETS["caffe"]
-    input_blob = next(blob for blob, w in b.wire.items() if w == "input")
     result.graph = Graph(
         name=net.name or path.stem,
-        input=InputSpec(shape=b.shapes[input_blob], channel_order=pre.channel_order, value_range=pre.value_range),
+        input=InputSpec(shape=b.ir_shapes["input"], channel_order=pre.channel_order, value_range=pre.value_range),
         layers=ir, outputs=[dense[-1]] + softmax[-1:], preprocess=pre, blobs=blobs,
         feature_blob=_feature_blob(ir, blobs, dense[-1]))
     result.notes, result.transposed, result.no_bias = notes, b.transposed, b.zero_bias
