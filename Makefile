@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity bench
+.PHONY: install demo test test-fast parity parity-caffe bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,16 @@ test-fast: install
 
 parity: install
 	$(VENV)/bin/crossmodal demo --layout csail --out-dir "$${PARITY_DIR:-parity-out}"
+
+# Every Caffe network from its real deploy prototxt (random caffemodel), verified on every engine;
+# each step's time is printed.
+CAFFE_ARCHS ?= alexnet-caffe googlenet-caffe resnet152-caffe vgg16-caffe
+parity-caffe: install
+	for a in $(CAFFE_ARCHS); do \
+	  start=$$(date +%s); \
+	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
+	  echo "== parity $$a: $$(( $$(date +%s) - start )) s"; \
+	done
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

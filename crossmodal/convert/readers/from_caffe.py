@@ -1,4 +1,4 @@
-"""Caffe VGG-style networks (deploy ``.prototxt`` + ``.caffemodel``) → IR, without Caffe.
+"""Caffe networks (deploy ``.prototxt`` + ``.caffemodel``) → IR, without Caffe.
 
 The prototxt gives the graph, the caffemodel (a binary ``NetParameter``) the weights,
 matched by layer name; see :mod:`caffe_schema` for the messages. Both encodings of
@@ -6,13 +6,13 @@ a caffemodel are read: ``layer`` (LayerParameter, blob shapes as ``BlobShape``) 
 the legacy ``layers`` (V1LayerParameter, blob shapes as num/channels/height/width;
 InnerProduct weights stored 1×1×out×in are reshaped to (out, in)).
 
-Layers: Convolution (group 1, no dilation) → ``conv2d`` (weights OIHW, as Caffe
-stores them); Pooling MAX/AVE → ``max_pool2d``/``avg_pool2d`` with ``ceil_mode``
-(Caffe rounds up unless ``round_mode: FLOOR``); InnerProduct → ``dense`` (out, in)
-with an IR ``flatten`` recording (C, H, W) before the first one (Caffe flattens
-channel-first, as the IR does); ReLU, Dropout, Softmax, Flatten; Input layers,
-``input``/``input_shape``/``input_dim``. Anything else is listed, all at once, in
-one :class:`UnsupportedError`.
+The graph is read generically, one converter per Caffe layer type
+(:mod:`caffe_layers`: Convolution with group/dilation/bias_term, Pooling MAX/AVE with
+Caffe's ceil rounding and global pooling, LRN, ReLU, Dropout, Concat, Eltwise,
+BatchNorm, Scale, InnerProduct, Flatten, Softmax, Split, in-place layers; Input layers,
+``input``/``input_shape``/``input_dim``), so any network built from these types reads,
+the six official Places365 ones included. Anything else is listed, all at once, in one
+:class:`UnsupportedError`; a prototxt whose shapes do not add up fails naming the layer.
 
 train_val prototxts are read as Caffe's TEST net: layers whose include/exclude
 rules leave them out of phase TEST are dropped, the Data/ImageData layer becomes the
@@ -28,8 +28,9 @@ blob's final value at inference, so with in-place ReLU ``fc7`` is ``relu7`` (an
 in-place Dropout is the identity and does not take the name, which keeps the blob
 addressable in engines without dropout layers, such as Keras). ``logits`` is the
 last InnerProduct, ``prob`` the last softmax; IR ``outputs`` are [logits, prob]. A net
-without a ``pool5`` blob (a smaller VGG) gets ``pool5`` for the map its classifier
-flattens, as the PyTorch reader names it.
+without a ``pool5`` blob (a smaller VGG, GoogLeNet's ``pool5/7x7_s1``) gets ``pool5`` for
+the map its classifier flattens, as the PyTorch reader names it. ``graph.feature_blob`` is
+the blob the classifier reads (``fc7`` in AlexNet/VGG, ``pool5`` in GoogLeNet/ResNet).
 
 Weights are float32 NumPy views of the caffemodel's bytes, read once into a
 writable buffer (no per-tensor copy; a full VGG16 reads in ~0.6 s at ~0.55 GB peak).
