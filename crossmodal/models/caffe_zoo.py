@@ -66,9 +66,9 @@ def find_prototxt(arch: str, prototxt: Path | None = None) -> Path:
 def random_blobs(net, seed: int = 0):
     """Caffe layer → [blob arrays as Caffe stores them] for a read prototxt (``CaffeNet``).
 
-    Convolutions He-normal (fan-in per group), InnerProducts N(0, 2/in) (the classifier, whose
-    output is the logits, N(0, 0.02/in): moderate logits, so that the softmax is not saturated),
-    biases N(0, 0.01);
+    Convolutions He-normal (fan-in per group; the layer reading the input 64× smaller, as
+    Caffe's inputs are 0–255 pixels, so activations stay O(1) and the logits moderate: a
+    softmax far from saturation), InnerProducts N(0, 2/in), biases N(0, 0.01);
     BatchNorm: means N(0, 0.1), variances U(0.5, 1.5), both multiplied by a scale factor
     U(0.5, 2) stored as the third blob (as Caffe's moving averages are); Scale weights
     U(0.4, 0.6) (keeps a deep residual stack's activations bounded), biases N(0, 0.1).
@@ -77,7 +77,7 @@ def random_blobs(net, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     kinds = {l.name: l.kind for l in net.graph.layers}
-    logits = net.graph.blobs["logits"]
+    first = {l.name for l in net.graph.layers if net.graph.input.name in l.inputs}
     out = {}
     for name, wanted in net.expected.items():
         kind, arrays = kinds[name], []
@@ -97,7 +97,7 @@ def random_blobs(net, seed: int = 0):
                 if name in net.transposed:
                     fan_in = shape[0]
                 a = rng.standard_normal(shape, dtype=np.float32)
-                a *= np.float32(np.sqrt((0.02 if name == logits else 2.0) / fan_in))
+                a *= np.float32(np.sqrt(2.0 / fan_in) / (64 if name in first else 1))
             else:
                 a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1 if kind == "scale" else 0.01)
             arrays.append(a)
