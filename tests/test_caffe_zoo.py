@@ -389,3 +389,22 @@ def test_full_googlenet_and_resnet152_every_engine(tmp_path, name):
     write_random_caffemodel(proto, caffemodel, seed=4)
     report = convert_and_verify(tmp_path, proto, caffemodel)
     assert report.feature_blob == "pool5" and {g["check"] for g in report.gates()} >= {"pool5 max|Δ|/max|ref|"}
+
+
+def test_random_caffemodel_writer_refuses_a_v1_file_for_types_v1_lacks(tmp_path):
+    from crossmodal.models.caffe_zoo import write_random_caffemodel
+    body = 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }'
+    proto = tmp_path / "t.prototxt"
+    proto.write_text(net_text(body, "data"))
+    with pytest.raises(InputError, match="layer bn: type BatchNorm has no legacy V1 form"):
+        write_random_caffemodel(proto, tmp_path / "t.caffemodel", encoding="layers")
+    assert list(tmp_path.iterdir()) == [proto]
+    write_random_caffemodel(proto, tmp_path / "t.caffemodel")
+    model = read_caffe(proto, tmp_path / "t.caffemodel")
+    assert set(model.weights) == {"bn.mean", "bn.var", "fc.weight", "fc.bias"}
+
+
+def test_demo_refuses_an_unknown_arch(tmp_path):
+    result = cli("demo", "--arch", "lenet-caffe", "--out-dir", tmp_path / "o")
+    assert result.exit_code == 2 and "unknown --arch 'lenet-caffe'" in result.stderr
+    assert not (tmp_path / "o").exists()
