@@ -26,6 +26,11 @@ def net_text(body: str, last: str, shape=(1, 4, 6, 6), classes: int = 3) -> str:
             f'inner_product_param {{ num_output: {classes} }} }}\n')
 
 
+def conv1x1(name: str, out: int) -> str:
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "data" top: "{name}" '
+            f'convolution_param {{ num_output: {out} kernel_size: 1 }} }}')
+
+
 def fc_blobs(in_features: int, classes: int = 3, seed: int = 9) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((classes, in_features)).astype(np.float32), np.zeros(classes, np.float32)]
@@ -140,7 +145,8 @@ def test_ceil_pooling_matches_caffe_where_windows_reach_the_padding(tmp_path, me
 
 
 def test_global_pooling_keeps_caffes_c_by_1_by_1_blob(tmp_path):
-    body = 'layer { name: "gp" type: "Pooling" bottom: "data" top: "gp" pooling_param { pool: AVE global_pooling: true } }'
+    body = ('layer { name: "gp" type: "Pooling" bottom: "data" top: "gp" '
+            'pooling_param { pool: AVE global_pooling: true } }')
     model = read(tmp_path, net_text(body, "gp", (1, 3, 5, 4)), {"fc": fc_blobs(3)})
     x = np.random.default_rng(2).standard_normal((2, 3, 5, 4)).astype(np.float32)
     assert_all_close(outputs(model, x, "gp"), x.astype(np.float64).mean(axis=(2, 3), keepdims=True))
@@ -167,8 +173,7 @@ def test_grouped_convolution_with_two_groups(tmp_path, encoding):
     ("MAX", "", np.maximum),
 ])
 def test_eltwise_operations_and_coefficients(tmp_path, op, coeff, combine):
-    body = ('layer { name: "a" type: "Convolution" bottom: "data" top: "a" convolution_param { num_output: 2 kernel_size: 1 } }\n'
-            'layer { name: "b" type: "Convolution" bottom: "data" top: "b" convolution_param { num_output: 2 kernel_size: 1 } }\n'
+    body = (f'{conv1x1("a", 2)}\n{conv1x1("b", 2)}\n'
             f'layer {{ name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" '
             f'eltwise_param {{ operation: {op} {coeff} }} }}')
     rng = np.random.default_rng(4)
@@ -272,9 +277,11 @@ def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-CONCAT_BAD = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+POOL = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+        'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+CONCAT_BAD = (POOL + '\n'
               'layer { name: "cat" type: "Concat" bottom: "data" bottom: "p" top: "cat" }')
-ELTWISE_BAD = ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 3 kernel_size: 1 } }\n'
+ELTWISE_BAD = (conv1x1("c", 3) + '\n'
                'layer { name: "sum" type: "Eltwise" bottom: "data" bottom: "c" top: "sum" }')
 BN = 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }'
 
@@ -323,8 +330,7 @@ def test_unsupported_settings_are_named_together(tmp_path):
 
 
 def test_rgb_input_needs_a_first_convolution(tmp_path):
-    body = 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }'
-    text = net_text(body, "p", (1, 3, 4, 4))
+    text = net_text(POOL, "p", (1, 3, 4, 4))
     proto, model = tmp_path / "t.prototxt", tmp_path / "t.caffemodel"
     proto.write_text(text)
     write_blobs(text, model, {"fc": fc_blobs(12)})

@@ -43,7 +43,8 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
             dag.append(f"branch → {r.readers} readers")
         click.echo(f"{r.name:<{width}} {r.kind:<17} {shape:<18} {r.parameters:>12,}  {'; '.join(dag)}".rstrip())
         previous = r.name
-    stats = f" (learned {s.parameters - s.statistics:,} + BatchNorm statistics {s.statistics:,})" if s.statistics else ""
+    stats = (f" (learned {s.parameters - s.statistics:,} + BatchNorm statistics {s.statistics:,})"
+             if s.statistics else "")
     click.echo(f"total parameters: {s.parameters:,}{stats}; {len(s.layers)} layers")
     click.echo(f"input: {s.input}")
     if s.outputs:
