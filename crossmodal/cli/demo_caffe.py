@@ -46,7 +46,7 @@ def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, image
     click.echo("engines: caffe-source (the caffemodel in Caffe's layer order, NumPy float64, the reference) vs "
                "torch, ir, keras, onnx")
     report = run_verify(model_dir, engines=("torch", "ir", "keras", "onnx"), source=caffemodel, prototxt=prototxt,
-                        images=images, random=2, seed=seed, on_step=step)
+                        images=images, random=2, seed=seed, batch_size=1, on_step=step)  # 1: memory
     write_text_atomic(out_dir / "verify.md", markdown(report))
     write_text_atomic(out_dir / "verify.json", json.dumps(report.to_json(), indent=2))
     click.echo(console(report))
