@@ -1,18 +1,16 @@
 """Label mapping against the real Places365 label list, muting and scoring."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crossmodal.errors import InputError
+from helpers import require_shared
 from crossmodal.evaluate.labels import (
     build_mapping, load_aliases, merge_aliases, normalise, parse_aliases, score,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-PLACES365 = SHARED / "places365" / "categories_places365.txt"
 
 #: Places205 categories with no Places365 counterpart (per the project's analysis).
 NO_COUNTERPART = {"abbey", "basilica", "bayou", "cathedral_outdoor", "cottage_garden", "dock",
@@ -23,9 +21,8 @@ NO_COUNTERPART = {"abbey", "basilica", "bayou", "cathedral_outdoor", "cottage_ga
 
 @pytest.fixture(scope="module")
 def places365() -> list[str]:
-    if not PLACES365.is_file():
-        pytest.skip(f"needs the Places365 label list at {PLACES365} (shared data, not in the repo)")
-    rows = [line.split() for line in PLACES365.read_text().splitlines() if line.strip()]
+    path = require_shared("places365", "categories_places365.txt")
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     assert [int(r[1]) for r in rows] == list(range(365))
     return [r[0] for r in rows]
 
