@@ -9,7 +9,7 @@ its hand-written wire walker ``decode_caffemodel``), for the new (``layer`` = 10
 V1 (``layers`` = 2) encodings. Every field the schema declares must be in the table.
 
 The table also holds the LayerParameter fields of layer kinds the reader will grow to (LRN,
-Concat, Eltwise, BatchNorm, Scale): they are checked as soon as the schema declares them.
+Concat, Eltwise, BatchNorm, Scale, Bias): they are checked as soon as the schema declares them.
 """
 from __future__ import annotations
 
@@ -177,6 +177,7 @@ UPSTREAM = [
     (369, "LayerParameter", "optional", "LossParameter", "loss_param", 101),
     (377, "LayerParameter", "optional", "AccuracyParameter", "accuracy_param", 102),
     (379, "LayerParameter", "optional", "BatchNormParameter", "batch_norm_param", 139),
+    (380, "LayerParameter", "optional", "BiasParameter", "bias_param", 141),
     (382, "LayerParameter", "optional", "ConcatParameter", "concat_param", 104),
     (384, "LayerParameter", "optional", "ConvolutionParameter", "convolution_param", 106),
     (386, "LayerParameter", "optional", "DataParameter", "data_param", 107),
@@ -242,6 +243,10 @@ UPSTREAM = [
     (1130, "ScaleParameter", "optional", "FillerParameter", "filler", 3),
     (1134, "ScaleParameter", "optional", "bool", "bias_term", 4),
     (1135, "ScaleParameter", "optional", "FillerParameter", "bias_filler", 5),
+    # message BiasParameter
+    (562, "BiasParameter", "optional", "int32", "axis", 1),
+    (570, "BiasParameter", "optional", "int32", "num_axes", 2),
+    (577, "BiasParameter", "optional", "FillerParameter", "filler", 3),
 ]
 
 #: enum path → [(upstream line, value name, number)]
@@ -501,11 +506,12 @@ def test_upstream_caffemodel_through_the_wire_walker(encoding):
 
 #: LayerParameter fields of the layer kinds the reader will grow to, and their parameters' fields:
 #: in the table above, not yet in the schema (checked by the tests above once they are added).
-FUTURE = ["LRNParameter", "ConcatParameter", "EltwiseParameter", "BatchNormParameter", "ScaleParameter"]
+FUTURE = ["LRNParameter", "ConcatParameter", "EltwiseParameter", "BatchNormParameter", "ScaleParameter",
+          "BiasParameter"]
 
 
 def test_future_layer_parameters_are_transcribed():
     for msg in FUTURE:
         assert any(m == msg for (m, _) in ROWS), msg
-    for name in ("lrn_param", "concat_param", "eltwise_param", "batch_norm_param", "scale_param"):
+    for name in ("lrn_param", "concat_param", "eltwise_param", "batch_norm_param", "scale_param", "bias_param"):
         assert ("LayerParameter", name) in ROWS
