@@ -60,6 +60,7 @@ import json
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,39 @@ def run_cache_dir(cache_dir: str | os.PathLike | None, out_dir: str | os.PathLik
     if os.environ.get("CROSSMODAL_CACHE"):
         return Path(os.environ["CROSSMODAL_CACHE"]).expanduser()
     return Path(out_dir) / "cache"
+
+
+@contextmanager
+def rollback_new_caches(cache_dir: str | os.PathLike, out_dir: str | os.PathLike):
+    """Bad input leaves an output folder as it was, its ``cache`` sub-folder included.
+
+    When ``cache_dir`` lies inside ``out_dir`` (the default ``<out>/cache``) and the
+    block raises :class:`InputError` (bad input found after the image pass: nothing
+    decoded, one category …), the entries this run added to ``cache_dir`` are removed,
+    and ``cache_dir`` / ``out_dir`` themselves if this run created them. Any other
+    exception (a crash, Ctrl-C, a kill) keeps the cache, so that the next run resumes;
+    so does a cache elsewhere (``--cache``, ``$CROSSMODAL_CACHE``), which is shared.
+    """
+    import shutil
+
+    cache_dir, out_dir = Path(cache_dir).absolute(), Path(out_dir).absolute()
+    if not cache_dir.is_relative_to(out_dir):
+        yield
+        return
+    anchor = next(p for p in [cache_dir, *cache_dir.parents] if p.exists())  # the deepest folder already there
+    before = {p.name for p in cache_dir.iterdir()} if cache_dir.is_dir() else None
+    try:
+        yield
+    except InputError:
+        if cache_dir.is_dir():
+            for entry in cache_dir.iterdir():
+                if before is None or entry.name not in before:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for d in [cache_dir, *cache_dir.parents]:  # folders this run created, if left empty
+            if d == anchor or not d.is_relative_to(anchor) or not d.is_dir() or any(d.iterdir()):
+                break
+            d.rmdir()
+        raise
 
 
 def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) -> str:

@@ -177,7 +177,9 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     from crossmodal.evaluate.retrieval_reports import pick_query
     from crossmodal.evaluate.backends import SharedBackend, check_device
     from crossmodal.evaluate.baseline import limit_records
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.features import (
+        extract_features, model_fingerprint, rollback_new_caches, run_cache_dir,
+    )
 
     t_start = time.perf_counter()
     step = on_step or (lambda msg: None)
@@ -227,25 +229,26 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
                            on_open=lambda b: step(f"backend: {b.summary()}"))
     feats: dict[str, ModalityFeatures] = {}
-    try:
-        for name, ds in datasets.items():
-            step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
-            fs = extract_features(
-                model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
-                cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer],
-                on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
-                on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
-            feats[name] = as_modality_features(name, ds, fs, layer)
-        ran = runner.backend.describe() if runner.backend is not None else None
-    finally:
-        runner.close()
+    with rollback_new_caches(cache_dir, out_dir):  # bad input found late leaves <out> as it was
+        try:
+            for name, ds in datasets.items():
+                step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
+                fs = extract_features(
+                    model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
+                    cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer],
+                    on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
+                    on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
+                feats[name] = as_modality_features(name, ds, fs, layer)
+            ran = runner.backend.describe() if runner.backend is not None else None
+        finally:
+            runner.close()
 
-    # 3. scores per pair, then the files
-    pairs = []
-    for q in q_names:
-        for t in t_names:
-            step(f"retrieval {q} → {t}")
-            pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
+        # 3. scores per pair, then the files
+        pairs = []
+        for q in q_names:
+            for t in t_names:
+                step(f"retrieval {q} → {t}")
+                pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
     results = {
         "format": FORMAT, "version": 1,
         "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": model_fingerprint(model_dir, graph)},
