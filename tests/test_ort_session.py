@@ -223,3 +223,19 @@ def test_cuda_verify_fp16_gate(model_dir, tiny_ckpt):
                         engines=("torch", "onnx"))
     assert report.passed
     assert report.to_json()["engines"]["onnx"]["providers"][0] == CUDA
+
+
+# --------------------------------------------------------------------------- FLOPs (for the GPU peak fraction)
+def test_vgg16_flops_from_the_ir_match_the_architecture():
+    from crossmodal.convert.flops import count_flops
+    from crossmodal.models.vgg import build_graph, create_spec
+
+    # by hand: 3×3 convs at 224, 112, 56, 28, 14 with VGG16's channel plan; then the classifier
+    plan = [(224, 3, 64), (224, 64, 64), (112, 64, 128), (112, 128, 128), (56, 128, 256), (56, 256, 256),
+            (56, 256, 256), (28, 256, 512), (28, 512, 512), (28, 512, 512), (14, 512, 512), (14, 512, 512),
+            (14, 512, 512)]
+    macs = sum(s * s * ci * co * 9 for s, ci, co in plan) + 25088 * 4096 + 4096 * 4096 + 4096 * 365
+    f = count_flops(build_graph(create_spec("vgg16_places365")))
+    assert f.matmul == 2 * macs and not f.uncounted
+    assert abs(f.matmul / 2 - 15.47e9) / 15.47e9 < 2e-3  # the published 15.5 GMACs of VGG16
+    assert f.total > f.matmul and sum(f.by_layer.values()) == f.total
