@@ -58,8 +58,16 @@ def torch_device(device: str):
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("CUDA was asked for, but PyTorch sees no GPU here")
-    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available() and _cuda_runs(torch))
     return torch.device(device if device.startswith("cuda") else "cuda" if want_gpu else "cpu")
+
+
+def _cuda_runs(torch) -> bool:
+    """``auto``: a GPU only after a real kernel ran on it (a listed GPU may still fail to start)."""
+    try:
+        return float((torch.ones(8, device="cuda") * 2).sum().item()) == 16.0
+    except Exception:  # driver / architecture mismatch: the CPU it is
+        return False
 
 
 def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, label: str = "torch",
