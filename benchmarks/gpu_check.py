@@ -468,6 +468,7 @@ def main(argv=None) -> dict:
     if args.work is None:
         tmp = tempfile.TemporaryDirectory(prefix="gpu_check-")
         args.work = Path(tmp.name)
+    args.work.mkdir(parents=True, exist_ok=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
 

@@ -156,8 +156,14 @@ def open_session(source, device: str = "cpu", *, allow_tf32: bool = False, threa
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise load_error(exc) from None
         return sess, SessionInfo(list(sess.get_providers()), requested)
-    if device == "auto":  # a provider that cannot start logs errors before falling back
-        ort.set_default_logger_severity(3)
+    if device == "auto":  # an expected failure to start: its reason goes into ``fallback``, not the log
+        ort.set_default_logger_severity(4)
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and _has_nvidia_wheels():  # CUDA / cuDNN from the nvidia-* wheels (torch's)
+        try:
+            preload()
+        except Exception:  # nothing to preload: the session says what is missing
+            pass
     why = None
     try:
         sess = ort.InferenceSession(source, options(), providers=providers)
@@ -168,6 +174,8 @@ def open_session(source, device: str = "cpu", *, allow_tf32: bool = False, threa
             warm_up(sess)
     except Exception as exc:
         why = f"{requested[0]} failed: {_first_line(exc)}"
+    if device == "auto":
+        ort.set_default_logger_severity(3)
     if why is None:  # on the GPU; TensorRT may have given way to CUDA: said, not hidden
         info = SessionInfo(got, requested, warm_up=check)
         if got[0] != requested[0]:
@@ -180,6 +188,14 @@ def open_session(source, device: str = "cpu", *, allow_tf32: bool = False, threa
     except Exception as exc:
         raise load_error(exc) from None
     return sess, SessionInfo(list(sess.get_providers()), requested, fallback=why)
+
+
+def _has_nvidia_wheels() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("nvidia") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _input_of(source) -> tuple[str, tuple[int, ...]]:
