@@ -231,7 +231,7 @@ class OnnxBackend(Backend):
         for name in self.names:
             binding.bind_output(name, kind, index)
         self.sess.run_with_iobinding(binding)
-        return {name: v.numpy() for name, v in zip(self.names, binding.get_outputs())}
+        return dict(zip(self.names, binding.copy_outputs_to_cpu()))  # read back once, when returned
 
     def describe(self) -> dict:
         opts = self.sess.get_session_options()
