@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # TensorFlow beside torch and ORT in one process
 
 #: dense (no sparsity) fp16 tensor-core peak, TFLOP/s, by device-name fragment (vendor data sheets)
 FP16_PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0,
@@ -155,6 +156,7 @@ class TorchCompiled:
         from crossmodal.convert.ir_io import load_ir
 
         set_torch_precision(False)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         model = load_ir(model_dir)
         graph = model.graph
         module = build_torch(model).to(device).to(memory_format=torch.channels_last).eval()

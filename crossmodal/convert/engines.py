@@ -108,6 +108,18 @@ def tf_device(device: str, num_gpus: int) -> tuple[str, str]:
     return "/CPU:0", "cpu"
 
 
+def tf_gpus(tf) -> list:
+    """TensorFlow's GPUs, with memory growth on (else TensorFlow takes all GPU memory at start,
+    and the torch / ONNX Runtime engines beside it in the same process run out)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialised: its setting stays
+            pass
+    return gpus
+
+
 def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str = "cpu",
                  precision: str = "fp32") -> Engine:
     """A saved ``.keras`` model, with a sub-model on the layers that match IR layers.
@@ -121,7 +133,7 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
     from crossmodal.convert.emitters.to_keras import keras_outputs
 
     tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = tf_gpus(tf)
     tf_dev, _ = tf_device(device, len(gpus))
     placed = lambda: tf.device(tf_dev)  # noqa: E731
     with placed():

@@ -262,7 +262,7 @@ class KerasBackend(Backend):
         import tensorflow as tf
 
         from crossmodal.convert.emitters.to_keras import keras_outputs
-        from crossmodal.convert.engines import tf_device
+        from crossmodal.convert.engines import tf_device, tf_gpus
 
         super().__init__(graph, layers)
         path = Path(model_dir) / "model.keras"
@@ -275,7 +275,7 @@ class KerasBackend(Backend):
             except RuntimeError:  # TensorFlow already initialised: keep its pools
                 pass
         tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
-        gpus = tf.config.list_physical_devices("GPU")
+        gpus = tf_gpus(tf)
         self.tf_device, self.device = tf_device(device, len(gpus))
         try:
             kmodel = keras.saving.load_model(path, safe_mode=True, compile=False)
