@@ -12,55 +12,76 @@
 #   `pip install -e ".[test]"` (which already brings onnxruntime-gpu) and TensorFlow's CUDA build in
 #   place of tensorflow-cpu. torchvision (nvJPEG decode figure) is tried, never required.
 # Environment:
-#   CROSSMODAL_PYTHON=/path/to/python  use that interpreter as it is (no install)
+#   CROSSMODAL_PYTHON=/path/to/python  use that interpreter as it is (no venv), the repo on PYTHONPATH
+#   WHEELS=dir                         extra wheels (e.g. onnxruntime-gpu, onnxconverter-common, keras):
+#                                      with CROSSMODAL_PYTHON installed --no-index into a private folder
+#                                      put on PYTHONPATH; for the venv, pip's offline source
 #   VENV=dir                           the venv to create or reuse (default .venv-gpu)
-#   WHEELS=dir                         install offline from a wheel folder (pip --no-index --find-links)
 #   BUDGET=seconds                     the whole run's limit (default 470: 8 minutes less a margin)
-set -euo pipefail
+# Offline, when the install fails (no network), it carries on with `python3` and the repo on
+# PYTHONPATH: whatever that Python lacks (onnxruntime-gpu, TensorFlow) is reported as skipped, with
+# the reason, and the rest is measured.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 BUDGET=${BUDGET:-470}
 VENV=${VENV:-.venv-gpu}
+REPO=$PWD
 
-need() {  # can this interpreter run the check?
-  "$1" - <<'PY' >/dev/null 2>&1
-import crossmodal, torch, onnxruntime, onnxconverter_common  # noqa: F401
+need() {  # can this interpreter run the whole check?
+  PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$1" - <<'PY' >/dev/null 2>&1
+import crossmodal.convert.pipeline, torch, onnxruntime, onnxconverter_common, keras  # noqa: F401
 assert "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 PY
 }
 
-PIP_OPTS=(--quiet --disable-pip-version-check)
-[ -n "${WHEELS:-}" ] && PIP_OPTS+=(--no-index --find-links "$WHEELS")
-
-if [ -n "${CROSSMODAL_PYTHON:-}" ]; then
-  PY=$CROSSMODAL_PYTHON
-elif need "$VENV/bin/python" 2>/dev/null; then
-  PY=$VENV/bin/python
-else
-  echo "· installing into $VENV (torch, the package, onnxruntime-gpu, TensorFlow CUDA build)" >&2
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  PY=$VENV/bin/python
-  "$PY" -m pip install "${PIP_OPTS[@]}" --upgrade "pip>=24"
+install_venv() (  # a subshell; each step's failure fails the install (set -e does not hold inside `if`)
+  PIP_OPTS=(--quiet --disable-pip-version-check)
+  [ -n "${WHEELS:-}" ] && PIP_OPTS+=(--no-index --find-links "$WHEELS")
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" || exit 1
+  P=$VENV/bin/python
+  "$P" -m pip install "${PIP_OPTS[@]}" --upgrade "pip>=24" || exit 1
   TORCH=$(sed -n 's/^ *\(torch==[0-9.]*\).*/\1/p' setup.cfg | head -1)
-  "$PY" -m pip install "${PIP_OPTS[@]}" "${TORCH:-torch}"
+  "$P" -m pip install "${PIP_OPTS[@]}" "${TORCH:-torch}" || exit 1
   CONSTRAINTS=()
   [ -f constraints.txt ] && CONSTRAINTS=(-c constraints.txt)
   if grep -Eq '^gpu *=' setup.cfg; then
-    "$PY" -m pip install "${PIP_OPTS[@]}" "${CONSTRAINTS[@]}" -e ".[test,gpu]"
+    "$P" -m pip install "${PIP_OPTS[@]}" "${CONSTRAINTS[@]}" -e ".[test,gpu]" || exit 1
   else
-    "$PY" -m pip install "${PIP_OPTS[@]}" -e ".[test]"
+    "$P" -m pip install "${PIP_OPTS[@]}" -e ".[test]" || exit 1
     TF=$(sed -n 's/^ *tensorflow-cpu==\([0-9.]*\).*/\1/p' setup.cfg | head -1)
-    if "$PY" -m pip install "${PIP_OPTS[@]}" "tensorflow[and-cuda]${TF:+==$TF}"; then
-      "$PY" -m pip uninstall --quiet -y tensorflow-cpu >/dev/null 2>&1 || true
-      "$PY" -m pip install "${PIP_OPTS[@]}" --force-reinstall --no-deps "tensorflow${TF:+==$TF}" || true
+    if "$P" -m pip install "${PIP_OPTS[@]}" "tensorflow[and-cuda]${TF:+==$TF}"; then
+      "$P" -m pip uninstall --quiet -y tensorflow-cpu >/dev/null 2>&1 || true
+      "$P" -m pip install "${PIP_OPTS[@]}" --force-reinstall --no-deps "tensorflow${TF:+==$TF}" || true
     else
       echo "· TensorFlow's CUDA build could not be installed: TensorFlow figures will be CPU or skipped" >&2
     fi
   fi
-  "$PY" -m pip install "${PIP_OPTS[@]}" torchvision >/dev/null 2>&1 \
+  "$P" -m pip install "${PIP_OPTS[@]}" torchvision >/dev/null 2>&1 \
     || echo "· torchvision not installed: no nvJPEG decode figure" >&2
+)
+
+if [ -n "${CROSSMODAL_PYTHON:-}" ]; then
+  PY=$CROSSMODAL_PYTHON
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  if [ -n "${WHEELS:-}" ]; then
+    SITE=${SITE:-/tmp/crossmodal-site}
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$WHEELS"/*.whl && export PYTHONPATH="$SITE:$PYTHONPATH"
+  fi
+elif need "$VENV/bin/python"; then
+  PY=$VENV/bin/python
+else
+  echo "· installing into $VENV (torch, the package, onnxruntime-gpu, TensorFlow CUDA build)" >&2
+  if install_venv; then
+    PY=$VENV/bin/python
+  else
+    echo "· the install failed (offline?): carrying on with python3 and the repo on PYTHONPATH" >&2
+    PY=python3
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  fi
 fi
-need "$PY" || echo "· warning: $PY lacks the CUDA execution provider or a package; the check says what it could not run" >&2
+need "$PY" || echo "· note: $PY lacks onnxruntime's CUDA provider, onnxconverter-common or Keras; the check says what it could not run" >&2
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
