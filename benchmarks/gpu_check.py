@@ -403,8 +403,8 @@ def section_end_to_end(args, model_dir, paths, budget) -> list[dict]:
                 check_on_device(engine, runner, args.device)
                 runner.run(np.zeros((bs, *shape), np.float32))  # the batch shape warmed up
                 with tempfile.TemporaryDirectory(dir=args.work) as cache:
-                    fs = extract_features(model_dir, ds, lambda: runner, ["logits", "fc7"], batch_size=bs, workers=workers,
-                                          cache_dir=cache, precision=precision, read=["logits"])
+                    fs = extract_features(model_dir, ds, lambda: runner, ["logits", "fc7"], batch_size=bs,
+                                          workers=workers, cache_dir=cache, precision=precision, read=["logits"])
                 runner.close()
                 row["images_per_second"] = fs.stats["images_per_second"]
                 row["failed"] = len(fs.failed)
@@ -424,7 +424,8 @@ def section_verify(args, model_dir, ckpt, out: Path | None) -> dict:
     result = {}
     for precision in ("fp32", "fp16"):
         try:
-            report = run_verify(model_dir, source=ckpt, random=args.verify_images, batch_size=min(8, args.verify_images),
+            report = run_verify(model_dir, source=ckpt, random=args.verify_images,
+                                batch_size=min(8, args.verify_images),
                                 device=args.device, precision=precision, engines=args.verify_engines)
         except Exception as exc:
             result[precision] = {"error": one_line(exc)}

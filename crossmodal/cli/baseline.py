@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, precision_option, trt_option, csv_list, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_errors, json_option, precision_option,
+                                    step_printer, trt_option)
 
 
 @click.command("baseline")
@@ -71,7 +72,8 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
                            images=images, list_file=list_file, categories=categories, backend=backend,
                            device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
                            label_map=label_map, unmapped=unmapped, features=csv_list(features),
-                           cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt, on_step=step_printer(quiet_all),
+                           cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt,
+                           on_step=step_printer(quiet_all),
                            on_start=bars.start, on_batch=bars.update)
     if as_json:
         data = [r.metrics for r in run.results]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, precision_option, trt_option, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json_option, precision_option,
+                                    step_printer, trt_option)
 
 
 @click.command("retrieval")
@@ -69,8 +70,9 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
         run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
                             metric=metric, k=k, data_root=data_root, config=config, split=split, backend=backend,
                             device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
-                            cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt, show=show, show_query=show_query,
-                            on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
+                            cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt, show=show,
+                            show_query=show_query, on_step=step_printer(quiet_all), on_start=bars.start,
+                            on_batch=bars.update)
     if as_json:
         echo_json({"pairs": run.results["pairs"], "files": {n: str(p) for n, p in run.files.items()}})
         return

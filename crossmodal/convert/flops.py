@@ -46,7 +46,7 @@ def count_flops(graph: Graph) -> FlopCount:
     out = FlopCount()
     for layer in graph.layers:
         a, kind = layer.attrs, layer.kind
-        o_shape, i_shape = shapes[layer.name], shapes[layer.inputs[0]]
+        o_shape = shapes[layer.name]
         mm = 0
         if kind == "conv2d":
             kh, kw = a["kernel"]
@@ -68,7 +68,6 @@ def count_flops(graph: Graph) -> FlopCount:
         else:
             out.uncounted.append(layer.name)
             continue
-        del i_shape
         out.by_layer[layer.name] = flops
         out.total += flops
         out.matmul += mm

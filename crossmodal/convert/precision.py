@@ -100,8 +100,6 @@ def keras_with_precision(kmodel, precision: str):
     (``keras.mixed_precision.set_global_policy``) would not reach it: the config is
     rewritten instead. The input layer stays float32.
     """
-    import keras
-
     policy = keras_policy(precision)
     if policy == "float32":
         return kmodel

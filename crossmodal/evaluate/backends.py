@@ -184,6 +184,10 @@ class OnnxBackend(Backend):
             source, device, allow_tf32=allow_tf32, threads=threads, spinning=spinning, trt=trt,
             precision=self.precision, trt_cache=trt_cache, max_batch=max_batch)
         self.providers = self.session_info.providers
+        if trt and self.precision == "fp16" and self.providers[0] != "TensorrtExecutionProvider":
+            # the fp32 model would run, labelled fp16: refuse instead
+            raise InputError(f"--trt --precision fp16: TensorRT did not start ({self.session_info.fallback}); "
+                             "without --trt the fp16 ONNX model runs on CUDA")
         self.on_gpu = self.session_info.on_gpu
         self.device = f"cuda:{_cuda_index(device)}" if self.on_gpu else "cpu"
         self.io_binding = self.on_gpu if io_binding is None else bool(io_binding)
@@ -356,8 +360,9 @@ class TorchBackend(Backend):
 
     def describe(self) -> dict:
         info = self.engine.info
-        return {"backend": self.name, "device": self.device, "precision": info.get("precision", self.precision),
-                "device_name": info.get("device_name"), "threads": self._torch.get_num_threads(),
+        return {"backend": self.name, "device": self.device, "precision": self.precision,
+                "autocast": self.precision != "fp32", "device_name": info.get("device_name"),
+                "threads": self._torch.get_num_threads(),
                 "torch": info.get("torch")}
 
     def close(self) -> None:
