@@ -239,3 +239,22 @@ def test_vgg16_flops_from_the_ir_match_the_architecture():
     assert f.matmul == 2 * macs and not f.uncounted
     assert abs(f.matmul / 2 - 15.47e9) / 15.47e9 < 2e-3  # the published 15.5 GMACs of VGG16
     assert f.total > f.matmul and sum(f.by_layer.values()) == f.total
+
+
+def test_trt_fp16_that_falls_back_to_cuda_is_refused_not_mislabelled(model_dir, monkeypatch):
+    """--trt --precision fp16 runs the fp32 model (TensorRT makes the fp16 kernels): if TensorRT
+    does not start, CUDA would run it at fp32 under an fp16 label; the backend refuses instead."""
+    from crossmodal.convert import ort_session
+    from crossmodal.evaluate.backends import open_backend
+
+    real = ort_session.open_session
+
+    def fake(source, device, **kw):
+        sess, _ = real(source, "cpu")
+        return sess, ort_session.SessionInfo([CUDA, CPU], [TRT, CUDA, CPU],
+                                             fallback="TensorrtExecutionProvider did not start; running on CUDA")
+    monkeypatch.setattr(ort_session, "open_session", fake)
+    with pytest.raises(InputError, match="TensorRT did not start"):
+        open_backend("onnx", model_dir, ["logits"], device="cuda", precision="fp16", trt=True)
+    with open_backend("onnx", model_dir, ["logits"], device="cuda", precision="fp32", trt=True, io_binding=False) as b:
+        assert b.describe()["fallback"].startswith("TensorrtExecutionProvider did not start")
