@@ -14,7 +14,7 @@ Prints, and writes as JSON (``gpu_check.json``) and Markdown (``gpu_check.md``) 
    (logits + fc7) back on the host; with the fraction of the GPU's dense fp16 peak that
    the FLOPs counted from the IR (:mod:`crossmodal.convert.flops`) make;
 2. the same for each other network of the zoo (``crossmodal.models.vgg.list_models``),
-   ORT-CUDA only, at the largest batch;
+   ORT-CUDA only (torch eager where onnxruntime has no CUDA provider), at the largest batch;
 3. **decode alone**: images/s of the toolkit's JPEG decode + preprocessing on the
    CPU threads (and nvJPEG through ``torchvision.io.decode_jpeg`` when torchvision is there);
 4. **end to end** from JPEG files on disk through :func:`~crossmodal.evaluate.features.extract_features`
@@ -304,6 +304,8 @@ def section_zoo(args, budget, peak) -> list[dict]:
     from crossmodal.models.vgg import list_models
 
     rows = []
+    # ORT-CUDA when there; else torch eager (a GPU image with a CPU-only onnxruntime)
+    engine = "ort-cuda" if args.device == "cpu" or ort_cuda() else "torch-eager"
     names = [n for n in list_models() if "tiny" not in n and n != args.network]
     if args.smoke:  # the code path, on a tiny network
         names = ["vgg_tiny"]
@@ -321,13 +323,14 @@ def section_zoo(args, budget, peak) -> list[dict]:
             bs = max(args.batches)
             batch = np.random.default_rng(0).standard_normal((bs, c, h, w)).astype(np.float32)
             for precision in ("fp32", "fp16"):
-                runner = open_runner("ort-cuda", model_dir, precision, args.device, args.work / "cache", bs)
+                runner = open_runner(engine, model_dir, precision, args.device, args.work / "cache", bs)
                 m = throughput(runner, batch, args.seconds)
                 runner.close()
                 m["tflops"] = m["images_per_second"] * flops.matmul / 1e12
                 m["fp16_peak_fraction"] = m["images_per_second"] * flops.matmul / peak if peak else None
                 row[precision] = m
-                log(f"  {name:<16} ort {precision} batch {bs}: {m['images_per_second']:9.1f} img/s")
+                row["engine"] = engine
+                log(f"  {name:<16} {engine} {precision} batch {bs}: {m['images_per_second']:9.1f} img/s")
             row["gflops_per_image"] = flops.matmul / 1e9
         except Exception as exc:
             row["skipped"] = one_line(exc)
