@@ -326,3 +326,22 @@ def test_relabelled_list_reuses_the_cache_with_its_new_labels(model, tree, list_
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
     assert m["excluded_categories"] == {"kitchenette": 8} and m["num_scored"] == 20
+
+
+def test_fp16_run_states_precision_and_providers(model, tree, list_run, tmp_path):
+    from crossmodal.evaluate.baseline import run_baseline
+    run = run_baseline(model, "sketch", out_dir=tmp_path, images=tree["list"], list_file=tree["list"] / "val.txt",
+                       categories=tree["list"] / "categories.txt", device="cpu", precision="fp16",
+                       cache_dir=tmp_path / "c")
+    m, ref = run.results[0].metrics, _metrics(list_run[0])
+    assert m["precision"] == "fp16" and m["providers"] == ["CPUExecutionProvider"]
+    assert m["backend_info"]["model_file"] == "model.fp16.onnx" and m["settings"]["precision"] == "fp16"
+    assert m["num_scored"] == ref["num_scored"]
+    assert "at fp16 (providers: CPUExecutionProvider)" in (tmp_path / "report.md").read_text()
+
+
+def test_precision_the_backend_cannot_run_is_one_line(model, tree, tmp_path):
+    _fail(["--model", str(model), "--modality", "sketch", *_list_args(tree), "--precision", "bf16"],
+          "ONNX Runtime is not run at bf16", tmp_path / "out")
+    _fail(["--model", str(model), "--modality", "sketch", *_list_args(tree), "--backend", "torch", "--trt"],
+          "--trt is for the onnx backend", tmp_path / "out")

@@ -202,6 +202,8 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
         "backend": backend_info.get("backend", settings["backend"]),
         "device": backend_info.get("device", "unknown"),
         "backend_info": backend_info, "features_from_cache": features.backend is None,
+        "precision": backend_info.get("precision", settings.get("precision", "fp32")),
+        "providers": backend_info.get("providers"),
         "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": fingerprint,
                   "num_labels": len(mapping.source_labels), "preprocess": graph.preprocess.to_dict()},
         "dataset": {"root": str(dataset.root), "layout": dataset.layout, "origin": dataset.origin,
@@ -259,7 +261,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                  batch_size: int = 32, workers: int | None = None, threads: int | None = None,
                  limit: int | None = None, label_map=None, unmapped: str = "exclude",
                  features: Sequence[str] = ("fc7",), cache_dir=None, draft: bool = True,
-                 backend_options: dict | None = None,
+                 backend_options: dict | None = None, precision: str = "fp32", trt: bool = False,
                  on_step: Callable[[str], None] | None = None,
                  on_start: Callable[[str, int, int], None] | None = None,
                  on_batch: Callable[[str, int, int], None] | None = None) -> BaselineRun:
@@ -269,7 +271,10 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     ``images``/``list_file``/``categories`` override the data set of a single
     modality. ``features``: feature layers cached beside the logits (``fc7``,
     ``pool5``) for later use (retrieval). ``cache_dir``: feature cache folder
-    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``). ``backend_options``: passed to
+    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``; the fp16 ONNX model and TensorRT engines go
+    there too when the model folder is read-only). ``precision``: fp32, fp16, bf16
+    (:mod:`crossmodal.convert.precision`); ``trt``: ONNX Runtime's TensorRT provider first.
+    ``backend_options``: passed to
     :func:`~crossmodal.evaluate.backends.open_backend` (e.g. ``{"spinning": True}``). Progress: ``on_start(modality,
     done, total)``, ``on_batch(modality, done, total)``; notes go to ``on_step``.
     """
@@ -293,6 +298,12 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     device = check_device(device)
+    from crossmodal.convert.precision import check_precision, unsupported
+    precision = check_precision(precision)
+    if unsupported(backend, precision):
+        raise InputError(unsupported(backend, precision))
+    if trt and backend != "onnx":
+        raise InputError(f"--trt is for the onnx backend, not {backend}")
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
     model_labels(graph, model_dir)
@@ -324,10 +335,14 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     fingerprint = model_fingerprint(model_dir, graph)
 
     # 2. one backend for all modalities, opened when a modality needs computing
+    onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
+        if backend == "onnx" else {}
     backend_runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
-                                   on_open=lambda b: step(f"backend: {b.summary()}"), **(backend_options or {}))
+                                   precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"),
+                                   **onnx_options, **(backend_options or {}))
 
-    settings = {"split": split, "backend": backend, "device_requested": device, "batch_size": batch_size,
+    settings = {"split": split, "backend": backend, "device_requested": device, "precision": precision,
+                "trt": trt, "batch_size": batch_size,
                 "workers": workers, "threads": threads, "limit": limit, "draft": draft,
                 "features": layers, "unmapped": unmapped, "top_k": TOP_K,
                 "label_map": None if label_map is None else str(label_map)}
@@ -340,7 +355,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                 fs = extract_features(
                     model_dir, prep.dataset, backend_runner, layers, device=device, batch_size=batch_size,
                     workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step,
-                    read=["logits"],
+                    read=["logits"], precision=precision,
                     on_start=(lambda d, t, m=prep.modality: on_start(m, d, t)) if on_start else None,
                     on_batch=(lambda d, t, m=prep.modality: on_batch(m, d, t)) if on_batch else None)
                 scored.append(evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,

@@ -226,6 +226,8 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         "",
         f"Model `{m['model']['name']}` (fingerprint `{m['model']['fingerprint'][:16]}…`) from "
         f"`{m['model']['dir']}`, run on **{m['backend']} / {m['device']}**"
+        + f" at {m.get('precision') or 'fp32'}"
+        + (f" (providers: {', '.join(m['providers'])})" if m.get("providers") else "")
         + (f" at {m['images_per_second']:.1f} images/s" if m.get("images_per_second") else "")
         + (" (features from the cache, computed earlier)" if m.get("features_from_cache") else "") + ".",
         "",
