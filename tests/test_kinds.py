@@ -213,3 +213,13 @@ def test_keras_model_with_lrn_loads_in_a_fresh_process_after_import_crossmodal(d
     want = reference.run(dag, x.transpose(0, 3, 1, 2), ["fc"])["fc"]
     got = np.load(tmp_path / "y.npy")
     assert np.abs(got - want).max() / np.abs(want).max() < 2e-5
+
+
+def test_flops_count_every_kind(dag):
+    from crossmodal.convert.flops import count_flops
+    f = count_flops(dag.graph)
+    assert f.uncounted == []
+    assert f.by_layer["conv1"] == 2 * 8 * 9 * 11 * 3 * 3 * 3  # no bias: no adds beyond the products
+    assert f.by_layer["branch_g"] == 2 * 6 * 9 * 11 * 4 * 3 * 3 + 6 * 9 * 11  # 8 channels in 2 groups
+    assert f.by_layer["bn1"] == 2 * 8 * 9 * 11 and f.by_layer["cat"] == 0
+    assert f.by_layer["sum"] == 2 * 10 * 9 * 11 and f.by_layer["prod"] == 2 * 10 * 9 * 11  # coeff −0.5; 3 inputs

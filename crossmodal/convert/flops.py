@@ -7,7 +7,12 @@ Counted per image, with a multiply-add as 2 FLOPs (the convention of GPU peak fi
 * ``dense``: 2 · in · out, plus ``out`` for the bias;
 * ``max_pool2d`` / ``avg_pool2d``: k_h · k_w per output (comparisons or adds);
 * ``relu``: one per element; ``softmax``: ~5 per element (max, subtract, exp, sum, divide);
-* ``flatten`` / ``dropout``: 0 (no arithmetic at inference).
+* ``global_avg_pool2d``: one add per input element;
+* ``batch_norm``: 2 per element (inference folds it to one multiply-add per element);
+  ``scale``: 1 per element, 2 with a bias;
+* ``lrn``: ``size`` + 3 per element (square, window sum, power, divide);
+* ``eltwise``: one per element per input after the first, plus one per coefficient ≠ 1;
+* ``flatten`` / ``dropout`` / ``concat``: 0 (no arithmetic at inference).
 
 ``matmul`` is the part that runs on tensor cores (convolutions and dense layers
 without their bias adds): the figure to hold against a GPU's dense fp16/fp32 peak.
@@ -52,7 +57,7 @@ def count_flops(graph: Graph) -> FlopCount:
             kh, kw = a["kernel"]
             groups = int(a.get("groups", 1))
             mm = 2 * _numel(o_shape) * (int(a["in_channels"]) // groups) * kh * kw
-            flops = mm + _numel(o_shape)
+            flops = mm + (_numel(o_shape) if "bias" in layer.tensors else 0)
         elif kind == "dense":
             mm = 2 * int(a["in_features"]) * int(a["out_features"])
             flops = mm + int(a["out_features"])
@@ -63,7 +68,18 @@ def count_flops(graph: Graph) -> FlopCount:
             flops = _numel(o_shape)
         elif kind == "softmax":
             flops = 5 * _numel(o_shape)
-        elif kind in ("flatten", "dropout"):
+        elif kind == "global_avg_pool2d":
+            flops = _numel(shapes[layer.inputs[0]])
+        elif kind == "batch_norm":
+            flops = 2 * _numel(o_shape)
+        elif kind == "scale":
+            flops = (2 if "bias" in layer.tensors else 1) * _numel(o_shape)
+        elif kind == "lrn":
+            flops = (int(a["size"]) + 3) * _numel(o_shape)
+        elif kind == "eltwise":
+            extra = sum(1 for c in (a.get("coeffs") or ()) if float(c) != 1.0)
+            flops = (len(layer.inputs) - 1 + extra) * _numel(o_shape)
+        elif kind in ("flatten", "dropout", "concat"):
             flops = 0
         else:
             out.uncounted.append(layer.name)
