@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json_option, precision_option,
+                                    step_printer, trt_option)
 
 
 @click.command("retrieval")
@@ -29,6 +30,8 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
               help="Used only for features not yet in the cache.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@precision_option
+@trt_option
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=None, help="Image-decoding threads.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
@@ -48,7 +51,8 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @json_option
 @handle_errors
 def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_root, config, split, backend, device,
-              batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir, quiet, as_json):
+              precision, trt, batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir,
+              quiet, as_json):
     """Category-level retrieval with a photo-trained network's features: for each query image,
     rank the target modality's images by similarity; relevant = same scene category. Reports
     mAP, P@k and R@k with their exact chance levels, beside the published CMPlaces numbers.
@@ -66,8 +70,9 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
         run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
                             metric=metric, k=k, data_root=data_root, config=config, split=split, backend=backend,
                             device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
-                            cache_dir=cache_dir, draft=not no_draft, show=show, show_query=show_query,
-                            on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
+                            cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt, show=show,
+                            show_query=show_query, on_step=step_printer(quiet_all), on_start=bars.start,
+                            on_batch=bars.update)
     if as_json:
         echo_json({"pairs": run.results["pairs"], "files": {n: str(p) for n, p in run.files.items()}})
         return

@@ -158,8 +158,11 @@ def _versions() -> dict:
 
 
 def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, features, *,
-             unmapped: str, settings: dict, label_map: Path | None, t_start: float) -> BaselineResult:
-    """Score one modality's features and write its files (``metrics.json`` last)."""
+             unmapped: str, settings: dict, label_map: Path | None,
+             t_start: float) -> tuple[BaselineResult, Callable[[], None]]:
+    """Score one modality's features: ``(result, write)``; ``write()`` writes its files
+    (``metrics.json`` last). Nothing is written before every modality has scored, so bad
+    input found late (nothing decoded, nothing left to score) leaves the folder as it was."""
     mapping, dataset, out = prep.mapping, prep.dataset, prep.out_dir
     if len(features) == 0:
         example = f" (e.g. {features.failed[0][0]}: {features.failed[0][1]})" if features.failed else ""
@@ -184,17 +187,9 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
     rows = per_class_rows(met, mapping)
     class_names = [names[int(t)] for t in met.classes]
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
     files = {name: out / name for name in FILES}
-    reports.write_per_class_csv(files["per_class.csv"], rows)
-    reports.write_predictions_csv(files["predictions.csv"], [features.paths[i] for i in inc],
-                                  [names[int(features.labels[i])] for i in inc], predicted, probs, k=TOP_K)
-    reports.plot_confusion(files["confusion.png"], met.confusion, class_names,
-                           title=f"{prep.modality}: confusion matrix ({len(class_names)} classes, rows normalised)")
-    reports.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
-                           overall=met.top1, chance=met.chance["chance_top1"],
-                           title=f"{prep.modality}: per-class top-1 accuracy")
+    pred_paths = [features.paths[i] for i in inc]
+    true_names = [names[int(features.labels[i])] for i in inc]
 
     ips, ips_source = features.stats.get("images_per_second"), "this run"
     if ips is None:
@@ -207,6 +202,8 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
         "backend": backend_info.get("backend", settings["backend"]),
         "device": backend_info.get("device", "unknown"),
         "backend_info": backend_info, "features_from_cache": features.backend is None,
+        "precision": backend_info.get("precision", settings.get("precision", "fp32")),
+        "providers": backend_info.get("providers"),
         "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": fingerprint,
                   "num_labels": len(mapping.source_labels), "preprocess": graph.preprocess.to_dict()},
         "dataset": {"root": str(dataset.root), "layout": dataset.layout, "origin": dataset.origin,
@@ -241,9 +238,21 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
         "versions": _versions(),
         "files": FILES,
     })
-    write_text_atomic(files["report.md"], reports.markdown_report(metrics, rows))
-    reports.write_json(files["metrics.json"], metrics)
-    return BaselineResult(prep.modality, out, metrics, files)
+
+    def write() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)
+        reports.write_per_class_csv(files["per_class.csv"], rows)
+        reports.write_predictions_csv(files["predictions.csv"], pred_paths, true_names, predicted, probs, k=TOP_K)
+        reports.plot_confusion(files["confusion.png"], met.confusion, class_names,
+                               title=f"{prep.modality}: confusion matrix ({len(class_names)} classes, "
+                                     "rows normalised)")
+        reports.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
+                               overall=met.top1, chance=met.chance["chance_top1"],
+                               title=f"{prep.modality}: per-class top-1 accuracy")
+        write_text_atomic(files["report.md"], reports.markdown_report(metrics, rows))
+        reports.write_json(files["metrics.json"], metrics)
+    return BaselineResult(prep.modality, out, metrics, files), write
 
 
 def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], *,
@@ -252,7 +261,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                  batch_size: int = 32, workers: int | None = None, threads: int | None = None,
                  limit: int | None = None, label_map=None, unmapped: str = "exclude",
                  features: Sequence[str] = ("fc7",), cache_dir=None, draft: bool = True,
-                 backend_options: dict | None = None,
+                 backend_options: dict | None = None, precision: str = "fp32", trt: bool = False,
                  on_step: Callable[[str], None] | None = None,
                  on_start: Callable[[str, int, int], None] | None = None,
                  on_batch: Callable[[str, int, int], None] | None = None) -> BaselineRun:
@@ -262,12 +271,17 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     ``images``/``list_file``/``categories`` override the data set of a single
     modality. ``features``: feature layers cached beside the logits (``fc7``,
     ``pool5``) for later use (retrieval). ``cache_dir``: feature cache folder
-    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``). ``backend_options``: passed to
+    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``; the fp16 ONNX model and TensorRT engines go
+    there too when the model folder is read-only). ``precision``: fp32, fp16, bf16
+    (:mod:`crossmodal.convert.precision`); ``trt``: ONNX Runtime's TensorRT provider first.
+    ``backend_options``: passed to
     :func:`~crossmodal.evaluate.backends.open_backend` (e.g. ``{"spinning": True}``). Progress: ``on_start(modality,
     done, total)``, ``on_batch(modality, done, total)``; notes go to ``on_step``.
     """
     from crossmodal.evaluate.backends import BACKENDS, SharedBackend, check_device
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.features import (
+        extract_features, model_fingerprint, rollback_new_caches, run_cache_dir,
+    )
 
     t_start = time.perf_counter()
     step = on_step or (lambda msg: None)
@@ -284,6 +298,12 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     device = check_device(device)
+    from crossmodal.convert.precision import check_precision, unsupported
+    precision = check_precision(precision)
+    if unsupported(backend, precision):
+        raise InputError(unsupported(backend, precision))
+    if trt and backend != "onnx":
+        raise InputError(f"--trt is for the onnx backend, not {backend}")
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
     model_labels(graph, model_dir)
@@ -315,31 +335,39 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     fingerprint = model_fingerprint(model_dir, graph)
 
     # 2. one backend for all modalities, opened when a modality needs computing
+    onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
+        if backend == "onnx" else {}
     backend_runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
-                                   on_open=lambda b: step(f"backend: {b.summary()}"), **(backend_options or {}))
+                                   precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"),
+                                   **onnx_options, **(backend_options or {}))
 
-    settings = {"split": split, "backend": backend, "device_requested": device, "batch_size": batch_size,
+    settings = {"split": split, "backend": backend, "device_requested": device, "precision": precision,
+                "trt": trt, "batch_size": batch_size,
                 "workers": workers, "threads": threads, "limit": limit, "draft": draft,
                 "features": layers, "unmapped": unmapped, "top_k": TOP_K,
                 "label_map": None if label_map is None else str(label_map)}
-    results = []
-    try:
-        for prep in prepared:
-            step(f"{prep.modality}: {len(prep.dataset.records)} images, "
-                 f"{len(prep.dataset.categories)} categories ({prep.dataset.layout})")
-            fs = extract_features(
-                model_dir, prep.dataset, backend_runner, layers, device=device, batch_size=batch_size,
-                workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=["logits"],
-                on_start=(lambda d, t, m=prep.modality: on_start(m, d, t)) if on_start else None,
-                on_batch=(lambda d, t, m=prep.modality: on_batch(m, d, t)) if on_batch else None)
-            results.append(evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,
-                                    settings=settings, label_map=label_map, t_start=t_start))
-    finally:
-        backend_runner.close()
+    scored = []
+    with rollback_new_caches(cache_dir, out_dir):
+        try:
+            for prep in prepared:
+                step(f"{prep.modality}: {len(prep.dataset.records)} images, "
+                     f"{len(prep.dataset.categories)} categories ({prep.dataset.layout})")
+                fs = extract_features(
+                    model_dir, prep.dataset, backend_runner, layers, device=device, batch_size=batch_size,
+                    workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step,
+                    read=["logits"], precision=precision,
+                    on_start=(lambda d, t, m=prep.modality: on_start(m, d, t)) if on_start else None,
+                    on_batch=(lambda d, t, m=prep.modality: on_batch(m, d, t)) if on_batch else None)
+                scored.append(evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,
+                                       settings=settings, label_map=label_map, t_start=t_start))
+        finally:
+            backend_runner.close()
 
-    run = BaselineRun(results)
-    if len(results) > 1:
-        run.comparison = write_comparison(out_dir, results)
+    for _, write in scored:  # every modality scored: now the files
+        write()
+    run = BaselineRun([result for result, _ in scored])
+    if len(run.results) > 1:
+        run.comparison = write_comparison(out_dir, run.results)
     return run
 
 

@@ -27,7 +27,9 @@ decode (truncated, empty, not an image) are skipped, counted and listed
   :meth:`IRModel.fingerprint`, without loading the weights),
 * the preprocessing spec, the mean image's hash when there is one, and the
   draft-decoding flag,
-* the file list: every image's path, size and modification time, in order.
+* the file list: every image's path, size and modification time, in order,
+* the precision, when it is not ``fp32`` (fp16 / bf16 features differ from fp32 ones
+  by more than rounding, so they get their own file; fp32 keys are as before).
 
 The backend is *not* part of the key (backends agree to float32 rounding); the
 backends that filled a cache are recorded in its ``backends`` attribute. A
@@ -60,6 +62,7 @@ import json
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +137,39 @@ def run_cache_dir(cache_dir: str | os.PathLike | None, out_dir: str | os.PathLik
     return Path(out_dir) / "cache"
 
 
+@contextmanager
+def rollback_new_caches(cache_dir: str | os.PathLike, out_dir: str | os.PathLike):
+    """Bad input leaves an output folder as it was, its ``cache`` sub-folder included.
+
+    When ``cache_dir`` lies inside ``out_dir`` (the default ``<out>/cache``) and the
+    block raises :class:`InputError` (bad input found after the image pass: nothing
+    decoded, one category …), the entries this run added to ``cache_dir`` are removed,
+    and ``cache_dir`` / ``out_dir`` themselves if this run created them. Any other
+    exception (a crash, Ctrl-C, a kill) keeps the cache, so that the next run resumes;
+    so does a cache elsewhere (``--cache``, ``$CROSSMODAL_CACHE``), which is shared.
+    """
+    import shutil
+
+    cache_dir, out_dir = Path(cache_dir).absolute(), Path(out_dir).absolute()
+    if not cache_dir.is_relative_to(out_dir):
+        yield
+        return
+    anchor = next(p for p in [cache_dir, *cache_dir.parents] if p.exists())  # the deepest folder already there
+    before = {p.name for p in cache_dir.iterdir()} if cache_dir.is_dir() else None
+    try:
+        yield
+    except InputError:
+        if cache_dir.is_dir():
+            for entry in cache_dir.iterdir():
+                if before is None or entry.name not in before:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for d in [cache_dir, *cache_dir.parents]:  # folders this run created, if left empty
+            if d == anchor or not d.is_relative_to(anchor) or not d.is_dir() or any(d.iterdir()):
+                break
+            d.rmdir()
+        raise
+
+
 def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) -> str:
     """:meth:`IRModel.fingerprint` of a model folder, from the tensor hashes in ``model.json``.
 
@@ -169,7 +205,7 @@ def file_list_sha256(paths: Sequence[Path]) -> str:
 
 
 def cache_key(fingerprint: str, graph: Graph, paths: Sequence[Path], *, draft: bool,
-              mean_image: np.ndarray | None = None) -> tuple[str, dict]:
+              mean_image: np.ndarray | None = None, precision: str = "fp32") -> tuple[str, dict]:
     """The cache key and its parts (see the module docstring)."""
     from crossmodal.convert.ir import tensor_sha256
     parts = {
@@ -180,6 +216,8 @@ def cache_key(fingerprint: str, graph: Graph, paths: Sequence[Path], *, draft: b
         "num_images": len(paths),
         "file_list_sha256": file_list_sha256(paths),
     }
+    if precision != "fp32":
+        parts["precision"] = precision
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return key, parts
 
@@ -294,7 +332,8 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                      on_start: Callable[[int, int], None] | None = None,
                      on_batch: Callable[[int, int], None] | None = None,
                      log: Callable[[str], None] | None = None,
-                     read: Sequence[str] | None = None) -> FeatureSet:
+                     read: Sequence[str] | None = None, precision: str = "fp32",
+                     backend_options: dict | None = None) -> FeatureSet:
     """Run ``dataset``'s images through the model once; cached and resumable (module docstring).
 
     ``backend``: a name (``onnx``, ``keras``, ``torch``; opened only when rows need
@@ -310,15 +349,21 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     ``on_batch(done, total)`` after each batch is written; an exception raised
     there stops the pass with the cache resumable. ``log`` receives notes.
     ``read``: the layers to return (default: ``layers``); the others are computed
-    and cached for later use but not loaded into memory.
+    and cached for later use but not loaded into memory. ``precision``: ``fp32``,
+    ``fp16``, ``bf16`` (:mod:`crossmodal.convert.precision`), part of the cache key when
+    reduced; a backend passed in must run at it. ``backend_options``: more keywords for
+    :func:`~crossmodal.evaluate.backends.open_backend` when ``backend`` is a name
+    (``trt``, ``cache_dir``, ``pinned`` …).
 
     Labels and categories are always the data set's own (the cache stores the
     features, which do not depend on them), so a relabelled list reuses the cache
     with its new labels. A resumed pass keeps the batch size the cache was started
     with, so that its rows are identical to those of an uninterrupted pass.
     """
+    from crossmodal.convert.precision import check_precision
     from crossmodal.evaluate.backends import Backend, open_backend
 
+    precision = check_precision(precision)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
     log = log or (lambda msg: None)
@@ -334,7 +379,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     mean_image = read_mean_image(model_dir, graph)
     paths = [r.path for r in dataset.records]
     key, parts = cache_key(model_fingerprint(model_dir, graph), graph, paths, draft=draft,
-                           mean_image=mean_image)
+                           mean_image=mean_image, precision=precision)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +412,11 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                     run = backend()
                 else:
                     run = opened = open_backend(str(backend), model_dir, stored_layers, device=device,
-                                                graph=graph, threads=threads)
+                                                graph=graph, threads=threads, precision=precision,
+                                                **(backend_options or {}))
+                ran_at = getattr(run, "precision", "fp32")
+                if ran_at != precision:
+                    raise InputError(f"the backend runs at {ran_at}, but {precision} features were asked for")
                 missing = [l for l in stored_layers if l not in run.layers]
                 if missing:
                     raise InputError(f"the backend does not return {missing} (it returns {list(run.layers)})")

@@ -226,6 +226,8 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         "",
         f"Model `{m['model']['name']}` (fingerprint `{m['model']['fingerprint'][:16]}…`) from "
         f"`{m['model']['dir']}`, run on **{m['backend']} / {m['device']}**"
+        + f" at {m.get('precision') or 'fp32'}"
+        + (f" (providers: {', '.join(m['providers'])})" if m.get("providers") else "")
         + (f" at {m['images_per_second']:.1f} images/s" if m.get("images_per_second") else "")
         + (" (features from the cache, computed earlier)" if m.get("features_from_cache") else "") + ".",
         "",
@@ -243,9 +245,11 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         f"| top-1 (unmuted) | {pct(m['top1_unmuted'])} | |",
         f"| top-5 (unmuted) | {pct(m['top5_unmuted'])} | |",
         f"| mean class accuracy (top-1) | {pct(m['mean_class_accuracy'])} | |",
-        f"| chance top-1 (1 / {m['num_classes_evaluated']} classes) | {pct(m['chance_top1'])} | |",
+        f"| chance top-1, uniform guess over the {m.get('chance_num_labels', '?')} kept labels "
+        f"| {pct(m['chance_top1'])} | |",
         f"| chance top-1, prior-matched guess | {pct(m.get('chance_top1_prior'))} | |",
-        f"| chance top-5 | {pct(m.get('chance_top5'))} | |",
+        f"| chance top-1, always the most frequent label | {pct(m.get('chance_top1_majority'))} | |",
+        f"| chance top-5, uniform guess | {pct(m.get('chance_top5'))} | |",
         "",
         f"Reference: {ref['model']} reaches {pct(ref['top1'])} top-1 / {pct(ref['top5'])} top-5 on "
         f"{ref['dataset']} — {ref['note']}.",

@@ -160,6 +160,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
                   split: str = "val", backend: str = "onnx", device: str = "auto", batch_size: int = 32,
                   workers: int | None = None, threads: int | None = None, limit: int | None = None,
                   cache_dir=None, draft: bool = True, show: int = 0, show_query: str = "0",
+                  precision: str = "fp32", trt: bool = False,
                   on_step: Callable[[str], None] | None = None,
                   on_start: Callable[[str, int, int], None] | None = None,
                   on_batch: Callable[[str, int, int], None] | None = None) -> RetrievalRun:
@@ -171,13 +172,17 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     reuse its features; default ``$CROSSMODAL_CACHE``, else ``<out>/cache``).
     ``show``: for each pair, a PNG of the ``show`` nearest targets of the query
     image ``show_query`` (a 0-based index into the query modality's decoded
-    images, or a path / file name).
+    images, or a path / file name). ``precision`` (fp32, fp16, bf16) and ``trt`` as in
+    :func:`~crossmodal.evaluate.baseline.run_baseline`; reduced-precision features have
+    their own cache entries.
     """
     from crossmodal.evaluate import retrieval_reports as reports
     from crossmodal.evaluate.retrieval_reports import pick_query
     from crossmodal.evaluate.backends import SharedBackend, check_device
     from crossmodal.evaluate.baseline import limit_records
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.features import (
+        extract_features, model_fingerprint, rollback_new_caches, run_cache_dir,
+    )
 
     t_start = time.perf_counter()
     step = on_step or (lambda msg: None)
@@ -224,28 +229,37 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
 
     # 2. features, from the cache or computed by one shared backend ("logits" too: the baseline's cache)
     layers = ["logits", layer]
+    from crossmodal.convert.precision import check_precision, unsupported
+    precision = check_precision(precision)
+    if unsupported(backend, precision):
+        raise InputError(unsupported(backend, precision))
+    if trt and backend != "onnx":
+        raise InputError(f"--trt is for the onnx backend, not {backend}")
+    onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
+        if backend == "onnx" else {}
     runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
-                           on_open=lambda b: step(f"backend: {b.summary()}"))
+                           precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"), **onnx_options)
     feats: dict[str, ModalityFeatures] = {}
-    try:
-        for name, ds in datasets.items():
-            step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
-            fs = extract_features(
-                model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
-                cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer],
-                on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
-                on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
-            feats[name] = as_modality_features(name, ds, fs, layer)
-        ran = runner.backend.describe() if runner.backend is not None else None
-    finally:
-        runner.close()
+    with rollback_new_caches(cache_dir, out_dir):  # bad input found late leaves <out> as it was
+        try:
+            for name, ds in datasets.items():
+                step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
+                fs = extract_features(
+                    model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
+                    cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer], precision=precision,
+                    on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
+                    on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
+                feats[name] = as_modality_features(name, ds, fs, layer)
+            ran = runner.backend.describe() if runner.backend is not None else None
+        finally:
+            runner.close()
 
-    # 3. scores per pair, then the files
-    pairs = []
-    for q in q_names:
-        for t in t_names:
-            step(f"retrieval {q} → {t}")
-            pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
+        # 3. scores per pair, then the files
+        pairs = []
+        for q in q_names:
+            for t in t_names:
+                step(f"retrieval {q} → {t}")
+                pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
     results = {
         "format": FORMAT, "version": 1,
         "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": model_fingerprint(model_dir, graph)},
@@ -255,7 +269,9 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
         "modalities": {n: f.describe() for n, f in feats.items()},
         "pairs": pairs,
         "published": reports.published_comparison(pairs),
+        "precision": precision,
         "settings": {"batch_size": batch_size, "workers": workers, "threads": threads, "limit": limit,
+                     "precision": precision, "trt": trt,
                      "draft": draft, "device_requested": device, "cache_dir": str(cache_dir)},
         "timings_s": {"total": round(time.perf_counter() - t_start, 3)},
     }

@@ -129,7 +129,9 @@ def markdown(results: dict) -> str:
             lines.append(f"- {p['query']} → {p['target']}: {p['num_excluded_queries']} of "
                          f"{p['num_queries']} queries: {cats}")
     b = results["backend"]
-    lines += ["", f"Features: backend {b.get('backend')}, device {b.get('device', '–')}; model fingerprint "
+    providers = f", providers {', '.join(b['providers'])}" if b.get("providers") else ""
+    lines += ["", f"Features: backend {b.get('backend')}, device {b.get('device', '–')}, precision "
+              f"{results.get('precision', 'fp32')}{providers}; model fingerprint "
               f"`{results['model']['fingerprint'][:16]}…`.", ""]
     return "\n".join(lines)
 
