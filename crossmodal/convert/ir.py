@@ -276,6 +276,10 @@ class Provenance:
     framework_versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    #: What the weights are (see :mod:`crossmodal.convert.identity`): ``{"kind": "random", "seed": N}``,
+    #: ``{"kind": "card", "card": NAME, ...}`` or ``{"kind": "unknown", "sha256": ...}``; empty in an
+    #: IR written before it was recorded (read as unknown).
+    weights_identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

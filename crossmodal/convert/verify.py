@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from crossmodal.convert.identity import banner, describe, identity
 from crossmodal.convert.engines import Engine
 from crossmodal.convert.ir import IRModel
 from crossmodal.errors import InputError
@@ -138,6 +139,8 @@ class VerifyReport:
     environment: dict = field(default_factory=dict)
     max_top1_disagreements: int = 0
     allow_tf32: bool = False
+    #: The weights' identity (:mod:`crossmodal.convert.identity`), as ``model.json`` records it.
+    weights: dict = field(default_factory=dict)
 
     def gates(self) -> list[dict]:
         """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
@@ -181,6 +184,8 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {
             "passed": self.passed,
+            "weights": {**self.weights, "description": describe(self.weights)},
+            "banner": banner(self.weights),
             "reference": self.reference,
             "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
                           "gated": list(GATED_BLOBS)},
@@ -439,7 +444,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
                                  if e is reference or e.name in comparisons},
                         comparisons=comparisons, classifier=classifier, errors=errors,
                         environment=environment(seed if images is None else None),
-                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32)
+                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32,
+                        weights=identity(graph))
 
 
 def _need(path: Path) -> Path:
