@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from crossmodal import __version__
-from crossmodal.convert import identity
+from crossmodal.convert import consistency, identity
 from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
 from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
@@ -256,6 +256,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
         weights_file = read_options.get("caffemodel") or Path(source)
         prov.weights_identity = identity.resolve(weights_file, prov.source_sha256)
     model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
+    consistency.check(model.graph, source)  # input spec, preprocessing and first layer agree
     if "keras" in targets:  # refuse inexpressible layers before any file is written
         from crossmodal.convert.emitters.to_keras import check_keras
         check_keras(model.graph)

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.identity import banner, describe, identity
 from crossmodal.convert.engines import Engine
 from crossmodal.convert.ir import IRModel
@@ -369,6 +370,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     model_dir = Path(model_dir)
     model = load_ir(model_dir)
     graph = model.graph
+    check_consistency(graph, model_dir)
     names = E.available(engines)
     check_input_size(model)
     if max_top1_disagreements < 0:

@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crossmodal.convert import identity
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir import Graph
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
@@ -299,6 +300,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     device = check_device(device)
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     model_labels(graph, model_dir)
     layers = list(dict.fromkeys(["logits", *features]))
     for name in layers:

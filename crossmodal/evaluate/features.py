@@ -67,6 +67,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir import Graph, IRModel, infer_shapes
 from crossmodal.convert.ir_io import load_graph, read_tensor
 from crossmodal.errors import InputError
@@ -324,6 +325,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     log = log or (lambda msg: None)
     model_dir = Path(model_dir)
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     layers = list(dict.fromkeys(layers))
     if not layers:
         raise InputError("no feature layers asked for")

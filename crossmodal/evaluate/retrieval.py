@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crossmodal.convert import identity
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
 from crossmodal.evaluate.datasets import (
@@ -194,6 +195,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     device = check_device(device)
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     graph.resolve(layer)
     if all_pairs:
         if queries or targets:
