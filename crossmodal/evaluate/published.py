@@ -1,7 +1,14 @@
-"""Published CMPlaces retrieval numbers (Castrejón et al. CVPR 2016; Aytar et al. 2016).
+"""Published CMPlaces retrieval numbers.
+
+Sources: L. Castrejón, Y. Aytar, C. Vondrick, H. Pirsiavash, A. Torralba, "Learning
+Aligned Cross-Modal Representations from Weakly Aligned Data", CVPR 2016
+(doi:10.1109/CVPR.2016.321); Y. Aytar, L. Castrejón, C. Vondrick, H. Pirsiavash,
+A. Torralba, "Cross-Modal Scene Networks", arXiv:1610.09003, 2016.
 
 The numbers live in the packaged ``data/published_cmplaces.json`` with their
-sources and a note; this module only loads and reshapes them. They are
+sources (full citations, DOI / arXiv id), per table the sources it comes from and
+where in them (``location``; ``None`` until checked against the paper), and a
+note; this module only loads and reshapes them. They are
 **reference** values: the published networks were trained for cross-modal
 alignment, unlike the Places365 networks this toolkit evaluates.
 
