@@ -42,8 +42,19 @@ def published_comparison(pairs: Sequence[dict]) -> dict:
             maps = {m: v[(q, t)] for m, v in cross.items() if (q, t) in v}
             precision = {m: v[(q, t)] for m, v in p10.items() if (q, t) in v}
         rows.append({"query": q, "target": t, "map_percent": maps, "precision_at_10_percent": precision})
+    locations = {name: {"location": dict(table["location"]), "location_note": table.get("location_note")}
+                 for name, table in data["tables"].items()}
     return {"note": data["note"], "sources": {k: v["citation"] for k, v in data["sources"].items()},
+            "locations": locations, "modalities_note": data.get("modalities_note"),
             "chance_map_percent": data["chance_map_percent"], "pairs": rows}
+
+
+def location_line(where: dict | None) -> str:
+    """Where each source prints a table: ``"castrejon2016: Table 3: …; aytar2016: not yet checked"``."""
+    if not where:
+        return "not yet checked against the papers"
+    return "; ".join(f"{source}: {loc or 'not yet checked against the paper'}"
+                     for source, loc in where["location"].items())
 
 
 def _grid(results: dict, key: str) -> np.ndarray:
@@ -83,9 +94,12 @@ def _published_tables(results: dict) -> list[str]:
     lines += ["## Published CMPlaces numbers for the same pairs (reference only)", "",
               f"> {pub['note']}", ""]
     this_run = f"**this run** ({results['model']['name']}, {results['layer']}, {results['metric']})"
-    for title, rows, key, metric in (("Within-modal mAP (%)", within, "map_percent", "map"),
-                                     ("Cross-modal mAP (%)", cross, "map_percent", "map"),
-                                     ("Cross-modal P@10 (%)", cross, "precision_at_10_percent", "precision_at_k")):
+    locations, notes = pub.get("locations", {}), []
+    for title, rows, key, metric, table in (
+            ("Within-modal mAP (%)", within, "map_percent", "map", "within_modal_map"),
+            ("Cross-modal mAP (%)", cross, "map_percent", "map", "cross_modal_map"),
+            ("Cross-modal P@10 (%)", cross, "precision_at_10_percent", "precision_at_k",
+             "cross_modal_precision_at_10")):
         methods = list(dict.fromkeys(m for r in rows for m in r[key]))
         if not methods:
             continue
@@ -98,7 +112,15 @@ def _published_tables(results: dict) -> list[str]:
         note = "" if metric == "map" or ks == {10} else f" (k = {', '.join(map(str, sorted(ks)))})"
         lines.append(f"| {this_run}{note} | " + " | ".join(
             f"{100 * ours[(r['query'], r['target'])][metric]:.1f}" for r in rows) + " |")
+        where = locations.get(table)
+        lines += ["", f"Printed in: {location_line(where)}."]
+        if where and not all(where["location"].values()) and where.get("location_note") \
+                and where["location_note"] not in notes:
+            notes.append(where["location_note"])
         lines.append("")
+    lines += [f"> Values and table numbers {note}." for note in notes] + ([""] if notes else [])
+    if pub.get("modalities_note"):
+        lines += [f"> {pub['modalities_note']}", ""]
     lines += ["Sources: " + "; ".join(pub["sources"].values()),
               f"The papers quote a chance mAP of {pub['chance_map_percent']} % for their sets; the chance "
               "levels above are exact for the sets of this run.", ""]
