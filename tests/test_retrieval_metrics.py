@@ -361,8 +361,12 @@ def test_published_numbers_load():
 
 #: Every published value, written out here from the text it was transcribed from: the project's
 #: issue 6 ("Published reference numbers (Castrejón et al. 2016; Aytar et al. 2016)"), which gives
-#: them as fc7 mAP / P@10 in percent. The papers' table numbers are not given there and were not
-#: re-checked against the PDFs (the JSON says so too); this pins the packaged file to that text.
+#: them as fc7 mAP / P@10 in percent. They are still NOT checked against the papers: a check was
+#: tried, but the stored copies of both papers (CVPR 2016 at vdocument.in / openaccess.thecvf.com,
+#: arXiv:1610.09003 at arxiv-vanity.com / pdffox.com) reach only the abstract, Figure 1 and the start
+#: of the introduction, not the results tables, so no paper table is named here or in the JSON
+#: (``location`` stays None). This pins the packaged file to the issue's text until someone reads the
+#: tables; the SPT -> sketch pairing is the issue's too (the JSON's modalities_note flags it).
 ISSUE6_WITHIN = {  # NAT / CLP / SPT
     "BL-Ind": (19.3, 31.7, 83.0), "BL-ShFinal": (18.2, 22.0, 81.2), "BL-ShAll": (18.4, 26.7, 82.7),
     "A: Tune": (19.0, 23.9, 74.2), "A: Tune (Free)": (19.4, 22.9, 85.0),

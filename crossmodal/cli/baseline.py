@@ -80,6 +80,11 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
         echo_json(data[0] if len(data) == 1 else {"runs": data,
                                                    "comparison": {k: str(v) for k, v in run.comparison.items()}})
         return
+    if run.results:
+        first = run.results[0].metrics
+        if first.get("banner"):
+            click.echo(f"*** {first['banner'].upper()} ***")
+        click.echo(f"weights: {first['weights']['description']}")
     for r in run.results:
         click.echo(summary_line(r.metrics) + f" → {r.files['metrics.json']}")
     if run.comparison:

@@ -46,6 +46,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
+    from crossmodal.convert.identity import describe
     from crossmodal.convert.pipeline import convert as run_convert
 
     extra = (None if onnx_outputs is None else [] if onnx_outputs.strip().lower() == "none"
@@ -64,6 +65,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     click.echo(f"{g.name}: {g.parameter_count():,} parameters, {g.num_classes} classes, "
                f"input {'×'.join(map(str, g.input.shape))} {g.preprocess.channel_order} "
                f"{g.preprocess.value_range} (preprocess: {g.preprocess.name})")
+    click.echo(f"weights: {describe(g)}")
     for a in result.artifacts:
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
     click.echo(f"done in {result.timings['total']:.1f} s")

@@ -44,7 +44,8 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 @click.option("--show", type=click.IntRange(0), default=0,
               help="For each pair, a PNG of the N nearest targets of the query image --show-query.")
 @click.option("--show-query", default="0", show_default=True,
-              help="The query image for --show: a 0-based index into the query modality, or a path / file name.")
+              help="The query image for --show: a 0-based index into the query modality's decoded images (data "
+                   "set order, images that fail to decode left out), or a path / file name.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("retrieval-out"),
               show_default=True, help="Output folder: retrieval.json, retrieval.md, retrieval.png.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
@@ -74,8 +75,12 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
                             show_query=show_query, on_step=step_printer(quiet_all), on_start=bars.start,
                             on_batch=bars.update)
     if as_json:
-        echo_json({"pairs": run.results["pairs"], "files": {n: str(p) for n, p in run.files.items()}})
+        echo_json({"weights": run.results["weights"], "banner": run.results["banner"], "pairs": run.results["pairs"],
+                   "files": {n: str(p) for n, p in run.files.items()}, "run": run.results["run"]})
         return
+    if run.results.get("banner"):
+        click.echo(f"*** {run.results['banner'].upper()} ***")
+    click.echo(f"weights: {run.results['weights']['description']}")
     for p in run.results["pairs"]:
         click.echo(f"{p['query']} → {p['target']}: mAP {100 * p['map']:.2f} % (chance {100 * p['chance_map']:.2f}), "
                    f"P@{p['k']} {100 * p['precision_at_k']:.2f} % (chance {100 * p['chance_precision_at_k']:.2f}) "

@@ -33,6 +33,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from crossmodal.convert.consistency import check as check_consistency
+from crossmodal.convert.identity import banner, describe, identity
 from crossmodal.convert.engines import Engine
 from crossmodal.convert.ir import IRModel
 from crossmodal.errors import InputError
@@ -156,6 +158,8 @@ class VerifyReport:
     feature_blob: str = "fc7"
     precision: str = "fp32"
     skipped: dict[str, str] = field(default_factory=dict)  # engines left out at this precision
+    #: The weights' identity (:mod:`crossmodal.convert.identity`), as ``model.json`` records it.
+    weights: dict = field(default_factory=dict)
 
     def gates(self) -> list[dict]:
         """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
@@ -217,6 +221,8 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {
             "passed": self.passed,
+            "weights": {**self.weights, "description": describe(self.weights)},
+            "banner": banner(self.weights),
             "reference": self.reference,
             "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
                           "gated": list(gated_blobs(self.feature_blob))},
@@ -412,6 +418,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     model_dir = Path(model_dir)
     model = load_ir(model_dir)
     graph = model.graph
+    check_consistency(graph, model_dir)
     names = E.available(engines)
     check_input_size(model)
     if max_top1_disagreements is not None and max_top1_disagreements < 0:
@@ -498,7 +505,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
                         comparisons=comparisons, classifier=classifier, errors=errors,
                         environment=environment(seed if images is None else None),
                         max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32,
-                        feature_blob=graph.feature_blob, precision=precision, skipped=skipped)
+                        feature_blob=graph.feature_blob, precision=precision, skipped=skipped,
+                        weights=identity(graph))
 
 
 def _need(path: Path) -> Path:

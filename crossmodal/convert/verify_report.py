@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from crossmodal.convert.identity import banner, describe, markdown_lines
 from crossmodal.convert.verify import VerifyReport
 
 
@@ -67,7 +68,7 @@ def markdown(report: VerifyReport) -> str:
     data = report.to_json()
     engines = list(report.comparisons)
     verdict = "PASSED" if report.passed else "FAILED"
-    lines = [f"# crossmodal verify: {verdict}", "",
+    lines = [f"# crossmodal verify: {verdict}", "", *markdown_lines(report.weights),
              f"Reference: {report.reference}. Inputs: {data['inputs']['count']} "
              f"({data['inputs']['kind']}). Tolerance: max|Δ|/max|ref| ≤ {report.tolerance:g} on "
              f"logits and {report.feature_blob}, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
@@ -130,6 +131,9 @@ def console(report: VerifyReport) -> str:
     """A compact table: per engine, the gated figures, agreement and first divergence."""
     data, out = report.to_json(), []
     div = report.first_divergence()
+    if banner(report.weights):
+        out.append(f"*** {banner(report.weights).upper()} ***")
+    out.append(f"weights: {describe(report.weights)}")
     out.append(f"reference: {report.reference}; {data['inputs']['count']} inputs ({data['inputs']['kind']})")
     out.append(f"precision: {_precision(report)}")
     feature = f"{report.feature_blob} rel"

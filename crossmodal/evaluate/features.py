@@ -52,8 +52,17 @@ status and ``done`` are written and the file is flushed. An interrupted run
 final; the next run with the same key continues from ``done``. With the same
 batch size the batches are the same as in an uninterrupted run, so the finished
 arrays are identical to it. A file that HDF5 cannot open any more (killed in the
-middle of a write) is discarded and recomputed. Two runs filling the same cache at
-once are refused (HDF5 file locking).
+middle of a write) is discarded and recomputed.
+
+**Sharing.** Every cache file has a lock, ``<file>.lock`` beside it (:mod:`filelock`,
+an OS lock released when its process ends, even killed). A run holds it from the
+moment it opens (or creates, or discards) the file until it has read its rows: a
+second run given the same ``--cache`` at the same time waits, with a note
+(``log``), then reads what the first one computed; no run ever reads half a file,
+deletes a file another run is creating, or writes into a file another run fills.
+Headers are probed without the lock only to *choose* a file; every decision that
+reads or changes a file is taken again under its lock. A complete cache on a
+read-only disk (no lock file can be made) is read without a lock.
 """
 from __future__ import annotations
 
@@ -64,12 +73,14 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir import Graph, IRModel, infer_shapes
 from crossmodal.convert.ir_io import load_graph, read_tensor
 from crossmodal.errors import InputError
@@ -289,6 +300,39 @@ def _create_cache(path: Path, *, key: str, parts: dict, layers: Sequence[str], s
     return f
 
 
+def lock_path(cache_file: Path) -> Path:
+    """The lock file of a cache file (see "Sharing" in the module docstring)."""
+    return cache_file.with_name(cache_file.name + ".lock")
+
+
+@contextmanager
+def cache_lock(path: Path, log: Callable[[str], None], poll: float = 0.2) -> Iterator[None]:
+    """Hold ``path``'s lock for the block; when another run holds it, say so and wait.
+
+    Where no lock file can be made (a read-only cache folder), a complete cache file is
+    read unlocked (nobody can be writing it) and anything else is an InputError.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(path)))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"feature cache {path.name} is in use by another run (lock {lock_path(path).name}); waiting for it")
+            lock.acquire(poll_interval=poll)
+    except OSError as exc:
+        head = _probe(path) if path.exists() else None
+        if head is not None and head["complete"]:
+            yield
+            return
+        raise InputError(f"cannot lock the feature cache ({exc.strerror or exc})", lock_path(path)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _open_cache(path: Path, *, key: str, layers: Sequence[str], dataset: Dataset,
                 log: Callable[[str], None], **create):
     """The cache file, open: read-only when complete (it may be shared, or on a read-only
@@ -369,6 +413,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     log = log or (lambda msg: None)
     model_dir = Path(model_dir)
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     layers = list(dict.fromkeys(layers))
     if not layers:
         raise InputError("no feature layers asked for")
@@ -399,8 +444,9 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     described = None
     computed, pass_seconds = 0, 0.0
     try:
-        with _open_cache(path, key=key, layers=layers, dataset=dataset, log=log, parts=parts, shapes=shapes,
-                         batch_size=batch_size) as f:
+        with cache_lock(path, log), \
+                _open_cache(path, key=key, layers=layers, dataset=dataset, log=log, parts=parts, shapes=shapes,
+                            batch_size=batch_size) as f:
             stored_layers = json.loads(f.attrs["layers"])
             n, done = len(paths), int(f.attrs["done"])
             if on_start:

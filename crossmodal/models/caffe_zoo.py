@@ -133,8 +133,9 @@ def write_random_caffemodel(prototxt: Path, path: Path, *, seed: int = 0, encodi
     Every layer of the prototxt is written, in order, with its blobs (as Caffe does);
     ``encoding``: ``"layer"`` (LayerParameter, BlobShape) or ``"layers"`` (legacy
     V1LayerParameter: type enum, 4-D blob dims; refused for types V1 lacks, e.g.
-    BatchNorm). Written to a temporary sibling, then renamed. Returns the number of
-    parameters written.
+    BatchNorm). Written to a temporary sibling, then renamed; ``<path>.origin.json`` records
+    that the weights are random (:mod:`crossmodal.convert.identity`), so reports carry the
+    random-weights banner. Returns the number of values written.
     """
     from crossmodal.convert.readers import caffe_schema as schema
     from crossmodal.convert.readers.from_caffe import read_prototxt
@@ -175,4 +176,7 @@ def write_random_caffemodel(prototxt: Path, path: Path, *, seed: int = 0, encodi
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+    from crossmodal.convert.identity import write_origin
+    from crossmodal.io.hashing import file_sha256
+    write_origin(path, {"kind": "random", "seed": int(seed)}, file_sha256(path))  # the banner's source
     return count
