@@ -15,7 +15,7 @@ from crossmodal.convert import reference
 from crossmodal.convert.ir import infer_shapes
 from crossmodal.convert.readers.from_caffe import read_caffe, read_prototxt
 from crossmodal.errors import InputError, UnsupportedError
-from helpers import shared_file
+from helpers import require_shared
 
 
 def net_text(body: str, last: str, shape=(1, 4, 6, 6), classes: int = 3) -> str:
@@ -223,7 +223,7 @@ def test_leaky_relu_concat_split_and_in_place_names(tmp_path):
 
 # --- the real prototxts ------------------------------------------------------------------------------
 def places(name: str) -> Path:
-    return shared_file("places365", name)
+    return require_shared("places365", name)
 
 
 def test_real_alexnet_graph_has_the_hand_written_blob_shapes():

@@ -479,8 +479,8 @@ def test_cli_is_registered_in_the_main_group(runner):
 def test_cli_records_the_hash_it_computed_and_checks_later_runs_against_it(runner, server, folder, tmp_path):
     """The Places365 caffemodels have no known hash: fetch prints and records the one it computed
     (DEST/<file>.sha256), and a later run verifies the file against that record."""
-    from helpers import shared_file
-    proto = shared_file("places365", "deploy_googlenet_places365.prototxt").read_bytes()
+    from helpers import require_shared
+    proto = require_shared("places365", "deploy_googlenet_places365.prototxt").read_bytes()
     weights = _blob(31, 5000)
     server.serve(f"{folder}/googlenet_places365.caffemodel", weights)
     server.serve(f"{folder}/deploy_googlenet_places365.prototxt", proto)
