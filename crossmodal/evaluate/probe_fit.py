@@ -1,0 +1,381 @@
+"""Classifiers on frozen features, pure computation on arrays: fits, the C sweep, splits, few-shot draws.
+
+Inputs are feature matrices ``x`` ``(N, D)`` float32 (a pool map flattened
+channel-first) and integer labels ``y`` ``(N,)`` in ``0..K-1``. Nothing here
+reads or writes files.
+
+**Logistic regression** (:func:`fit_logistic`): L2-regularised multinomial
+logistic regression, minimised in float32 with PyTorch's L-BFGS (full batch,
+strong Wolfe line search). The objective is scikit-learn's, so that
+``sklearn.linear_model.LogisticRegression(C=C)`` is the reference::
+
+    C · Σ_i CE(W x_i + b, y_i) + ½ ‖W‖²        (the bias b is not penalised)
+
+It is minimised divided by ``C · N`` (mean cross-entropy + ‖W‖² / (2 C N)), as
+scikit-learn's lbfgs does, with the same stopping rule: the largest absolute
+gradient entry ≤ ``tol`` (1e-4). A previous solution may be passed as ``init``
+(warm start: the sweep goes from strong to weak regularisation, each fit
+starting where the last one stopped).
+
+**The sweep** (:func:`sweep_c`): C over a log grid, each fit scored on a
+validation split carved from the training data (:func:`stratified_holdout`),
+then the two log-midpoints around the best C; the best validation top-1 wins
+(ties: the smaller C, the stronger regularisation). The caller then refits on
+all training data at that C (the protocol of CLIP's linear probe).
+
+**MLP head** (:func:`fit_mlp`): Dense 256 + ReLU + Dense K (softmax in the
+loss), RMSprop, mini-batches, early stopping on the validation split's loss
+(the best epoch's weights are kept); the per-epoch curves are returned.
+
+**Splits** are stratified and seeded: :func:`stratified_holdout`,
+:func:`stratified_kfold`, :func:`few_shot_indices` (k images per class; a class
+with fewer images gives all it has). The same seed gives the same indices.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from crossmodal.errors import InputError
+
+#: The default C grid of the sweep (then refined around the best value).
+DEFAULT_C_GRID: tuple[float, ...] = tuple(float(10.0 ** e) for e in range(-4, 4))
+MLP_HIDDEN = 256
+
+
+# --------------------------------------------------------------------------- heads
+@dataclass
+class Head:
+    """A trained classifier head: dense layers applied in order, ReLU between them.
+
+    ``layers[i] = (weight (out, in) float32, bias (out,) float32)``: one layer for
+    the logistic head, two (hidden 256, then K) for the MLP. ``logits(x)`` is the
+    head applied to features ``x`` ``(N, in)``.
+    """
+
+    kind: str
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.layers[-1][0].shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.layers[0][0].shape[1])
+
+    def logits(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """``(N, K)`` float32 logits, in row chunks (bounded memory)."""
+        x = np.asarray(x, dtype=np.float32)
+        out = np.empty((len(x), self.num_classes), dtype=np.float32)
+        for s in range(0, len(x), chunk):
+            h = x[s:s + chunk]
+            for i, (w, b) in enumerate(self.layers):
+                h = h @ w.T + b
+                if i < len(self.layers) - 1:
+                    h = np.maximum(h, 0.0)
+            out[s:s + chunk] = h
+        return out
+
+
+def torch_device(device: str = "cpu") -> str:
+    """``auto`` → ``cuda`` when PyTorch sees a GPU, else ``cpu``; other values as given."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but PyTorch sees no GPU")
+    return device
+
+
+def _as_tensors(x, y, device: str):
+    import torch
+    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y, dtype=np.int64))
+    return xt.to(device=device, dtype=torch.float32), yt.to(device=device, dtype=torch.int64)
+
+
+def _check_xy(x, y, n_classes: int) -> None:
+    if len(x) != len(y):
+        raise InputError(f"{len(x)} feature rows for {len(y)} labels")
+    if len(x) == 0:
+        raise InputError("no training rows")
+    if n_classes < 2:
+        raise InputError(f"a classifier needs at least 2 classes, not {n_classes}")
+
+
+# --------------------------------------------------------------------------- logistic regression
+def fit_logistic(x, y, n_classes: int, C: float, *, init: Head | None = None, max_iter: int = 500,
+                 tol: float = 1e-4, device: str = "cpu", history_size: int = 20) -> Head:
+    """L2-regularised multinomial logistic regression (module docstring), float32 L-BFGS.
+
+    ``x`` ``(N, D)``, ``y`` ``(N,)`` in ``0..n_classes-1`` (NumPy arrays, or torch
+    tensors already on ``device``). ``init``: a previous :class:`Head` to start from
+    (warm start). Returns a :class:`Head` whose ``info`` holds ``C``, ``iterations``
+    (function evaluations), ``converged``, ``max_abs_grad``, ``seconds``.
+    """
+    import torch
+
+    if not C > 0:
+        raise InputError(f"C must be positive, not {C}")
+    _check_xy(x, y, n_classes)
+    t0 = time.perf_counter()
+    xt, yt = _as_tensors(x, y, device)
+    n, d = xt.shape
+    if init is not None:
+        w0, b0 = init.layers[0]
+        w = torch.tensor(w0, dtype=torch.float32, device=device)
+        b = torch.tensor(b0, dtype=torch.float32, device=device)
+    else:
+        w = torch.zeros((n_classes, d), dtype=torch.float32, device=device)
+        b = torch.zeros(n_classes, dtype=torch.float32, device=device)
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    reg = 1.0 / (2.0 * C * n)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25) + 1,
+                            tolerance_grad=tol, tolerance_change=1e-12, history_size=history_size,
+                            line_search_fn="strong_wolfe")
+    evals = 0
+
+    def closure():
+        nonlocal evals
+        evals += 1
+        opt.zero_grad(set_to_none=False)
+        logits = torch.addmm(b, xt, w.T)
+        loss = torch.nn.functional.cross_entropy(logits, yt, reduction="mean") + reg * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    loss = closure()  # the final point's loss and gradient (the stopping rule's quantity)
+    grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
+    head = Head("logistic", [(w.detach().cpu().numpy().astype(np.float32),
+                              b.detach().cpu().numpy().astype(np.float32))])
+    head.info = {"C": float(C), "iterations": evals, "converged": bool(grad <= tol), "max_abs_grad": grad,
+                 "loss": float(loss.detach()), "seconds": time.perf_counter() - t0, "device": str(xt.device)}
+    return head
+
+
+def predict_topk(logits: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices of the ``k`` largest logits per row, best first (ties: lower index first)."""
+    k = min(k, logits.shape[1])
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def top1_accuracy(head: Head, x, y) -> float:
+    y = np.asarray(y)
+    return float(np.mean(np.argmax(head.logits(x), axis=1) == y)) if len(y) else float("nan")
+
+
+@dataclass
+class Sweep:
+    """The C sweep: every C tried (in order) with its validation top-1, and the chosen C."""
+
+    grid: list[float]
+    val_top1: list[float]
+    best_c: float
+    heads: dict[float, Head] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        order = np.argsort(self.grid)
+        return {"C_grid": [self.grid[i] for i in order], "val_top1": [self.val_top1[i] for i in order],
+                "C": self.best_c, "seconds": round(self.seconds, 3),
+                "iterations": [self.heads[self.grid[i]].info.get("iterations") for i in order]}
+
+
+def sweep_c(x_train, y_train, x_val, y_val, n_classes: int, *, grid: Sequence[float] = DEFAULT_C_GRID,
+            refine: bool = True, patience: int = 2, device: str = "cpu", max_iter: int = 300, tol: float = 1e-4,
+            log: Callable[[str], None] | None = None) -> Sweep:
+    """Sweep C (ascending, warm starts) on a train/validation split; see the module docstring.
+
+    ``patience``: stop the coarse grid once the validation top-1 has fallen below the
+    best for this many consecutive C values (weak regularisation is the slow end).
+    ``refine``: then also fit the two log-midpoints around the best C.
+    """
+    import torch
+
+    log = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    grid = sorted(float(c) for c in grid)
+    if not grid:
+        raise InputError("the C grid is empty")
+    xt, yt = _as_tensors(x_train, y_train, device)
+    y_val = np.asarray(y_val)
+    tried: dict[float, tuple[float, Head]] = {}
+    prev: Head | None = None
+    worse = 0
+    for c in grid:
+        head = fit_logistic(xt, yt, n_classes, c, init=prev, device=device, max_iter=max_iter, tol=tol)
+        acc = top1_accuracy(head, x_val, y_val)
+        tried[c] = (acc, head)
+        log(f"C={c:g}: validation top-1 {100 * acc:.2f} % ({head.info['iterations']} evaluations, "
+            f"{head.info['seconds']:.1f} s)")
+        prev = head
+        best = max(a for a, _ in tried.values())
+        worse = worse + 1 if acc < best else 0
+        if worse >= patience:
+            break
+    best_c = _best(tried)
+    if refine and len(grid) > 1:
+        for c in (best_c / math.sqrt(10.0), best_c * math.sqrt(10.0)):
+            if c in tried:
+                continue
+            start = max((k for k in tried if k < c), default=None)
+            head = fit_logistic(xt, yt, n_classes, c, init=tried[start][1] if start else None, device=device,
+                                max_iter=max_iter, tol=tol)
+            tried[c] = (top1_accuracy(head, x_val, y_val), head)
+            log(f"C={c:g}: validation top-1 {100 * tried[c][0]:.2f} % (refinement)")
+        best_c = _best(tried)
+    del xt, yt
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    cs = list(tried)
+    return Sweep(cs, [tried[c][0] for c in cs], best_c, {c: h for c, (_, h) in tried.items()},
+                 time.perf_counter() - t0)
+
+
+def _best(tried: dict[float, tuple[float, Head]]) -> float:
+    """Highest validation top-1; ties go to the smaller C."""
+    return min(tried, key=lambda c: (-tried[c][0], c))
+
+
+# --------------------------------------------------------------------------- MLP head
+def fit_mlp(x_train, y_train, x_val, y_val, n_classes: int, *, hidden: int = MLP_HIDDEN, lr: float = 1e-3,
+            batch_size: int = 128, max_epochs: int = 100, patience: int = 5, seed: int = 0,
+            device: str = "cpu", log: Callable[[str], None] | None = None) -> Head:
+    """Dense ``hidden`` + ReLU + Dense ``n_classes`` on frozen features, RMSprop, early stopping.
+
+    Trains on ``(x_train, y_train)`` in shuffled mini-batches; after each epoch the
+    validation loss decides: the best epoch's weights are kept, and training stops
+    after ``patience`` epochs without improvement. ``info["curves"]`` holds per epoch
+    ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``; ``info["best_epoch"]``
+    (1-based). Seeded: the same seed gives the same head on the same device.
+    """
+    import torch
+
+    _check_xy(x_train, y_train, n_classes)
+    if len(x_val) == 0:
+        raise InputError("the MLP head needs a non-empty validation split for early stopping")
+    log = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    xt, yt = _as_tensors(x_train, y_train, device)
+    xv, yv = _as_tensors(x_val, y_val, device)
+    d = xt.shape[1]
+    torch.manual_seed(int(seed))
+    net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes))
+    net.to(device)
+    opt = torch.optim.RMSprop(net.parameters(), lr=lr)
+    lossf = torch.nn.CrossEntropyLoss()
+    curves = {"train_loss": [], "train_top1": [], "val_loss": [], "val_top1": []}
+    best = (math.inf, 0, None)
+    n = len(xt)
+    for epoch in range(1, max_epochs + 1):
+        net.train()
+        order = torch.randperm(n, generator=gen).to(device)
+        total, hits = 0.0, 0
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            opt.zero_grad()
+            out = net(xt[idx])
+            loss = lossf(out, yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            hits += int((out.argmax(1) == yt[idx]).sum())
+        net.eval()
+        with torch.no_grad():
+            out = net(xv)
+            vloss, vacc = float(lossf(out, yv)), float((out.argmax(1) == yv).float().mean())
+        curves["train_loss"].append(total / n)
+        curves["train_top1"].append(hits / n)
+        curves["val_loss"].append(vloss)
+        curves["val_top1"].append(vacc)
+        if vloss < best[0]:
+            best = (vloss, epoch, [p.detach().cpu().numpy().copy() for p in net.parameters()])
+        elif epoch - best[1] >= patience:
+            break
+    log(f"MLP head: best epoch {best[1]} of {len(curves['val_loss'])} (validation loss {best[0]:.4f})")
+    w1, b1, w2, b2 = (np.asarray(p, dtype=np.float32) for p in best[2])
+    head = Head("mlp", [(w1, b1), (w2, b2)])
+    head.info = {"hidden": hidden, "optimizer": "RMSprop", "lr": lr, "batch_size": batch_size,
+                 "max_epochs": max_epochs, "patience": patience, "best_epoch": best[1],
+                 "epochs_run": len(curves["val_loss"]), "curves": curves, "seed": int(seed),
+                 "seconds": time.perf_counter() - t0, "device": str(xt.device)}
+    return head
+
+
+# --------------------------------------------------------------------------- splits
+def _per_class(y: np.ndarray) -> dict[int, np.ndarray]:
+    y = np.asarray(y)
+    return {int(c): np.flatnonzero(y == c) for c in np.unique(y)}
+
+
+def stratified_holdout(y, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)``, sorted: about ``fraction`` of each class's rows go to validation
+    (at least one when the class has two or more rows, never all of them). Seeded."""
+    if not 0 < fraction < 1:
+        raise InputError(f"validation fraction must lie in (0, 1), not {fraction}")
+    rng = np.random.default_rng([int(seed), 1])
+    train, val = [], []
+    for c, idx in _per_class(y).items():
+        idx = rng.permutation(idx)
+        k = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def stratified_kfold(y, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` folds ``[(train_idx, test_idx)]``: each class's rows are shuffled and dealt out
+    round-robin from a random fold, so every fold holds ⌊n_c / k⌋ or ⌈n_c / k⌉ of class c.
+    Every class needs at least ``k`` rows (else ``InputError``)."""
+    if k < 2:
+        raise InputError(f"--cv needs at least 2 folds, not {k}")
+    y = np.asarray(y)
+    rng = np.random.default_rng([int(seed), 2])
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for c, idx in _per_class(y).items():
+        if len(idx) < k:
+            raise InputError(f"class {c} has {len(idx)} images, fewer than the {k} folds")
+        idx = rng.permutation(idx)
+        fold_of[idx] = (np.arange(len(idx)) + rng.integers(k)) % k
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
+
+
+def few_shot_indices(y, shots: int, seed: int) -> np.ndarray:
+    """``shots`` rows per class drawn without replacement (all of a smaller class), sorted.
+    Reproducible: the draw depends only on ``(y, shots, seed)``."""
+    if shots < 1:
+        raise InputError(f"shots must be at least 1, not {shots}")
+    rng = np.random.default_rng([int(seed), int(shots), 3])
+    picks = [rng.permutation(idx)[:shots] for _, idx in _per_class(y).items()]
+    return np.sort(np.concatenate(picks))
+
+
+def parse_shots(value: str | Sequence | None) -> list[int | str]:
+    """``"1,2,5,10,all"`` → ``[1, 2, 5, 10, "all"]`` (sorted, without repeats)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    numbers, want_all = set(), False
+    for item in (str(v).strip().lower() for v in items):
+        if not item:
+            continue
+        if item == "all":
+            want_all = True
+            continue
+        try:
+            n = int(item)
+        except ValueError:
+            raise InputError(f"--shots takes positive integers and 'all', not {item!r}") from None
+        if n < 1:
+            raise InputError(f"--shots takes positive integers and 'all', not {item!r}")
+        numbers.add(n)
+    return sorted(numbers) + (["all"] if want_all else [])
