@@ -287,7 +287,7 @@ def fit_mlp(x_train, y_train, x_val, y_val, n_classes: int, *, hidden: int = MLP
             loss = lossf(out, yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             hits += int((out.argmax(1) == yt[idx]).sum())
         net.eval()
         with torch.no_grad():
