@@ -383,6 +383,15 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
         if few:
             raise InputError(f"{len(few)} categories have fewer images than the {cv} folds "
                              f"(e.g. {few[0]!r}: {counts[few[0]]})", ds.root)
+    for name, ds in trains.items():  # the classes and the overlap, from the lists (before decoding)
+        cats = {r.category for r in ds.records}
+        if len(cats) < 2:
+            raise InputError(f"the {name!r} training images ({train_split}) cover {len(cats)} category; a "
+                             f"classifier needs at least 2", ds.root)
+        for tname, tds in tests.items():
+            if (all_pairs or tname == test_name) and not cats & {r.category for r in tds.records}:
+                raise InputError(f"train and test categories do not overlap: none of the categories of the "
+                                 f"{tname!r} test images is among the {len(cats)} of the {name!r} training images")
     aliases = applicable_aliases(load_aliases(), graph.labels.names) if graph.labels else {}
     fingerprint = model_fingerprint(model_dir, graph)
     wanted = ["logits", feature] if feature != "logits" else ["logits"]
