@@ -207,6 +207,7 @@ def test_cross_validation_on_class_folders(model, root, tmp_path):
     assert not (out / "model").exists()
 
 
+@pytest.mark.slow
 def test_all_runs_the_train_by_test_grid(model, root, pair_run, tmp_path):
     out = tmp_path / "grid"
     result = _invoke(["--model", str(model), "--all", "--data-root", str(root), "--out", str(out), "--shots", "1,all",
@@ -268,3 +269,16 @@ def test_help_names_the_options():
     for option in ("--modality", "--train-modality", "--all", "--layer", "--classifier", "--C", "--cv", "--shots",
                    "--seeds", "--cache", "--device", "--train-split", "--test-split"):
         assert option in result.output
+
+
+def test_packaged_aliases_apply_only_where_the_model_lacks_the_name():
+    """Places365 labels keep the packaged renames; a model labelled with the data set's own categories
+    (the probe's adjusted network) matches them by name."""
+    from crossmodal.evaluate.labels import applicable_aliases, build_mapping, load_aliases
+    from test_features import TINY_LABELS
+    packaged = load_aliases()
+    kept = applicable_aliases(packaged, TINY_LABELS)
+    assert kept["temple_east_asia"] == "/t/temple/asia" and "underwater_coral_reef" not in kept
+    assert applicable_aliases(packaged, DATA_CATEGORIES) == {}
+    mapping = build_mapping(DATA_CATEGORIES, DATA_CATEGORIES, applicable_aliases(packaged, DATA_CATEGORIES))
+    assert mapping.target_to_source == tuple(range(len(DATA_CATEGORIES))) and not mapping.shared
