@@ -33,12 +33,12 @@ from crossmodal.evaluate import probe_fit as pf
 
 
 def make_features(classes: int, per_class: int, dim: int, rng: np.random.Generator,
-                  centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  centres: np.ndarray, noise: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
     """fc7-like rows: ``relu(centre + noise)``, float32, classes interleaved (as a shuffled list)."""
     y = np.tile(np.arange(classes), per_class)
     x = np.empty((len(y), dim), dtype=np.float32)
     for s in range(0, len(y), 2048):
-        block = rng.standard_normal((min(2048, len(y) - s), dim), dtype=np.float32) * 1.6
+        block = rng.standard_normal((min(2048, len(y) - s), dim), dtype=np.float32) * noise
         block += centres[y[s:s + 2048]]
         np.maximum(block, 0.0, out=block)
         x[s:s + 2048] = block

@@ -193,6 +193,8 @@ def test_mlp_head_on_pool5_exports_a_cut_network(model, root, pair_run, tmp_path
     with open_backend("onnx", out / "model", ["logits"], device="cpu") as onnx:
         np.testing.assert_allclose(onnx.run(batch)["logits"], head, rtol=1e-4, atol=1e-4)
     assert r["top1"] == pytest.approx(np.mean(np.argmax(head, 1) == [DATA_CATEGORIES.index(c) for _, c in val]))
+    result = CliRunner().invoke(main, ["verify", str(out / "model"), "--random", "2"])
+    assert result.exit_code == 0, result.output
 
 
 def test_cross_validation_on_class_folders(model, root, tmp_path):

@@ -468,6 +468,7 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
                   "source_file": graph.provenance.source_file, "source_sha256": graph.provenance.source_sha256},
         "layer": feature, "classifier": classifier, "seed": seed,
         "data": {f"{n}/{s}": d.describe() for (n, s), d in data.items()},
+        "split_files": {f"{n}/{s}": split_files(d.dataset) for (n, s), d in data.items()},
         "not_trained_on": skipped,
         "backend": ran or {"backend": backend, "note": "every feature came from the cache"},
         "settings": {"train_split": train_split, "test_split": test_split, "C": C, "cv": cv, "shots": shot_list,
