@@ -5,8 +5,9 @@ channel-first) and integer labels ``y`` ``(N,)`` in ``0..K-1``. Nothing here
 reads or writes files.
 
 **Logistic regression** (:func:`fit_logistic`): L2-regularised multinomial
-logistic regression, minimised in float32 with PyTorch's L-BFGS (full batch,
-strong Wolfe line search). The objective is scikit-learn's, so that
+logistic regression, minimised in float32 by L-BFGS written on PyTorch tensors
+(full batch, CPU or GPU; centred features and a diagonal preconditioner, both
+exact reparametrisations, see :func:`fit_logistic`). The objective is scikit-learn's, so that
 ``sklearn.linear_model.LogisticRegression(C=C)`` is the reference::
 
     C · Σ_i CE(W x_i + b, y_i) + ½ ‖W‖²        (the bias b is not penalised)
