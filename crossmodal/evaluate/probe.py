@@ -253,6 +253,13 @@ def few_shot(fit: Fit, x: np.ndarray, y: np.ndarray, tests: dict[str, ModalityDa
                 out[name].append({"shots": "all", "top1_mean": full_scores[name], "top1_std": 0.0,
                                   "top1": [full_scores[name]], "seeds": [seed], "num_train": fit.num_train})
             continue
+        largest = int(np.bincount(y[tr]).max()) if len(tr) else 0
+        if shot >= largest:  # every draw would be the whole pool: not a few-shot point
+            for name in tests:
+                out[name].append({"shots": shot, "top1_mean": None, "top1_std": None, "top1": [], "seeds": [],
+                                  "num_train": 0, "note": f"no class has more than {largest} images to draw from"})
+            log(f"{shot}-shot: skipped, no class has more than {largest} training images outside the validation split")
+            continue
         accs: dict[str, list] = {name: [] for name in tests}
         seeds_used = [seed + s for s in range(seeds)]
         n_rows = 0

@@ -56,25 +56,32 @@ def plot_few_shot(path: Path, pairs: list[dict]) -> Path:
     fig = new_figure(6.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     colours = ["#3b7dd8", "#d8643b", "#3bb36b", "#9b59b6", "#c0a030", "#555555"]
-    max_shot = 1
+    ticks: dict[float, str] = {}
     for i, p in enumerate(pairs):
         rows = [r for r in p["few_shot"] if r["top1_mean"] is not None]
         if not rows:
             continue
         colour = colours[i % len(colours)]
         xs = [r["shots"] if r["shots"] != "all" else p["num_train"] / max(p["num_classes"], 1) for r in rows]
+        order = np.argsort(xs, kind="stable")
+        rows, xs = [rows[i] for i in order], [xs[i] for i in order]
         ys = np.array([100 * r["top1_mean"] for r in rows])
         err = np.array([100 * (r["top1_std"] or 0.0) for r in rows])
         label = p["modality"] if p["train_modality"] == p["modality"] else f"{p['train_modality']} → {p['modality']}"
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=colour, label=f"probe, {label}")
-        max_shot = max(max_shot, *xs)
+        for r, xv in zip(rows, xs):
+            ticks[float(xv)] = str(r["shots"]) if r["shots"] != "all" else f"all\n({xv:.0f})"
         if p.get("baseline_top1") is not None:
             ax.axhline(100 * p["baseline_top1"], color=colour, linestyle="--", linewidth=0.9,
                        label=f"unadjusted baseline (muted), {p['modality']}")
     if pairs:
         ax.axhline(100 * pairs[0]["chance_top1"], color="grey", linestyle=":", linewidth=0.9, label="chance")
     ax.set_xscale("log")
-    ax.set_xlabel("training images per class (\"all\": the mean over classes)")
+    if ticks:
+        ax.set_xticks(sorted(ticks), [ticks[t] for t in sorted(ticks)])
+        from matplotlib.ticker import NullLocator
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("training images per class (all: every training image, mean per class)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Few-shot probe on {pairs[0]['layer'] if pairs else ''} features", fontsize=10)
