@@ -112,22 +112,25 @@ def _check_xy(x, y, n_classes: int) -> None:
 
 # --------------------------------------------------------------------------- logistic regression
 def fit_logistic(x, y, n_classes: int, C: float, *, init: Head | None = None, max_iter: int = 500,
-                 tol: float = 1e-4, device: str = "cpu", history_size: int = 10, centred=None) -> Head:
+                 tol: float = 1e-4, device: str = "cpu", history_size: int = 10, moments=None) -> Head:
     """L2-regularised multinomial logistic regression (module docstring), float32 L-BFGS.
 
     ``x`` ``(N, D)``, ``y`` ``(N,)`` in ``0..n_classes-1`` (NumPy arrays, or torch
-    tensors already on ``device``). ``init``: a previous :class:`Head` to start from
-    (warm start). ``centred``: ``(x − mean, mean)`` as torch tensors when the caller
-    has them (the sweep centres once for all its fits). Returns a :class:`Head` whose
-    ``info`` holds ``C``, ``iterations`` (function + gradient evaluations),
-    ``converged``, ``max_abs_grad``, ``seconds``.
+    tensors already on ``device``; never modified, never copied). ``init``: a
+    previous :class:`Head` to start from (warm start). ``moments``: the columns'
+    ``(mean, variance)`` as torch tensors when the caller has them (the sweep
+    computes them once). Returns a :class:`Head` whose ``info`` holds ``C``,
+    ``iterations`` (function + gradient evaluations), ``converged``,
+    ``max_abs_grad`` (of the objective in ``W, b``: scikit-learn's stopping
+    quantity), ``seconds``.
 
     Two exact reparametrisations speed L-BFGS up without changing the optimum (the
-    minimiser maps back one to one): the features are centred (``W x + b = W (x − μ) +
-    (b + W μ)``, and the bias is not penalised), and each weight column is scaled by
-    ``1 / sqrt(var_d / K + 1 / (C N))``, the inverse square root of the Hessian's
-    diagonal at uniform probabilities (a diagonal preconditioner; the penalty is
-    written in the original weights, so it is still ``½‖W‖²``).
+    minimiser maps back one to one): the features are centred, implicitly
+    (``W x + b = W (x − μ) + b_c`` with ``b_c = b + W μ``; the bias is not
+    penalised), and each weight column is scaled by ``1 / sqrt(var_d / K + 1 / (C N))``,
+    the inverse square root of the Hessian's diagonal at uniform probabilities (a
+    diagonal preconditioner; the penalty is written in the original weights, so it is
+    still ``½‖W‖²``). One evaluation is two ``(N × D)·(D × K)`` products.
     """
     import torch
 
@@ -135,45 +138,38 @@ def fit_logistic(x, y, n_classes: int, C: float, *, init: Head | None = None, ma
         raise InputError(f"C must be positive, not {C}")
     _check_xy(x, y, n_classes)
     t0 = time.perf_counter()
-    if centred is None:
-        xt, yt = _as_tensors(x, y, device)
-        mu = xt.mean(0)
-        xc = xt - mu
-        del xt
-    else:
-        xc, mu = centred
-        yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.int64,
-                             device=xc.device)
-    n, d = xc.shape
+    xt, yt = _as_tensors(x, y, device)
+    mu, var = moments if moments is not None else column_moments(xt)
+    n, d = xt.shape
     k = n_classes
     reg = 1.0 / (2.0 * C * n)
-    var = (xc * xc).mean(0)
     s = torch.rsqrt(var / k + 2.0 * reg)          # column scales of W
     s_b = math.sqrt(k)                              # the bias' scale (its Hessian diagonal ≈ 1/K)
     if init is not None:
-        w0 = torch.as_tensor(init.layers[0][0], dtype=torch.float32, device=xc.device)
-        b0 = torch.as_tensor(init.layers[0][1], dtype=torch.float32, device=xc.device)
+        w0 = torch.as_tensor(init.layers[0][0], dtype=torch.float32, device=xt.device)
+        b0 = torch.as_tensor(init.layers[0][1], dtype=torch.float32, device=xt.device)
         v = torch.cat([(w0 / s).reshape(-1), (b0 + w0 @ mu) / s_b])
     else:
-        v = torch.zeros(k * d + k, dtype=torch.float32, device=xc.device)
-    rows = torch.arange(n, device=xc.device)
+        v = torch.zeros(k * d + k, dtype=torch.float32, device=xt.device)
+    rows = torch.arange(n, device=xt.device)
     evals = 0
 
     def fg(v):
-        """Objective and gradient in the scaled variables; also the unscaled gradient's max |entry|."""
+        """Objective and gradient in the scaled variables; also the max |entry| of the gradient in (W, b)."""
         nonlocal evals
         evals += 1
         w = v[:k * d].view(k, d) * s
-        b = v[k * d:] * s_b
-        z = torch.addmm(b, xc, w.T)
+        b_c = v[k * d:] * s_b
+        z = torch.addmm(b_c - w @ mu, xt, w.T)
         lse = torch.logsumexp(z, 1)
         f = float((lse - z[rows, yt]).mean()) + reg * float((w * w).sum())
         p = torch.exp(z.sub_(lse[:, None]))
         p[rows, yt] -= 1.0
         p /= n
-        gw = torch.addmm(w, p.T, xc, alpha=1.0, beta=2.0 * reg)
+        gw = torch.addmm(w, p.T, xt, alpha=1.0, beta=2.0 * reg)   # ∂f/∂W at fixed b
         gb = p.sum(0)
         gmax = max(float(gw.abs().max()), float(gb.abs().max()))
+        gw.sub_(torch.outer(gb, mu))                               # ∂f/∂W at fixed b_c
         return f, torch.cat([(gw * s).reshape(-1), gb * s_b]), gmax
 
     v, f, gmax = _lbfgs(fg, v, max_iter=max_iter, tol=tol, m=history_size)
@@ -181,8 +177,24 @@ def fit_logistic(x, y, n_classes: int, C: float, *, init: Head | None = None, ma
     b = v[k * d:] * s_b - w @ mu
     head = Head("logistic", [(w.cpu().numpy().astype(np.float32), b.cpu().numpy().astype(np.float32))])
     head.info = {"C": float(C), "iterations": evals, "converged": bool(gmax <= tol), "max_abs_grad": gmax,
-                 "loss": f, "seconds": time.perf_counter() - t0, "device": str(xc.device)}
+                 "loss": f, "seconds": time.perf_counter() - t0, "device": str(xt.device)}
     return head
+
+
+def column_moments(x, chunk: int = 4096):
+    """Per-column mean and (population) variance of a torch ``(N, D)`` tensor, in row chunks
+    (no ``N × D`` temporary), accumulated in float64."""
+    import torch
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    squares = torch.zeros_like(total)
+    for s in range(0, x.shape[0], chunk):
+        block = x[s:s + chunk].double()
+        total += block.sum(0)
+        squares += (block * block).sum(0)
+    n = max(x.shape[0], 1)
+    mean = total / n
+    var = (squares / n - mean * mean).clamp_(min=0.0)
+    return mean.float(), var.float()
 
 
 def _lbfgs(fg, v, *, max_iter: int, tol: float, m: int = 10):
@@ -283,15 +295,14 @@ def sweep_c(x_train, y_train, x_val, y_val, n_classes: int, *, grid: Sequence[fl
     if not grid:
         raise InputError("the C grid is empty")
     xt, yt = _as_tensors(x_train, y_train, device)
-    mu = xt.mean(0)
-    centred = (xt - mu, mu)  # a copy: xt may share the caller's array
+    moments = column_moments(xt)
     y_val = np.asarray(y_val)
     tried: dict[float, tuple[float, Head]] = {}
     prev: Head | None = None
     worse = 0
     for c in grid:
-        head = fit_logistic(x_train, yt, n_classes, c, init=prev, device=device, max_iter=max_iter, tol=tol,
-                            centred=centred)
+        head = fit_logistic(xt, yt, n_classes, c, init=prev, device=device, max_iter=max_iter, tol=tol,
+                            moments=moments)
         acc = top1_accuracy(head, x_val, y_val)
         tried[c] = (acc, head)
         log(f"C={c:g}: validation top-1 {100 * acc:.2f} % ({head.info['iterations']} evaluations, "
@@ -307,12 +318,12 @@ def sweep_c(x_train, y_train, x_val, y_val, n_classes: int, *, grid: Sequence[fl
             if c in tried:
                 continue
             start = max((k for k in tried if k < c), default=None)
-            head = fit_logistic(x_train, yt, n_classes, c, init=tried[start][1] if start else None,
-                                device=device, max_iter=max_iter, tol=tol, centred=centred)
+            head = fit_logistic(xt, yt, n_classes, c, init=tried[start][1] if start else None,
+                                device=device, max_iter=max_iter, tol=tol, moments=moments)
             tried[c] = (top1_accuracy(head, x_val, y_val), head)
             log(f"C={c:g}: validation top-1 {100 * tried[c][0]:.2f} % (refinement)")
         best_c = _best(tried)
-    del xt, yt, centred
+    del xt, yt
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     cs = list(tried)
