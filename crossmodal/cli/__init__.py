@@ -23,6 +23,7 @@ COMMANDS = {
     "fetch": "crossmodal.cli.fetch:fetch",
     "baseline": "crossmodal.cli.baseline:baseline",
     "retrieval": "crossmodal.cli.retrieval:retrieval",
+    "probe": "crossmodal.cli.probe:probe",
 }
 
 
