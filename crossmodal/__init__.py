@@ -2,3 +2,12 @@
 a network trained on photos carries over to clip art and sketches."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``crossmodal.load_model`` / ``crossmodal.Model``: the Python API (:mod:`crossmodal.api`),
+    imported on first use so that ``import crossmodal`` stays light."""
+    if name in ("load_model", "Model"):
+        from crossmodal import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'crossmodal' has no attribute {name!r}")

@@ -23,6 +23,8 @@ COMMANDS = {
     "fetch": "crossmodal.cli.fetch:fetch",
     "baseline": "crossmodal.cli.baseline:baseline",
     "retrieval": "crossmodal.cli.retrieval:retrieval",
+    "predict": "crossmodal.cli.predict:predict",
+    "explain": "crossmodal.cli.explain:explain",
 }
 
 

@@ -1,0 +1,90 @@
+"""``crossmodal predict``: top-k scenes, indoor/outdoor and scene attributes per image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crossmodal.cli.options import echo_json, handle_errors, json_option
+
+
+@click.command("predict")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="A converted model folder (model.json + weights.h5, model.onnx / model.keras).")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-k", "k", type=click.IntRange(1), default=5, show_default=True, help="How many classes per image.")
+@click.option("--attributes", "attributes_path", type=click.Path(path_type=Path),
+              help="Scene-attribute matrix (A × F .npy, e.g. W_sceneattribute_wideresnet18.npy): W · features, "
+                   "top 9. F must be the width of the features feeding the last dense layer.")
+@click.option("--attribute-names", type=click.Path(path_type=Path),
+              help="One attribute name per row of --attributes (labels_sunattribute.txt).")
+@click.option("--cam", "cam_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a map overlay for each image's top-1 class into this folder (explain's files).")
+@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+@handle_errors
+def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, backend, device, batch_size, threads,
+            no_draft, quiet, as_json):
+    """Classify images (files or folders): the top-k scenes with probabilities, the
+    indoor/outdoor vote when the model carries IO labels, and SUN scene attributes with
+    --attributes. Images that do not decode are skipped, counted and listed.
+
+    \b
+    Example:
+      crossmodal predict --model models/vgg16-pt photo.jpg sketches/ -k 5
+    """
+    from tqdm import tqdm
+
+    from crossmodal.api import IO_RULE, load_attributes, load_model
+    from crossmodal.errors import InputError
+    from crossmodal.explain.job import run_explain, run_predict
+
+    if (attributes_path is None) != (attribute_names is None):
+        raise InputError("--attributes and --attribute-names go together")
+    attrs = load_attributes(attributes_path, attribute_names) if attributes_path else None
+    model = load_model(model_dir, backend=backend, device=device, threads=threads, draft=not no_draft)
+    model.check_attributes(attrs)
+    if cam_dir is not None:
+        model.explain_setup()  # refuse a model that cannot be explained before any work
+    bar = tqdm(total=None, unit="img", desc="predict", disable=quiet or as_json, file=click.get_text_stream("stderr"))
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def show(r):
+        if as_json:
+            return
+        lines = [r["path"]] + [f"  {t['prob']:.3f} -> {t['label']}" for t in r["top"]]
+        if r["io"]:
+            lines.append(f"  environment: {r['io']} (mean IO label {r['io_mean']:.2f})")
+        if r["attributes"]:
+            lines.append("  attributes: " + ", ".join(a["label"] for a in r["attributes"]))
+        bar.write("\n".join(lines), file=click.get_text_stream("stdout"))
+
+    try:
+        with model:
+            results, failures = run_predict(model, inputs, k=k, attributes=attrs, batch_size=batch_size,
+                                            on_progress=progress, on_result=show)
+            bar.close()
+            if cam_dir is not None:
+                model.close_backend()
+                run_explain(model, [r["path"] for r in results], cam_dir, top=1, batch_size=min(batch_size, 8))
+    finally:
+        bar.close()
+    if as_json:
+        echo_json(results)
+    else:
+        if model.io_labels:
+            click.echo(f"indoor/outdoor rule: {IO_RULE}")
+        if cam_dir is not None:
+            click.echo(f"maps: {cam_dir / 'explain.md'}")
+    if failures:
+        click.echo(f"{len(failures)} image(s) skipped (did not decode):", err=True)
+        for p, reason in failures:
+            click.echo(f"  {p}: {reason}", err=True)
