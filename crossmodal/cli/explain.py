@@ -1,11 +1,37 @@
 """``crossmodal explain``: CAM / Grad-CAM maps of images, or of a baseline run across modalities."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer
+
+
+class Progress:
+    """A tqdm bar on stderr opened at the first ``update(done, total)`` (so a refusal before
+    any work prints only its one line); ``write`` prints above it."""
+
+    def __init__(self, desc: str, disable: bool = False) -> None:
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="img", desc=self.desc, disable=self.disable, file=sys.stderr,
+                            dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def write(self, text: str) -> None:
+        if self.bar is None:
+            click.echo(text)
+        else:
+            self.bar.write(text, file=sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.command("explain")
@@ -44,8 +70,6 @@ def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run
       crossmodal explain --model models/vgg16-pt sketch.png photos/ --out maps
       crossmodal explain --model models/vgg16-pt --from-run runs/baseline --per-class 4 --out maps
     """
-    from tqdm import tqdm
-
     from crossmodal.api import load_model
     from crossmodal.errors import InputError
     from crossmodal.explain.job import run_explain
@@ -54,12 +78,8 @@ def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run
         raise InputError("give images/folders or --from-run RUN_DIR (one of the two)")
     quiet_all = quiet or as_json
     model = load_model(model_dir, backend="torch", device=device, threads=threads, draft=not no_draft)
-    bar = tqdm(total=None, unit="img", desc="explain", disable=quiet_all, file=click.get_text_stream("stderr"))
-
-    def progress(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar = Progress("explain", disable=quiet_all)
+    progress = bar.update
     with model:
         try:
             if from_run:

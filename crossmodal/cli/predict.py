@@ -1,10 +1,12 @@
 """``crossmodal predict``: top-k scenes, indoor/outdoor and scene attributes per image."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
+from crossmodal.cli.explain import Progress
 from crossmodal.cli.options import echo_json, handle_errors, json_option
 
 
@@ -38,8 +40,6 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, bac
     Example:
       crossmodal predict --model models/vgg16-pt photo.jpg sketches/ -k 5
     """
-    from tqdm import tqdm
-
     from crossmodal.api import IO_RULE, load_attributes, load_model
     from crossmodal.errors import InputError
     from crossmodal.explain.job import run_explain, run_predict
@@ -51,11 +51,8 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, bac
     model.check_attributes(attrs)
     if cam_dir is not None:
         model.explain_setup()  # refuse a model that cannot be explained before any work
-    bar = tqdm(total=None, unit="img", desc="predict", disable=quiet or as_json, file=click.get_text_stream("stderr"))
-
-    def progress(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
+    bar = Progress("predict", disable=quiet or as_json)
+    progress = bar.update
 
     def show(r):
         if as_json:
@@ -65,7 +62,7 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, bac
             lines.append(f"  environment: {r['io']} (mean IO label {r['io_mean']:.2f})")
         if r["attributes"]:
             lines.append("  attributes: " + ", ".join(a["label"] for a in r["attributes"]))
-        bar.write("\n".join(lines), file=click.get_text_stream("stdout"))
+        bar.write("\n".join(lines))
 
     try:
         with model:
