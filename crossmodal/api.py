@@ -372,15 +372,17 @@ class Model:
             classes = [self.class_index(t) for t in targets]
         return self.cam_batch(self.load(images, on_error), classes, top, method, chosen, head)
 
-    def cam_batch(self, batch: Batch, classes: Sequence[int] | None, top: int, method: str, layer: str,
-                  head) -> CamResult:
+    def cam_batch(self, batch: Batch, classes, top: int, method: str, layer: str, head) -> CamResult:
+        """Maps of a loaded batch; ``classes``: None (top-``top``), ``(K,)`` for every row or
+        ``(B, K)`` per row (−1: the row's top-1); ``method`` / ``layer`` / ``head`` from
+        :meth:`explain_setup`."""
         import torch
 
         from crossmodal.explain.cam import compute_maps, upsample_normalise
         module, dev = self.torch_module()
         H, W = self.input_size
         if not len(batch.x):
-            K = len(classes) if classes is not None else top
+            K = np.asarray(classes).shape[-1] if classes is not None else top
             return CamResult(np.zeros((0, K, H, W), np.float32), np.zeros((0, K), np.int64),
                              np.zeros((0, K), np.float32), np.zeros((0, self.graph.num_classes), np.float32),
                              layer, method, [], batch.failures)

@@ -350,3 +350,41 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(places_model, photos, t
                  "--attribute-names", shared_file("places365", "labels_sunattribute.txt")),
              "102 × 512", "16 values")
     _refused(cli("predict", "--model", places_model, tmp_path / "missing.jpg"), "no such file")
+
+
+# --------------------------------------------------------------------------- --from-run
+def _predictions(folder: Path, modality: str, rows):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"modality": modality}))
+    lines = ["path,true,pred1,pred2,pred3,pred4,pred5,prob1,prob2,prob3,prob4,prob5"]
+    lines += [f"{p},{t},{pred},,,,,{prob},,,," for p, t, pred, prob in rows]
+    (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_from_run_renders_modalities_per_category(places_model, photos, tmp_path):
+    img = [str(photos / f"img{i}.png") for i in range(5)]
+    run = tmp_path / "run"
+    _predictions(run / "sketch", "sketch", [(img[0], "bedroom", "bedroom", 0.9), (img[1], "bedroom", "bedroom", 0.4),
+                                            (img[2], "bedroom", "kitchen", 0.7), (img[3], "kitchen", "bedroom", 0.6)])
+    _predictions(run / "natural", "natural", [(img[4], "bedroom", "bedroom", 0.8),
+                                              (str(photos / "broken.jpg"), "kitchen", "kitchen", 0.5)])
+    out = tmp_path / "maps"
+    r = cli("explain", "--model", places_model, "--from-run", run, "--per-class", "1", "--out", out,
+            "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["modalities"] == ["natural", "sketch"]          # natural before sketch, whatever the folder order
+    got = {(m["modality"], m["category"], m["kind"]): (Path(m["path"]).name, m["map_class"]) for m in summary["maps"]}
+    assert got == {("sketch", "bedroom", "correct"): ("img0.png", "/b/bedroom"),     # the more confident one
+                   ("sketch", "bedroom", "wrong"): ("img2.png", "/k/kitchen"),
+                   ("sketch", "kitchen", "wrong"): ("img3.png", "/b/bedroom"),
+                   ("natural", "bedroom", "correct"): ("img4.png", "/b/bedroom")}
+    assert len(summary["failed"]) == 1 and "broken.jpg" in summary["failed"][0]["path"]
+    cams = np.load(out / "cams.npz")
+    assert sorted(cams.files) == ["natural/img4", "sketch/img0", "sketch/img2", "sketch/img3"]
+    for name in ("categories/bedroom.png", "categories/kitchen.png", "mean_maps.png", "explain.md"):
+        assert (out / name).is_file(), name
+    assert summary["mean_map_images"] == {"natural": 1, "sketch": 3}
+    _refused(cli("explain", "--model", places_model, "--from-run", run, "--out", out, "--categories", "bedrom"),
+             "close matches: bedroom")
+    _refused(cli("explain", "--model", places_model, "--from-run", tmp_path, "--out", out), "no predictions.csv")

@@ -137,20 +137,23 @@ def resolve_method(method: str, head: CamHead | None, layer: str | None) -> str:
     return method
 
 
-def target_classes(logits: np.ndarray, classes: Sequence[int] | None, top: int) -> np.ndarray:
-    """``(B, K)`` int64 target class indices: ``classes`` for every image, else the top-``top``."""
-    if classes is not None:
-        return np.tile(np.asarray(classes, dtype=np.int64), (logits.shape[0], 1))
+def target_classes(logits: np.ndarray, classes: Sequence[int] | np.ndarray | None, top: int) -> np.ndarray:
+    """``(B, K)`` int64 target class indices: ``classes`` (K,) for every image, or ``(B, K)``
+    per image (−1: that image's top-1), else each image's top-``top``."""
     order = np.argsort(-logits, axis=1, kind="stable")
-    return order[:, :top].astype(np.int64)
+    if classes is None:
+        return order[:, :top].astype(np.int64)
+    arr = np.asarray(classes, dtype=np.int64)
+    arr = np.tile(arr, (logits.shape[0], 1)) if arr.ndim == 1 else arr.copy()
+    return np.where(arr < 0, order[:, :1], arr)
 
 
-def compute_maps(module, graph: Graph, x, layer: str, method: str, *, classes: Sequence[int] | None = None,
+def compute_maps(module, graph: Graph, x, layer: str, method: str, *, classes=None,
                  top: int = 1, head: CamHead | None = None):
     """Maps on ``layer``'s grid for a batch ``x`` (torch ``(B, 3, H, W)`` on the module's device).
 
     Returns ``(maps, targets, logits)``: ``maps`` float32 ``(B, K, h, w)``, ``targets``
-    int64 ``(B, K)`` (``classes`` for every image, else each image's top-``top``),
+    int64 ``(B, K)`` (see :func:`target_classes`),
     ``logits`` float32 ``(B, num_classes)``, all NumPy.
     """
     import torch
