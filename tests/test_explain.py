@@ -319,9 +319,12 @@ def test_predict_follows_the_demo_rules(places_model, photos, tmp_path):
         assert d["io"] == io
         assert [a["label"] for a in d["attributes"]] == [attr_names[i] for i in attrs]
     # the human output prints the rule and lists the skipped file
-    r = cli("predict", "--model", places_model, photos, "--device", "cpu", "-q")
+    r = cli("predict", "--model", places_model, photos, "--device", "cpu", "-q", "--cam", "--out", tmp_path / "cam")
     assert r.exit_code == 0, r.output
     assert "< 1.5 → indoor" in r.output and "broken.jpg" in r.output and "environment:" in r.output
+    assert sorted(np.load(tmp_path / "cam" / "cams.npz").files) == [f"img{i}" for i in range(5)]
+    top1 = {Path(m["path"]).name: m["label"] for m in json.loads((tmp_path / "cam" / "explain.json").read_text())["maps"]}
+    assert top1 == {Path(d["path"]).name: d["top"][0]["label"] for d in data}
 
 
 # --------------------------------------------------------------------------- bad input

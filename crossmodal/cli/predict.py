@@ -20,8 +20,10 @@ from crossmodal.cli.options import echo_json, handle_errors, json_option
                    "top 9. F must be the width of the features feeding the last dense layer.")
 @click.option("--attribute-names", type=click.Path(path_type=Path),
               help="One attribute name per row of --attributes (labels_sunattribute.txt).")
-@click.option("--cam", "cam_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write a map overlay for each image's top-1 class into this folder (explain's files).")
+@click.option("--cam", is_flag=True, help="Also write each image's map and overlay for its top-1 class "
+                                           "(explain's default method and files) into --out.")
+@click.option("--out", "cam_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predict-cam"),
+              show_default=True, help="Folder for --cam: cams.npz, overlays/, explain.md.")
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
@@ -30,7 +32,7 @@ from crossmodal.cli.options import echo_json, handle_errors, json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 @handle_errors
-def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, backend, device, batch_size, threads,
+def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir, backend, device, batch_size, threads,
             no_draft, quiet, as_json):
     """Classify images (files or folders): the top-k scenes with probabilities, the
     indoor/outdoor vote when the model carries IO labels, and SUN scene attributes with
@@ -49,7 +51,9 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, bac
     attrs = load_attributes(attributes_path, attribute_names) if attributes_path else None
     model = load_model(model_dir, backend=backend, device=device, threads=threads, draft=not no_draft)
     model.check_attributes(attrs)
-    if cam_dir is not None:
+    if cam:
+        from crossmodal.io.atomic import check_output_dir
+        check_output_dir(cam_dir)
         model.explain_setup()  # refuse a model that cannot be explained before any work
     bar = Progress("predict", disable=quiet or as_json)
     progress = bar.update
@@ -69,7 +73,7 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, bac
             results, failures = run_predict(model, inputs, k=k, attributes=attrs, batch_size=batch_size,
                                             on_progress=progress, on_result=show)
             bar.close()
-            if cam_dir is not None:
+            if cam:
                 model.close_backend()
                 run_explain(model, [r["path"] for r in results], cam_dir, top=1, batch_size=min(batch_size, 8))
     finally:
@@ -79,7 +83,7 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam_dir, bac
     else:
         if model.io_labels:
             click.echo(f"indoor/outdoor rule: {IO_RULE}")
-        if cam_dir is not None:
+        if cam:
             click.echo(f"maps: {cam_dir / 'explain.md'}")
     if failures:
         click.echo(f"{len(failures)} image(s) skipped (did not decode):", err=True)

@@ -110,7 +110,10 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     method, chosen_layer, head = model.explain_setup(method, layer)
     predicted = sorted({n for sel in chosen.values() for g in sel.values() for rows in g.values()
                         for r in rows for n in r["pred"].split("|") if n} | set(every))
-    mapping = build_mapping(model.labels, predicted, load_aliases())
+    try:
+        mapping = build_mapping(model.labels, predicted, load_aliases())
+    except InputError:  # the packaged aliases name labels this model lacks: names only
+        mapping = build_mapping(model.labels, predicted, {})
     index = {normal: i for i, normal in enumerate(mapping.target_categories)}
     from crossmodal.evaluate.labels import normalise
 

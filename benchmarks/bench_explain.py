@@ -1,0 +1,142 @@
+"""Benchmark: `crossmodal explain` on the full-size VGG16 (random weights) on this CPU.
+
+Generates photo-like JPEGs (500×375 and portrait), writes a random VGG16-Places365
+checkpoint and converts it to the IR (``places365`` preprocessing, 224 crop), then,
+each in a fresh process (wall time and peak resident memory):
+
+* **reference**: the same PyTorch module, a plain forward pass (``inference_mode``)
+  of the preprocessed images in batches — what classification alone costs;
+* **explain, maps only**: :func:`crossmodal.explain.job.run_explain` with Grad-CAM on
+  relu5_3 (decode, forward, backward from relu5_3, upsample, ``cams.npz``), no PNGs;
+* **explain, full**: the same with one overlay PNG per image and the gallery;
+
+for folders of ``--sizes`` images (default 50, 100, 200). Prints images/s (model
+load excluded), the ratio explain / plain forward, and the peak RSS per folder size:
+memory must be flat in the number of images (one batch held at a time, maps streamed
+into ``cams.npz``), which is what lets a 1,000-image figure be extrapolated from
+these sizes; ``--sizes 1000`` measures it directly.
+
+    python benchmarks/bench_explain.py [--sizes 50,100,200] [--batch-size 8] [--method gradcam]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _measure import gib, measure
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def setup(work: Path, n: int) -> tuple[Path, Path]:
+    """(model folder, image folder of n JPEGs), reused when already in ``work``."""
+    from PIL import Image
+
+    from crossmodal.convert.pipeline import convert
+    from crossmodal.models.synthetic import write_checkpoint
+    from crossmodal.models.vgg import create_spec
+
+    model, images = work / "model", work / f"images-{n}"
+    if not (model / "model.json").is_file():
+        ckpt = work / "vgg16_random.pth"
+        write_checkpoint(create_spec("vgg16_places365"), ckpt, layout="named", seed=0)
+        labels = work / "labels.txt"
+        labels.write_text("\n".join(f"/c/class_{i} {i}" for i in range(365)))
+        convert(ckpt, model, targets=["ir"], labels=labels, preprocess="places365", input_size=(224, 224))
+        ckpt.unlink()
+    if not images.is_dir():
+        rng = np.random.default_rng(0)
+        images.mkdir()
+        for i in range(n):
+            coarse = rng.integers(0, 256, (17, 22, 3), dtype=np.uint8)
+            img = np.asarray(Image.fromarray(coarse).resize((500, 375), Image.Resampling.BICUBIC), np.int16)
+            img = np.clip(img + rng.integers(-24, 25, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img.transpose(1, 0, 2) if i % 3 == 1 else img).save(images / f"{i:05d}.jpg",
+                                                                                  quality=90)
+    return model, images
+
+
+FORWARD = """
+import time, numpy as np, torch
+import crossmodal
+from crossmodal.evaluate.images import list_images
+m = crossmodal.load_model({model!r}, backend="torch", device="cpu", draft=True)
+mod, _ = m.torch_module()
+paths = list_images({images!r})
+t = time.perf_counter()
+for i in range(0, len(paths), {batch}):
+    x = torch.from_numpy(m.load(paths[i:i + {batch}]).x)
+    with torch.inference_mode():
+        mod(x)
+print("SECONDS", time.perf_counter() - t)
+"""
+
+EXPLAIN = """
+import time
+import crossmodal
+from crossmodal.explain.job import run_explain
+m = crossmodal.load_model({model!r}, backend="torch", device="cpu", draft=True)
+m.shapes
+t = time.perf_counter()
+run_explain(m, [{images!r}], {out!r}, method={method!r}, batch_size={batch}, overlays={overlays})
+print("SECONDS", time.perf_counter() - t)
+"""
+
+
+def seconds(stdout: str) -> float:
+    return float(next(l for l in stdout.splitlines() if l.startswith("SECONDS")).split()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="50,100,200")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--method", default="gradcam")
+    ap.add_argument("--work", type=Path, default=None, help="Reuse this folder for the model and images.")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
+          f"batch {args.batch_size}, {args.method} on relu5_3, VGG16 (random weights), 224 × 224")
+    try:
+        rows = []
+        for n in sizes:
+            model, images = setup(work, n)
+            fwd_wall, fwd_rss, fwd_out = measure(FORWARD.format(model=str(model), images=str(images),
+                                                                batch=args.batch_size))
+            res = {"n": n, "forward_ips": n / seconds(fwd_out), "forward_rss": fwd_rss}
+            for label, overlays in (("maps", False), ("full", True)):
+                out = work / f"out-{n}-{label}"
+                shutil.rmtree(out, ignore_errors=True)
+                _, rss, stdout = measure(EXPLAIN.format(model=str(model), images=str(images), out=str(out),
+                                                        method=args.method, batch=args.batch_size,
+                                                        overlays=overlays))
+                res[f"{label}_ips"], res[f"{label}_rss"] = n / seconds(stdout), rss
+                res[f"{label}_npz"] = (out / "cams.npz").stat().st_size
+            rows.append(res)
+            print(f"{n:5d} images | forward {res['forward_ips']:.2f} img/s ({gib(res['forward_rss'])}) | "
+                  f"explain maps {res['maps_ips']:.2f} img/s = {res['maps_ips'] / res['forward_ips']:.2f}× forward, "
+                  f"peak {gib(res['maps_rss'])} | explain + overlays {res['full_ips']:.2f} img/s = "
+                  f"{res['full_ips'] / res['forward_ips']:.2f}× forward, peak {gib(res['full_rss'])} | "
+                  f"cams.npz {res['maps_npz'] / 2**20:.1f} MiB")
+        if len(rows) > 1:
+            a, b = rows[0], rows[-1]
+            slope = (b["full_rss"] - a["full_rss"]) / (b["n"] - a["n"])
+            print(f"peak memory vs images: {slope / 2**10:+.1f} KiB per image "
+                  f"({gib(a['full_rss'])} at {a['n']}, {gib(b['full_rss'])} at {b['n']}); "
+                  f"extrapolated to 1,000 images: {gib(b['full_rss'] + slope * (1000 - b['n']))}")
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
