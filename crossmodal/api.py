@@ -211,6 +211,8 @@ class Model:
     def load(self, images: Any, on_error: str = "raise") -> Batch:
         """Any accepted input(s) → a :class:`Batch` (paths decoded on a thread pool)."""
         from crossmodal.evaluate.images import ImageDecodeError, load_batch
+        if on_error not in ("raise", "skip"):
+            raise InputError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         rows: list[np.ndarray] = []
         sources: list[str] = []

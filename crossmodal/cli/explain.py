@@ -76,6 +76,10 @@ def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run
 
     if bool(inputs) == bool(from_run):
         raise InputError("give images/folders or --from-run RUN_DIR (one of the two)")
+    if class_name is not None and top != 1:
+        raise InputError("--class explains one class; --top K the top-K classes: give one of the two")
+    if from_run and (class_name is not None or top != 1):
+        raise InputError("--from-run explains each image's predicted class; --class and --top do not apply")
     quiet_all = quiet or as_json
     model = load_model(model_dir, backend="torch", device=device, threads=threads, draft=not no_draft)
     bar = Progress("explain", disable=quiet_all)
