@@ -127,6 +127,8 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     labels = model.labels
     H, W = model.input_size
     sums = {m: (np.zeros((H, W), np.float64), 0) for m, _ in runs}
+    for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
+        (out_dir / stale).unlink(missing_ok=True)
     writer = render.NpzWriter(out_dir / "cams.npz")
     failures, figures, records, done, grid = [], {}, [], 0, (0, 0)
     try:

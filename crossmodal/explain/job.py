@@ -11,7 +11,8 @@ Output folder of :func:`run_explain`:
 * ``overlays/<key>__<class>.png`` — per image and class;
 * ``explain.json`` — settings and, per image, path, key, classes, probabilities, PNGs;
   the files that did not decode, with the reason;
-* ``explain.md`` — the gallery (written last).
+* ``explain.md`` — the gallery (written last; an older ``explain.md`` / ``explain.json``
+  is removed when the maps start, so a run that stops leaves no summary of other files).
 """
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
     method, chosen, head = model.explain_setup(method, layer)
     step(f"{method} on layer {chosen!r}" + (f" for class {model.labels[classes[0]]!r}" if classes
                                             else f" for the top-{top} class(es)") + f"; {len(paths)} images")
+    for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
+        (out_dir / stale).unlink(missing_ok=True)
     labels = list(model.labels)
     writer = render.NpzWriter(out_dir / "cams.npz")
     rows, failures, images, grid = [], [], 0, (0, 0)
