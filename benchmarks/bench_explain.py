@@ -128,11 +128,14 @@ def main() -> None:
                   f"{res['full_ips'] / res['forward_ips']:.2f}× forward, peak {gib(res['full_rss'])} | "
                   f"cams.npz {res['maps_npz'] / 2**20:.1f} MiB")
         if len(rows) > 1:
-            a, b = rows[0], rows[-1]
-            slope = (b["full_rss"] - a["full_rss"]) / (b["n"] - a["n"])
-            print(f"peak memory vs images: {slope / 2**10:+.1f} KiB per image "
-                  f"({gib(a['full_rss'])} at {a['n']}, {gib(b['full_rss'])} at {b['n']}); "
-                  f"extrapolated to 1,000 images: {gib(b['full_rss'] + slope * (1000 - b['n']))}")
+            n = np.array([r["n"] for r in rows], float)
+            for label in ("maps", "full"):
+                rss = np.array([r[f"{label}_rss"] for r in rows], float)
+                slope = np.polyfit(n, rss, 1)[0]  # least squares over every size
+                print(f"peak memory, explain {label}: {', '.join(gib(int(v)) for v in rss)} at "
+                      f"{', '.join(str(int(v)) for v in n)} images; spread {gib(int(rss.max() - rss.min()))}, "
+                      f"fitted slope {slope / 2**10:+.0f} KiB per image → at 1,000 images "
+                      f"≈ {gib(int(rss[-1] + max(slope, 0) * (1000 - n[-1])))} (linear, an upper bound if flat)")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -63,22 +63,42 @@ class NpzWriter:
 
 def draw_overlay(ax, image: np.ndarray, cam: np.ndarray, title: str = "", color: str = "black",
                  fontsize: float = 9) -> None:
-    ax.imshow(image)
-    ax.imshow(cam, cmap=COLORMAP, alpha=ALPHA, vmin=0.0, vmax=1.0)
+    ax.imshow(blend(image, cam), interpolation="nearest")
     ax.set_title(title, fontsize=fontsize, color=color)
     ax.set_axis_off()
 
 
+def blend(image: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """The image ``(H, W, 3)`` uint8 under the map coloured with :data:`COLORMAP` → uint8."""
+    from matplotlib import colormaps
+    colour = colormaps[COLORMAP](np.clip(cam, 0.0, 1.0))[..., :3] * 255.0
+    return np.clip((1 - alpha) * image + alpha * colour, 0, 255).round().astype(np.uint8)
+
+
 def overlay_png(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> Path:
-    """The cropped image under the map (colour map ``jet``), ``title`` above, with a colour bar."""
-    fig = new_figure(3.6, 3.4)
-    ax = fig.add_axes([0.02, 0.02, 0.8, 0.86])
-    draw_overlay(ax, image, cam, title)
-    cax = fig.add_axes([0.85, 0.1, 0.04, 0.7])
-    import matplotlib.cm as cm
-    from matplotlib.colors import Normalize
-    fig.colorbar(cm.ScalarMappable(norm=Normalize(0, 1), cmap=COLORMAP), cax=cax)
-    return save_png(fig, path, dpi=100)
+    """The cropped image under the map (colour map ``jet``, 0 blue → 1 red, scale bar on the
+    right), ``title`` above. Drawn with PIL (≈ 10 ms, not matplotlib's ≈ 150 ms per figure)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from crossmodal.io.atomic import atomic_path
+    h, w = cam.shape
+    scale = max(1, 224 // max(h, w))                       # tiny inputs are enlarged (nearest) to be seen
+    body = Image.fromarray(blend(image, cam)).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    bar_w, top, gap = 12, 22, 6
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+    text_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 6
+    canvas = Image.new("RGB", (max(body.width + gap + bar_w + 2, text_w), body.height + top), "white")
+    canvas.paste(body, (0, top))
+    from matplotlib import colormaps
+    ramp = (colormaps[COLORMAP](np.linspace(1.0, 0.0, body.height))[:, :3] * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[:, None, :], bar_w, axis=1)), (body.width + gap, top))
+    ImageDraw.Draw(canvas).text((2, 3), title, fill="black", font=font)
+    with atomic_path(Path(path)) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)
 
 
 def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[dict]]], per_class: int) -> Path:
