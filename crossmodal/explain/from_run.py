@@ -129,6 +129,8 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     sums = {m: (np.zeros((H, W), np.float64), 0) for m, _ in runs}
     for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
         (out_dir / stale).unlink(missing_ok=True)
+    if on_progress:  # the bar starts when the work does
+        on_progress(0, total)
     writer = render.NpzWriter(out_dir / "cams.npz")
     failures, figures, records, done, grid = [], {}, [], 0, (0, 0)
     try:

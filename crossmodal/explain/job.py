@@ -66,6 +66,8 @@ def run_predict(model, inputs: Sequence[str | os.PathLike], *, k: int = 5, attri
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
     paths = collect_images(inputs)
+    if on_progress:  # the bar starts when the work does
+        on_progress(0, len(paths))
     results, failures = [], []
     done = 0
     for chunk in batches(paths, batch_size):
@@ -108,6 +110,8 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
     for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
         (out_dir / stale).unlink(missing_ok=True)
     labels = list(model.labels)
+    if on_progress:  # the bar starts when the work does
+        on_progress(0, len(paths))
     writer = render.NpzWriter(out_dir / "cams.npz")
     rows, failures, images, grid = [], [], 0, (0, 0)
     try:
