@@ -48,20 +48,30 @@ def save_graph(out: Path, layers, weights, labels, size=16, blobs=None) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def gap_model(tmp_path_factory):
-    """conv 3→4 → relu → conv 4→6 stride 2 (8 × 8 grid) → relu → avg_pool2d over the whole map
-    → flatten → dense 6→5: a CAM head built from the IR's existing kinds."""
+def gap_graph(out: Path, pool_kind: str = "avg_pool2d") -> Path:
+    """conv 3→4 → relu → conv 4→6 stride 2 (8 × 8 grid) → relu → global average pooling
+    (an ``avg_pool2d`` over the whole map + flatten, or ``global_avg_pool2d`` (N, C)) →
+    dense 6→5: a CAM head."""
     rng = np.random.default_rng(7)
     layers = [conv("c1", "input", 3, 4), Layer("r1", "relu", ["c1"]), conv("c2", "r1", 4, 6, stride=2),
-              Layer("r2", "relu", ["c2"]),
-              Layer("gap", "avg_pool2d", ["r2"], {"kernel": (8, 8), "stride": (8, 8), "pad": (0, 0)}),
-              Layer("flat", "flatten", ["gap"], {"shape": (6, 1, 1)}), dense("fc", "flat", 6, 5)]
+              Layer("r2", "relu", ["c2"])]
+    if pool_kind == "avg_pool2d":
+        layers += [Layer("gap", "avg_pool2d", ["r2"], {"kernel": (8, 8), "stride": (8, 8), "pad": (0, 0)}),
+                   Layer("flat", "flatten", ["gap"], {"shape": (6, 1, 1)}), dense("fc", "flat", 6, 5)]
+    else:
+        layers += [Layer("gap", pool_kind, ["r2"], {}), dense("fc", "gap", 6, 5)]
     w = {"c1.weight": rng.normal(0, .5, (4, 3, 3, 3)), "c1.bias": rng.normal(0, .1, 4),
          "c2.weight": rng.normal(0, .5, (6, 4, 3, 3)), "c2.bias": rng.normal(0, .1, 6),
          "fc.weight": rng.normal(0, 1, (5, 6)), "fc.bias": rng.normal(0, .1, 5)}
-    return save_graph(tmp_path_factory.mktemp("gap") / "m", layers, w, ["/a/alpha", "/b/beta", "/c/gamma",
-                                                                          "/d/delta", "/e/epsilon"])
+    return save_graph(out, layers, w, ["/a/alpha", "/b/beta", "/c/gamma", "/d/delta", "/e/epsilon"])
+
+
+@pytest.fixture(scope="module", params=["avg_pool2d", "global_avg_pool2d"])
+def gap_model(request, tmp_path_factory):
+    from crossmodal.convert.ir import LAYER_KINDS
+    if request.param not in LAYER_KINDS:
+        pytest.skip(f"the IR has no {request.param!r} layer kind yet")
+    return gap_graph(tmp_path_factory.mktemp("gap") / "m", request.param)
 
 
 @pytest.fixture(scope="module")
