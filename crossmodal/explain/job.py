@@ -66,6 +66,7 @@ def run_predict(model, inputs: Sequence[str | os.PathLike], *, k: int = 5, attri
     if k < 1:
         raise InputError(f"-k must be at least 1, not {k}")
     paths = collect_images(inputs)
+    model.backend(["logits"] + ([model.feature_layer] if attributes is not None else []))  # a missing file fails here
     if on_progress:  # the bar starts when the work does
         on_progress(0, len(paths))
     results, failures = [], []
