@@ -37,13 +37,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def setup(work: Path, n: int) -> tuple[Path, Path]:
     """(model folder, image folder of n JPEGs), reused when already in ``work``."""
-    from PIL import Image
-
     from crossmodal.convert.pipeline import convert
     from crossmodal.models.synthetic import write_checkpoint
     from crossmodal.models.vgg import create_spec
 
-    model, images = work / "model", work / f"images-{n}"
+    model = work / "model"
     if not (model / "model.json").is_file():
         ckpt = work / "vgg16_random.pth"
         write_checkpoint(create_spec("vgg16_places365"), ckpt, layout="named", seed=0)
@@ -51,6 +49,14 @@ def setup(work: Path, n: int) -> tuple[Path, Path]:
         labels.write_text("\n".join(f"/c/class_{i} {i}" for i in range(365)))
         convert(ckpt, model, targets=["ir"], labels=labels, preprocess="places365", input_size=(224, 224))
         ckpt.unlink()
+    return model, make_images(work, n)
+
+
+def make_images(work: Path, n: int) -> Path:
+    """A folder of n photo-like 500×375 JPEGs (every third one portrait), reused when present."""
+    from PIL import Image
+
+    images = work / f"images-{n}"
     if not images.is_dir():
         rng = np.random.default_rng(0)
         images.mkdir()
@@ -60,7 +66,7 @@ def setup(work: Path, n: int) -> tuple[Path, Path]:
             img = np.clip(img + rng.integers(-24, 25, img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img.transpose(1, 0, 2) if i % 3 == 1 else img).save(images / f"{i:05d}.jpg",
                                                                                   quality=90)
-    return model, images
+    return images
 
 
 FORWARD = """
@@ -90,6 +96,44 @@ print("SECONDS", time.perf_counter() - t)
 """
 
 
+FLAT = """
+import resource
+import crossmodal
+from crossmodal.explain.job import run_explain
+m = crossmodal.load_model({model!r}, backend="torch", device="cpu", draft=True)
+marks = {{}}
+def progress(done, total):
+    marks[done] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+run_explain(m, [{images!r}], {out!r}, method="gradcam", batch_size={batch}, overlays=True, on_progress=progress)
+for done in sorted(marks):
+    print("MARK", done, marks[done])
+"""
+
+
+def flatness(work: Path, n: int, batch: int) -> None:
+    """Peak RSS after each batch of a whole explain run (overlays on) over ``n`` 500×375 JPEGs,
+    with a small VGG at 224 × 224 (vgg_tiny3 widths): the per-image part of the memory
+    (decoding, maps, npz, PNGs, gallery rows) without VGG16's 2 GiB of weights and activations."""
+    from crossmodal.convert.pipeline import convert
+    from crossmodal.models.synthetic import write_checkpoint
+    from crossmodal.models.vgg import create_spec
+
+    model = work / "small-model"
+    if not (model / "model.json").is_file():
+        spec = create_spec("vgg_tiny3", input_shape=(3, 224, 224), num_classes=365, final_name="fc8a")
+        write_checkpoint(spec, work / "small.pth", layout="named", seed=0)
+        convert(work / "small.pth", model, targets=["ir"], preprocess="places365", input_size=(224, 224))
+    images = make_images(work, n)
+    out = work / "out-flat"
+    shutil.rmtree(out, ignore_errors=True)
+    _, _, stdout = measure(FLAT.format(model=str(model), images=str(images), out=str(out), batch=batch))
+    marks = [tuple(int(v) for v in l.split()[1:]) for l in stdout.splitlines() if l.startswith("MARK")]
+    shown = [m for m in marks if m[0] in {marks[1][0], n // 4, n // 2, 3 * n // 4, n} or m is marks[-1]]
+    print(f"flatness ({n} images, small VGG at 224, overlays on): peak RSS "
+          + ", ".join(f"{gib(rss)} after {done}" for done, rss in dict(shown).items())
+          + f"; growth from image {marks[1][0]} to {n}: {(marks[-1][1] - marks[1][1]) / 2**20:+.1f} MiB")
+
+
 def seconds(stdout: str) -> float:
     return float(next(l for l in stdout.splitlines() if l.startswith("SECONDS")).split()[1])
 
@@ -100,7 +144,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--method", default="gradcam")
     ap.add_argument("--work", type=Path, default=None, help="Reuse this folder for the model and images.")
+    ap.add_argument("--flat", type=int, default=0,
+                    help="Only the flatness check: peak RSS along one explain run over N images, small VGG.")
     args = ap.parse_args()
+    if args.flat:
+        work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
+        work.mkdir(parents=True, exist_ok=True)
+        flatness(work, args.flat, args.batch_size)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-explain-"))
     work.mkdir(parents=True, exist_ok=True)
