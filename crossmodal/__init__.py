@@ -3,6 +3,11 @@ a network trained on photos carries over to clip art and sketches."""
 
 __version__ = "0.1.0"
 
+from crossmodal import _keras_registration
+
+_keras_registration.install()
+del _keras_registration
+
 
 def __getattr__(name):
     """``crossmodal.load_model`` / ``crossmodal.Model``: the Python API (:mod:`crossmodal.api`),

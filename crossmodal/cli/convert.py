@@ -33,8 +33,9 @@ from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_siz
 @click.option("--opset", type=int, default=None,
               help="ONNX opset (default 21): 13 up to the newest both the installed onnx and onnxruntime "
                    "support (an opset outside that range is refused with the range).")
-@click.option("--onnx-outputs", default="fc7", show_default=True,
-              help="Extra ONNX outputs after logits and prob (blob or layer names; 'none' for none).")
+@click.option("--onnx-outputs", default=None,
+              help="Extra ONNX outputs after logits and prob (blob or layer names; 'none' for none). "
+                   "Default: the network's feature blob (fc7 for VGG16).")
 @input_size_option
 @click.option("--trust-pickle", is_flag=True,
               help="Allow unpickling a whole pickled model. Runs code from the file: only for trusted files.")
@@ -45,9 +46,11 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
+    from crossmodal.convert.identity import describe
     from crossmodal.convert.pipeline import convert as run_convert
 
-    extra = [] if onnx_outputs.strip().lower() == "none" else csv_list(onnx_outputs)
+    extra = (None if onnx_outputs is None else [] if onnx_outputs.strip().lower() == "none"
+             else csv_list(onnx_outputs))
     options = dict(trust_pickle=trust_pickle, input_size=input_size, preprocess=preprocess)
     if weights.suffix == ".prototxt":
         options.update(caffemodel=caffemodel, mean_file=mean_file, mean_mode=mean_mode, rgb_input=rgb_input)
@@ -62,6 +65,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     click.echo(f"{g.name}: {g.parameter_count():,} parameters, {g.num_classes} classes, "
                f"input {'×'.join(map(str, g.input.shape))} {g.preprocess.channel_order} "
                f"{g.preprocess.value_range} (preprocess: {g.preprocess.name})")
+    click.echo(f"weights: {describe(g)}")
     for a in result.artifacts:
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
     click.echo(f"done in {result.timings['total']:.1f} s")

@@ -27,32 +27,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from crossmodal.convert.kinds import (  # noqa: F401  (re-exported: the IR's public names)
+    LAYER_KINDS, MULTI_INPUT_KINDS, OPTIONAL_ROLES, TENSOR_LAYOUTS, expected_tensor_shapes, infer_shapes,
+    pool_output_size,
+)
 from crossmodal.errors import InputError, UnsupportedError
 
 #: 1.1 added ``tensors``: the SHA-256 of tensors no layer owns (the Caffe mean image).
-#: A 1.0 IR still loads; its extra tensors are then not hash-checked.
-FORMAT_VERSION = "1.1"
-
-#: Every layer kind the IR knows, with the tensor roles it owns (in order).
-LAYER_KINDS: dict[str, tuple[str, ...]] = {
-    "conv2d": ("weight", "bias"),
-    "relu": (),
-    "max_pool2d": (),
-    "avg_pool2d": (),
-    "flatten": (),
-    "dense": ("weight", "bias"),
-    "dropout": (),
-    "softmax": (),
-}
-
-#: Storage layout of each tensor role, per kind (recorded in the JSON and HDF5).
-TENSOR_LAYOUTS: dict[tuple[str, str], str] = {
-    ("conv2d", "weight"): "OIHW",
-    ("conv2d", "bias"): "O",
-    ("dense", "weight"): "OI",
-    ("dense", "bias"): "O",
-}
-
+#: 1.2 added the kinds of the Places365 family (grouped/dilated and bias-free convolution,
+#: LRN, batch norm, scale, element-wise and concat layers, global average pooling, leaky
+#: ReLU), ``keras_names`` and ``feature_blob``. Older 1.x files still load.
+FORMAT_VERSION = "1.2"
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -67,18 +52,9 @@ class TensorSpec:
 
 @dataclass
 class Layer:
-    """One node of the graph.
-
-    ``attrs`` by kind:
-
-    * ``conv2d``: ``kernel`` (kh, kw), ``stride`` (sh, sw), ``pad`` (ph, pw),
-      ``in_channels``, ``out_channels``;
-    * ``max_pool2d`` / ``avg_pool2d``: ``kernel``, ``stride``, ``pad``, ``ceil_mode``;
-    * ``flatten``: ``shape`` (C, H, W) of its input;
-    * ``dense``: ``in_features``, ``out_features``;
-    * ``dropout``: ``rate`` (identity at inference);
-    * ``softmax``: ``axis`` (1).
-    """
+    """One node of the graph: ``inputs`` name the graph input or earlier layers (several
+    for ``eltwise`` and ``concat``); ``attrs`` and ``tensors`` by kind are described in
+    :mod:`crossmodal.convert.kinds`."""
 
     name: str
     kind: str
@@ -102,11 +78,15 @@ class InputSpec:
 class Preprocess:
     """How an image becomes the network input, as data.
 
-    Steps, in order: decode to RGB → resize → center crop → to float in
-    ``value_range`` ("0-1": pixel/255, "0-255": pixel) → reorder channels to
-    ``channel_order`` → subtract mean (``mean`` per channel, or the tensor named
-    ``mean_image`` of shape (3, H, W), already in ``channel_order``, center-cropped
-    to the crop size) → divide by ``std``.
+    Steps, in order: decode to RGB (``channel_order`` ``"L"``: then to grayscale, PIL's
+    ITU-R 601-2 luma) → resize → center crop → to float in ``value_range`` ("0-1":
+    pixel/255, "0-255": pixel) → reorder channels to ``channel_order`` → subtract mean
+    (``mean`` per channel, or the tensor named ``mean_image`` of shape (C, H, W),
+    already in ``channel_order``, center-cropped to the crop size) → divide by ``std``.
+
+    The spec makes ``C = len(mean)`` channels: 3 (``RGB`` / ``BGR``) or 1 (``L``,
+    grayscale); ``std`` has as many values. :mod:`crossmodal.convert.consistency`
+    checks that C is what the network's first layer takes.
 
     ``resize`` is either an int (the shorter side becomes this, aspect kept) or
     ``(H, W)`` (exact size, aspect not kept). ``crop`` is (H, W).
@@ -118,8 +98,8 @@ class Preprocess:
     interpolation: str = "bilinear"
     channel_order: str = "RGB"
     value_range: str = "0-1"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     mean_image: str | None = None
     name: str = "torchvision"
 
@@ -134,9 +114,10 @@ class Preprocess:
         """A spec from JSON data, every field type-checked (InputError naming the field).
 
         ``resize``: a positive int or [H, W] ([S] means S); ``crop``: a positive int
-        (square) or [H, W]; ``mean``: three numbers; ``std``: three non-zero numbers.
-        Fields left out take the torchvision defaults, except ``name``, which is
-        ``"custom"`` for a spec that does not name itself.
+        (square) or [H, W]; ``mean``: three numbers (one for a grayscale spec); ``std``: as
+        many non-zero numbers. Fields left out take the torchvision defaults, except
+        ``name``, which is ``"custom"`` for a spec that does not name itself, and
+        ``channel_order``, which is ``"L"`` for a spec whose mean has one value.
         """
         if not isinstance(d, Mapping):
             raise InputError("preprocessing spec must be a JSON object", source)
@@ -146,17 +127,27 @@ class Preprocess:
             raise InputError(f"unknown preprocessing keys {unknown}; known: {sorted(known)}", source)
         kw = {key: _PREPROCESS_FIELDS[key](value, key, source) for key, value in d.items()}
         kw.setdefault("name", "custom")
+        if len(kw.get("mean", (0, 0, 0))) == 1:
+            kw.setdefault("channel_order", "L")
         spec = cls(**kw)
         spec.validate(source)
         return spec
 
+    @property
+    def channels(self) -> int:
+        """How many channels the images this spec makes have: 1 (``L``) or 3."""
+        return 1 if self.channel_order == "L" else 3
+
     def validate(self, source: object = None) -> None:
-        if self.channel_order not in ("RGB", "BGR"):
-            raise InputError(f"channel_order must be RGB or BGR, not {self.channel_order!r}", source)
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise InputError(f"channel_order must be RGB, BGR or L (grayscale), not {self.channel_order!r}", source)
         if self.value_range not in ("0-1", "0-255"):
             raise InputError(f"value_range must be '0-1' or '0-255', not {self.value_range!r}", source)
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
-            raise InputError("mean and std need three values each, std non-zero", source)
+        n = self.channels
+        if len(self.mean) != n or len(self.std) != n or any(s == 0 for s in self.std):
+            want = "one value each (grayscale, channel_order L)" if n == 1 else "three values each"
+            raise InputError(f"mean and std need {want}, std non-zero; got {len(self.mean)} and "
+                             f"{len(self.std)} for channel_order {self.channel_order}", source)
 
     def check_fits(self, input_shape: tuple[int, ...], source: object = None) -> None:
         """Refuse a spec whose crop (H, W) is not the network input's (C, H, W) size."""
@@ -165,6 +156,9 @@ class Preprocess:
             raise InputError(f"preprocessing {self.name!r} crops {self.crop[0]}×{self.crop[1]}, but the "
                              f"network takes {h}×{w}: give a spec whose \"crop\" is [{h}, {w}]", source)
 
+
+#: Channel orders a preprocessing spec may make: colour (3 channels) or grayscale ``L`` (1 channel).
+CHANNEL_ORDERS = ("RGB", "BGR", "L")
 
 #: Resampling filters an image may be resized with (see crossmodal.evaluate.images).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area", "box")
@@ -208,9 +202,9 @@ def _choice(options: tuple[str, ...], *, lower: bool = False):
 
 
 def _triple(nonzero: bool):
-    def check(value: Any, key: str, source: object) -> tuple[float, float, float]:
-        want = "three " + ("non-zero " if nonzero else "") + "numbers"
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
+    def check(value: Any, key: str, source: object) -> tuple[float, ...]:
+        want = "three " + ("non-zero " if nonzero else "") + "numbers (one for a grayscale spec)"
+        if (not isinstance(value, (list, tuple)) or len(value) not in (1, 3)
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                        or (nonzero and v == 0) for v in value)):
             raise _bad(key, want, list(value) if isinstance(value, tuple) else value, source)
@@ -232,7 +226,7 @@ _PREPROCESS_FIELDS: dict[str, Any] = {
     "resize": lambda v, k, s: _size(v, k, s, square=False),
     "crop": lambda v, k, s: _size(v, k, s, square=True),
     "interpolation": _choice(INTERPOLATIONS, lower=True),
-    "channel_order": _choice(("RGB", "BGR")),
+    "channel_order": _choice(CHANNEL_ORDERS),
     "value_range": _choice(("0-1", "0-255")),
     "mean": _triple(nonzero=False),
     "std": _triple(nonzero=True),
@@ -276,6 +270,10 @@ class Provenance:
     framework_versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    #: What the weights are (see :mod:`crossmodal.convert.identity`): ``{"kind": "random", "seed": N}``,
+    #: ``{"kind": "card", "card": NAME, ...}`` or ``{"kind": "unknown", "sha256": ...}``; empty in an
+    #: IR written before it was recorded (read as unknown).
+    weights_identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -293,6 +291,13 @@ class Graph:
     #: Tensors no layer owns, by name: the Caffe mean image ``preprocess.mean_image``
     #: (3, H, W), layout ``CHW``, in the preprocessing's channel order and value units.
     tensors: dict[str, TensorSpec] = field(default_factory=dict)
+    #: IR layer → the Keras layer name the emitter gives it (``block1_conv1`` for VGG16, as
+    #: ``keras.applications`` names it); set by the model definitions in ``crossmodal.models``.
+    #: Layers not listed keep their IR name (``/`` and other characters Keras refuses become ``_``).
+    keras_names: dict[str, str] = field(default_factory=dict)
+    #: The public blob that is the network's feature vector (retrieval's and probe's default
+    #: layer, the ONNX model's third output): ``fc7`` for VGG/AlexNet, the pooled features else.
+    feature_blob: str = "fc7"
     format_version: str = FORMAT_VERSION
 
     def layer(self, name: str) -> Layer:
@@ -346,6 +351,8 @@ class Graph:
             "outputs": list(self.outputs),
             "blobs": dict(self.blobs),
             "tensors": {name: {**dataclasses.asdict(t), "shape": list(t.shape)} for name, t in self.tensors.items()},
+            "keras_names": dict(self.keras_names),
+            "feature_blob": self.feature_blob,
             "labels": None if self.labels is None else dataclasses.asdict(self.labels),
             "provenance": dataclasses.asdict(self.provenance),
         }
@@ -380,45 +387,13 @@ class Graph:
                 blobs=dict(d.get("blobs", {})),
                 tensors={n: TensorSpec(**{**t, "shape": tuple(t["shape"])})
                          for n, t in (d.get("tensors") or {}).items()},
+                keras_names=dict(d.get("keras_names") or {}),
+                feature_blob=str(d.get("feature_blob") or "fc7"),
                 format_version=version,
             )
         except (KeyError, TypeError) as exc:
             raise InputError(f"malformed IR graph: {exc!r}", source) from None
         return graph
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """Output length of a pooling window sweep (PyTorch/Caffe rule for ceil mode).
-
-    In ceil mode the last window must start inside the input or left padding
-    (a window that would start in the right padding is dropped).
-    """
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def infer_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """Per-sample output shape of every layer: (C, H, W) for maps, (F,) for vectors."""
-    shapes: dict[str, tuple[int, ...]] = {graph.input.name: tuple(graph.input.shape)}
-    for layer in graph.layers:
-        shape, a = shapes[layer.inputs[0]], layer.attrs
-        if layer.kind == "conv2d":
-            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
-            shape = (a["out_channels"], (shape[1] + 2 * ph - kh) // sh + 1, (shape[2] + 2 * pw - kw) // sw + 1)
-        elif layer.kind in ("max_pool2d", "avg_pool2d"):
-            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
-            ceil = bool(a.get("ceil_mode", False))
-            shape = (shape[0], pool_output_size(shape[1], kh, sh, ph, ceil),
-                     pool_output_size(shape[2], kw, sw, pw, ceil))
-        elif layer.kind == "flatten":
-            shape = (int(np.prod(shape)),)
-        elif layer.kind == "dense":
-            shape = (a["out_features"],)
-        shapes[layer.name] = tuple(int(v) for v in shape)
-    return shapes
 
 
 def _jsonable(value: Any) -> Any:
@@ -471,22 +446,32 @@ def validate(model: IRModel) -> None:
     unknown = sorted({l.kind for l in graph.layers if l.kind not in LAYER_KINDS})
     if unknown:
         raise UnsupportedError(f"unsupported layer kinds {unknown}")
+    try:
+        shapes = infer_shapes(graph)
+    except InputError as exc:
+        problems.append(str(exc))
+        shapes = {}
     for layer in graph.layers:
         for src in layer.inputs:
             if src not in seen:
                 problems.append(f"layer {layer.name!r} reads {src!r}, which comes later or not at all")
         seen.add(layer.name)
-        expected = LAYER_KINDS[layer.kind]
-        if tuple(sorted(layer.tensors)) != tuple(sorted(expected)):
+        required, optional = set(LAYER_KINDS[layer.kind]), set(OPTIONAL_ROLES.get(layer.kind, ()))
+        if not required <= set(layer.tensors) <= required | optional:
             problems.append(f"layer {layer.name!r} ({layer.kind}) has tensors {sorted(layer.tensors)}, "
-                            f"expected {list(expected)}")
+                            f"expected {sorted(required)}" + (f" and optionally {sorted(optional)}" if optional else ""))
             continue
+        in_shape = shapes.get(layer.inputs[0]) if layer.inputs else None
+        want = expected_tensor_shapes(layer.kind, layer.attrs, in_shape) if in_shape else {}
         for role, spec in layer.tensors.items():
             arr = model.weights.get(spec.name)
             if arr is None:
                 problems.append(f"tensor {spec.name!r} of layer {layer.name!r} is missing")
             elif tuple(arr.shape) != tuple(spec.shape):
                 problems.append(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, graph says {spec.shape}")
+            elif role in want and tuple(arr.shape) != tuple(want[role]):
+                problems.append(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, layer {layer.name!r} "
+                                f"({layer.kind}) needs {tuple(want[role])}")
     for name, spec in graph.tensors.items():
         arr = model.weights.get(name)
         if arr is None:
@@ -502,7 +487,7 @@ def validate(model: IRModel) -> None:
     if graph.labels is not None and len(graph.labels.names) != graph.num_classes:
         problems.append(f"{len(graph.labels.names)} labels for {graph.num_classes} classes")
     if problems:
-        raise InputError("invalid IR: " + "; ".join(problems))
+        raise InputError("invalid IR: " + "; ".join(dict.fromkeys(problems)))
 
 
 def layer_tensor_names(graph: Graph) -> set[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from crossmodal import __version__
+from crossmodal.convert import consistency, identity
 from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
 from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
@@ -51,6 +52,7 @@ class ConvertResult:
             "num_classes": g.num_classes,
             "parameters": g.parameter_count(),
             "source": dataclasses.asdict(g.provenance),
+            "weights": identity.describe(g),
             "preprocess": g.preprocess.to_dict(),
             "artifacts": [dataclasses.asdict(a) for a in self.artifacts],
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -207,11 +209,12 @@ def remove_created(created: list[Path]) -> None:
 
 def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
             labels: Path | None = None, io_labels: Path | None = None,
-            opset: int | None = None, onnx_outputs: Iterable[str] = ("fc7",),
+            opset: int | None = None, onnx_outputs: Iterable[str] | None = None,
             on_step: Callable[[str], None] | None = None, **read_options) -> ConvertResult:
     """Run the whole conversion; ``read_options`` go to :func:`read_source`.
 
-    Targets and the ONNX opset are checked before anything is read or written; the
+    ``onnx_outputs``: blobs the ONNX model outputs after ``logits`` and ``prob`` (default:
+    the network's feature blob, ``graph.feature_blob``). Targets and the ONNX opset are checked before anything is read or written; the
     output folder is created (and removed again on failure when this run created it).
     """
     targets = list(dict.fromkeys(targets))
@@ -250,7 +253,13 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     prov.tool_version = f"crossmodal {__version__}"
     prov.framework_versions = {**framework_versions(), **prov.framework_versions}
     prov.created = prov.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    from crossmodal.models import annotate
+    annotate(model.graph)  # Keras names of a known architecture read from a generic format
+    if not prov.weights_identity:  # an IR folder keeps the identity it records
+        weights_file = read_options.get("caffemodel") or Path(source)
+        prov.weights_identity = identity.resolve(weights_file, prov.source_sha256)
     model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
+    consistency.check(model.graph, source)  # input spec, preprocessing and first layer agree
     if "keras" in targets:  # refuse inexpressible layers before any file is written
         from crossmodal.convert.emitters.to_keras import check_keras
         check_keras(model.graph)
@@ -269,7 +278,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
             from crossmodal.convert.emitters.to_onnx import build_onnx_skeleton, save_onnx
             t = time.perf_counter()
             step(f"emitting ONNX (opset {opset}, checked)")
-            proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=list(onnx_outputs))
+            proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=[model.graph.feature_blob] if onnx_outputs is None else list(onnx_outputs))
             written += [("onnx" if p.suffix == ".onnx" else "onnx-data", p)
                         for p in save_onnx(proto, staging / "model.onnx", arrays=arrays)]
             del proto, arrays

@@ -11,9 +11,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from crossmodal.convert.ir import IRModel, Layer, pool_output_size, validate
+from crossmodal.convert.ir import MULTI_INPUT_KINDS, IRModel, Layer, pool_output_size, validate
 from crossmodal.errors import InputError
 
+#: (input, layer, model, dtype) → output; the input is a list of arrays for the
+#: multi-input kinds (``eltwise``, ``concat``).
 RefOp = Callable[[np.ndarray, Layer, IRModel, np.dtype], np.ndarray]
 REFERENCE_OPS: dict[str, RefOp] = {}
 
@@ -29,21 +31,31 @@ def reference_op(kind: str) -> Callable[[RefOp], RefOp]:
 
 @reference_op("conv2d")
 def conv2d(x: np.ndarray, layer: Layer, model: IRModel, dtype: np.dtype) -> np.ndarray:
-    """(N, C, H, W) → (N, O, H', W'), weight OIHW. Summed as kh·kw matmuls in NHWC."""
+    """(N, C, H, W) → (N, O, H', W'), weight OIHW (O, C / groups, kh, kw), optional bias.
+
+    Summed as kh·kw matmuls in NHWC per group; ``dilation`` spaces the kernel taps.
+    """
     w = model.tensor(layer, "weight").astype(dtype)
-    b = model.tensor(layer, "bias").astype(dtype)
-    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
-    if x.shape[1] != w.shape[1]:
-        raise InputError(f"layer {layer.name}: input has {x.shape[1]} channels, weight expects {w.shape[1]}")
+    a = layer.attrs
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+    (dh, dw), groups = a.get("dilation", (1, 1)), int(a.get("groups", 1))
+    if x.shape[1] != w.shape[1] * groups:
+        raise InputError(f"layer {layer.name}: input has {x.shape[1]} channels, weight expects "
+                         f"{w.shape[1]} × {groups} group(s)")
     xh = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     n, hp, wp, _ = xh.shape
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     out = np.zeros((n, ho, wo, w.shape[0]), dtype=dtype)
-    for i in range(kh):
-        for j in range(kw):
-            patch = xh[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-            out += patch @ w[:, :, i, j].T
-    out += b
+    cin, cout = w.shape[1], w.shape[0] // groups
+    for g in range(groups):
+        xg, wg = xh[..., g * cin:(g + 1) * cin], w[g * cout:(g + 1) * cout]
+        og = out[..., g * cout:(g + 1) * cout]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xg[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw, :]
+                og += patch @ wg[:, :, i, j].T
+    if "bias" in layer.tensors:
+        out += model.tensor(layer, "bias").astype(dtype)
     return out.transpose(0, 3, 1, 2)
 
 
@@ -77,7 +89,72 @@ def avg_pool2d(x, layer, model, dtype):
 
 @reference_op("relu")
 def relu(x, layer, model, dtype):
-    return np.maximum(x, 0)
+    """max(x, 0), or x · negative_slope where x < 0 (a leaky ReLU)."""
+    slope = float(layer.attrs.get("negative_slope", 0.0))
+    return np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, x * slope)
+
+
+@reference_op("global_avg_pool2d")
+def global_avg_pool2d(x, layer, model, dtype):
+    """(N, C, H, W) → (N, C): the mean over every position."""
+    return x.mean(axis=(2, 3))
+
+
+@reference_op("lrn")
+def lrn(x, layer, model, dtype):
+    """Across channels: x / (k + alpha / size · Σ window x²) ** beta, window of ``size`` (odd)
+    channels centred on each channel, zero beyond the edges."""
+    a = layer.attrs
+    size = int(a["size"])
+    half = size // 2
+    sq = np.pad(np.square(x), ((0, 0), (half, half), (0, 0), (0, 0)))
+    csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
+    window = csum[:, size:] - csum[:, :-size]
+    return x / (float(a.get("k", 1.0)) + float(a["alpha"]) / size * window) ** float(a["beta"])
+
+
+@reference_op("batch_norm")
+def batch_norm(x, layer, model, dtype):
+    """(x − mean) / sqrt(var + eps) · weight + bias, per channel (axis 1); maps or vectors."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = model.tensor(layer, "mean").astype(dtype).reshape(shape)
+    var = model.tensor(layer, "var").astype(dtype).reshape(shape)
+    y = (x - mean) / np.sqrt(var + float(layer.attrs.get("eps", 1e-5)))
+    if "weight" in layer.tensors:
+        y = y * model.tensor(layer, "weight").astype(dtype).reshape(shape)
+    if "bias" in layer.tensors:
+        y = y + model.tensor(layer, "bias").astype(dtype).reshape(shape)
+    return y
+
+
+@reference_op("scale")
+def scale(x, layer, model, dtype):
+    """x · weight (+ bias), per channel (axis 1)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = x * model.tensor(layer, "weight").astype(dtype).reshape(shape)
+    if "bias" in layer.tensors:
+        y = y + model.tensor(layer, "bias").astype(dtype).reshape(shape)
+    return y
+
+
+@reference_op("eltwise")
+def eltwise(xs, layer, model, dtype):
+    """Element-wise sum (each input times its coefficient), product or maximum."""
+    op, coeffs = layer.attrs.get("op", "sum"), layer.attrs.get("coeffs")
+    if op == "sum":
+        coeffs = coeffs or [1.0] * len(xs)
+        return sum(float(c) * x if float(c) != 1.0 else x for c, x in zip(coeffs, xs))
+    reduce = np.multiply if op == "prod" else np.maximum
+    out = xs[0]
+    for x in xs[1:]:
+        out = reduce(out, x)
+    return out
+
+
+@reference_op("concat")
+def concat(xs, layer, model, dtype):
+    """Inputs joined along the channel axis (1)."""
+    return np.concatenate(xs, axis=1)
 
 
 @reference_op("dropout")
@@ -137,7 +214,7 @@ def run(model: IRModel, x: np.ndarray, layers: Iterable[str] | None = None,
     results: dict[str, np.ndarray] = {}
     keep = set(targets.values())
     for i, layer in enumerate(graph.layers):
-        args = values[layer.inputs[0]]
+        args = [values[src] for src in layer.inputs] if layer.kind in MULTI_INPUT_KINDS else values[layer.inputs[0]]
         values[layer.name] = REFERENCE_OPS[layer.kind](args, layer, model, np.dtype(dtype))
         for src in layer.inputs:
             if last_use.get(src) == i and src not in keep:

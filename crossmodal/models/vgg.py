@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from crossmodal.convert.ir import (
     TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec,
 )
+from crossmodal.models import keras_namer
 
 CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -208,7 +209,7 @@ def build_graph(spec: VGGSpec, preprocess: Preprocess | None = None, name: str |
             add(Layer(f"relu{n}", "relu", [prev]))
             add(Layer(f"drop{n}", "dropout", [prev], {"rate": 0.5}))
     add(Layer("prob", "softmax", [prev], {"axis": 1}))
-    return Graph(
+    graph = Graph(
         name=name or spec.arch,
         input=InputSpec(shape=spec.input_shape,
                         channel_order=(preprocess or Preprocess()).channel_order,
@@ -218,7 +219,10 @@ def build_graph(spec: VGGSpec, preprocess: Preprocess | None = None, name: str |
         preprocess=preprocess or Preprocess(),
         blobs={"pool5": pool5, "fc6": "relu6", "fc7": "relu7",
                "logits": spec.final_name, "prob": "prob"},
+        feature_blob="fc7",
     )
+    graph.keras_names = keras_names(graph)
+    return graph
 
 
 def torchvision_keys(spec: VGGSpec) -> dict[str, str]:
@@ -243,6 +247,18 @@ def named_keys(spec: VGGSpec) -> dict[str, str]:
         for role in ("weight", "bias"):
             out[f"{fc}.{role}"] = f"classifier.{fc}.{role}"
     return out
+
+
+_VGG_KINDS = frozenset({"conv2d", "relu", "max_pool2d", "avg_pool2d", "flatten", "dense", "dropout", "softmax"})
+
+
+@keras_namer
+def keras_names_if_vgg(graph: Graph) -> dict[str, str] | None:
+    """:func:`keras_names` for a plain chain of VGG layer kinds ending in dense layers, else None."""
+    chain = all(len(l.inputs) == 1 for l in graph.layers)
+    if not chain or not {l.kind for l in graph.layers} <= _VGG_KINDS or not any(l.kind == "dense" for l in graph.layers):
+        return None
+    return keras_names(graph)
 
 
 def keras_names(graph: Graph) -> dict[str, str]:

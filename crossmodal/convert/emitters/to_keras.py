@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossmodal.convert import layouts
-from crossmodal.convert.ir import Graph, IRModel, Layer, infer_shapes, pool_output_size
+from crossmodal.convert.ir import MULTI_INPUT_KINDS, Graph, IRModel, Layer, infer_shapes, pool_output_size
 from crossmodal.convert.registry import converter, lookup
 from crossmodal.errors import UnsupportedError
-from crossmodal.models.vgg import keras_names
 
 
 @dataclass
@@ -39,6 +38,24 @@ class KerasContext:
     shapes: dict[str, tuple] = field(default_factory=dict)    # IR layer → (C, H, W) or (F,)
 
 
+def keras_names(graph: Graph) -> dict[str, str]:
+    """IR layer → Keras layer name: the graph's ``keras_names`` where it gives one (the model
+    definitions set them, e.g. VGG16's ``block1_conv1``), else the IR name with every
+    character Keras refuses (``/`` …) replaced by ``_``, made unique."""
+    import re
+    names, taken = {}, set(graph.keras_names.values())
+    for layer in graph.layers:
+        name = graph.keras_names.get(layer.name)
+        if name is None:
+            base = name = re.sub(r"[^A-Za-z0-9_.-]", "_", layer.name)
+            i = 1
+            while name in taken or name == "input":
+                name, i = f"{base}_{i}", i + 1
+        names[layer.name] = name
+        taken.add(name)
+    return names
+
+
 def fused_relus(graph: Graph) -> set[str]:
     """ReLU layers that directly follow a conv2d/dense whose only consumer they are."""
     layers, consumers = graph.layers, {}
@@ -47,7 +64,7 @@ def fused_relus(graph: Graph) -> set[str]:
             consumers.setdefault(src, []).append(layer.name)
     kinds = {l.name: l.kind for l in layers}
     return {l.name for l in layers
-            if l.kind == "relu" and kinds.get(l.inputs[0]) in ("conv2d", "dense")
+            if l.kind == "relu" and not l.attrs.get("negative_slope") and kinds.get(l.inputs[0]) in ("conv2d", "dense")
             and consumers[l.inputs[0]] == [l.name]}
 
 
@@ -74,9 +91,19 @@ def _built(klayer, x):
     saved config is the ordinary one (as keras.applications writes it)."""
     import keras
     y = klayer(x)
-    klayer.kernel_initializer = keras.initializers.get("glorot_uniform")
-    klayer.bias_initializer = keras.initializers.get("zeros")
+    for attr, default in _DEFAULT_INITIALIZERS.items():
+        if hasattr(klayer, attr):
+            setattr(klayer, attr, keras.initializers.get(default))
     return y
+
+
+#: Keras' default initializers, restored after a layer is built from our arrays.
+_DEFAULT_INITIALIZERS = {
+    "kernel_initializer": "glorot_uniform", "bias_initializer": "zeros",
+    "depthwise_initializer": "glorot_uniform",
+    "gamma_initializer": "ones", "beta_initializer": "zeros",
+    "moving_mean_initializer": "zeros", "moving_variance_initializer": "ones",
+}
 
 
 def _activation(ctx: KerasContext, layer: Layer) -> str | None:
@@ -85,15 +112,23 @@ def _activation(ctx: KerasContext, layer: Layer) -> str | None:
 
 @converter("conv2d", "keras")
 def _conv(ctx: KerasContext, layer: Layer, x):
+    """Conv2D (``groups``, ``dilation_rate``; kernel OIHW → HWIO); ``same`` padding where it
+    equals the IR's symmetric padding, else an explicit ZeroPadding2D and ``valid``."""
     import keras
-    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
-    same = (sh, sw) == (1, 1) and (kh - 1) == 2 * ph and (kw - 1) == 2 * pw
+    a = layer.attrs
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+    dh, dw = a.get("dilation", (1, 1))
+    same = (sh, sw) == (1, 1) and dh * (kh - 1) == 2 * ph and dw * (kw - 1) == 2 * pw
     if not same and (ph or pw):
         x = keras.layers.ZeroPadding2D((ph, pw), name=f"{ctx.names[layer.name]}_pad")(x)
     kernel = layouts.conv_oihw_to_hwio(ctx.model.tensor(layer, "weight"))
-    conv = keras.layers.Conv2D(layer.attrs["out_channels"], (kh, kw), strides=(sh, sw),
-                               padding="same" if same else "valid", activation=_activation(ctx, layer),
-                               name=ctx.names[layer.name], **_from_arrays(kernel, ctx.model.tensor(layer, "bias")))
+    has_bias = "bias" in layer.tensors
+    init = {"kernel_initializer": _FromArray(kernel)}
+    if has_bias:
+        init["bias_initializer"] = _FromArray(ctx.model.tensor(layer, "bias"))
+    conv = keras.layers.Conv2D(a["out_channels"], (kh, kw), strides=(sh, sw), padding="same" if same else "valid",
+                               dilation_rate=(dh, dw), groups=int(a.get("groups", 1)), use_bias=has_bias,
+                               activation=_activation(ctx, layer), name=ctx.names[layer.name], **init)
     return _built(conv, x)
 
 
@@ -107,15 +142,17 @@ class PoolPlan:
 
 
 def _non_negative(graph: Graph, name: str) -> bool:
-    """Whether the output of ``name`` is ≥ 0 for every input (it comes from a ReLU,
-    possibly through pooling or dropout, which keep the sign)."""
-    while name != graph.input.name:
-        layer = graph.layer(name)
-        if layer.kind == "relu":
-            return True
-        if layer.kind not in ("max_pool2d", "avg_pool2d", "dropout"):
-            return False
-        name = layer.inputs[0]
+    """Whether the output of ``name`` is ≥ 0 for every input: it comes from a plain ReLU,
+    possibly through layers that keep the sign (pooling, dropout, LRN, and concatenations
+    or maxima of such outputs)."""
+    if name == graph.input.name:
+        return False
+    layer = graph.layer(name)
+    if layer.kind == "relu":
+        return not layer.attrs.get("negative_slope")
+    if layer.kind in ("max_pool2d", "avg_pool2d", "global_avg_pool2d", "dropout", "lrn", "concat") or (
+            layer.kind == "eltwise" and layer.attrs.get("op") == "max"):
+        return all(_non_negative(graph, src) for src in layer.inputs)
     return False
 
 
@@ -153,7 +190,7 @@ def keras_gaps(graph: Graph) -> list[str]:
     """Every reason ``graph`` cannot become an exact Keras model: layer kinds without a
     converter and pooling Keras cannot express (:func:`pool_plan`)."""
     from crossmodal.convert.registry import coverage
-    kinds, shapes, gaps = coverage("keras"), infer_shapes(graph), []
+    kinds, shapes, gaps = coverage("keras"), infer_shapes(graph, skip_unknown=True), []
     for layer in graph.layers:
         if layer.kind not in kinds:
             gaps.append(f"{layer.name} ({layer.kind}) → keras")
@@ -162,6 +199,11 @@ def keras_gaps(graph: Graph) -> list[str]:
                 pool_plan(graph, layer, shapes[layer.inputs[0]])
             except UnsupportedError as exc:
                 gaps.append(str(exc))
+        elif layer.kind == "conv2d" and max(layer.attrs["stride"]) > 1 and max(layer.attrs.get("dilation", (1, 1))) > 1:
+            gaps.append(f"layer {layer.name}: Keras' Conv2D has no stride > 1 with dilation > 1")
+        elif layer.kind == "scale" and len(shapes[layer.inputs[0]]) != 3:
+            gaps.append(f"layer {layer.name}: a per-channel scale of a vector (Keras' exact form is a 1×1 "
+                        "depthwise convolution, which needs a map)")
     return gaps
 
 
@@ -197,7 +239,69 @@ def _relu(ctx, layer, x):
     import keras
     if layer.name in ctx.fused:
         return x
-    return keras.layers.ReLU(name=layer.name)(x)
+    slope = float(layer.attrs.get("negative_slope", 0.0))
+    return keras.layers.ReLU(negative_slope=slope, name=ctx.names[layer.name])(x)
+
+
+@converter("global_avg_pool2d", "keras")
+def _global_avg_pool(ctx, layer, x):
+    import keras
+    return keras.layers.GlobalAveragePooling2D(name=ctx.names[layer.name])(x)
+
+
+@converter("lrn", "keras")
+def _lrn(ctx, layer, x):
+    from crossmodal.convert.emitters.keras_layers import LocalResponseNorm
+    a = layer.attrs
+    return LocalResponseNorm(int(a["size"]), float(a["alpha"]), float(a["beta"]), float(a.get("k", 1.0)),
+                             name=ctx.names[layer.name])(x)
+
+
+@converter("batch_norm", "keras")
+def _batch_norm(ctx, layer, x):
+    """BatchNormalization (channels last) holding the IR's statistics and affine part."""
+    import keras
+    t = layer.tensors
+    init = {"moving_mean_initializer": _FromArray(ctx.model.tensor(layer, "mean")),
+            "moving_variance_initializer": _FromArray(ctx.model.tensor(layer, "var"))}
+    if "weight" in t:
+        init["gamma_initializer"] = _FromArray(ctx.model.tensor(layer, "weight"))
+    if "bias" in t:
+        init["beta_initializer"] = _FromArray(ctx.model.tensor(layer, "bias"))
+    bn = keras.layers.BatchNormalization(axis=-1, epsilon=float(layer.attrs.get("eps", 1e-5)), center="bias" in t,
+                                         scale="weight" in t, name=ctx.names[layer.name], **init)
+    return _built(bn, x)
+
+
+@converter("scale", "keras")
+def _scale(ctx, layer, x):
+    """Per-channel x · w + b as a 1×1 DepthwiseConv2D (a native layer; exact: one multiply-add)."""
+    import keras
+    w = ctx.model.tensor(layer, "weight")
+    has_bias = "bias" in layer.tensors
+    init = {"depthwise_initializer": _FromArray(w.reshape(1, 1, -1, 1).astype("float32"))}
+    if has_bias:
+        init["bias_initializer"] = _FromArray(ctx.model.tensor(layer, "bias"))
+    conv = keras.layers.DepthwiseConv2D(1, use_bias=has_bias, name=ctx.names[layer.name], **init)
+    return _built(conv, x)
+
+
+@converter("eltwise", "keras")
+def _eltwise(ctx, layer, xs):
+    """Add (inputs with a coefficient ≠ 1 first go through Rescaling), Multiply or Maximum."""
+    import keras
+    op, coeffs, name = layer.attrs.get("op", "sum"), layer.attrs.get("coeffs"), ctx.names[layer.name]
+    if op == "sum" and coeffs:
+        xs = [x if float(c) == 1.0 else keras.layers.Rescaling(float(c), name=f"{name}_coeff{i}")(x)
+              for i, (c, x) in enumerate(zip(coeffs, xs))]
+    cls = {"sum": keras.layers.Add, "prod": keras.layers.Multiply, "max": keras.layers.Maximum}[op]
+    return cls(name=name)(list(xs))
+
+
+@converter("concat", "keras")
+def _concat(ctx, layer, xs):
+    import keras
+    return keras.layers.Concatenate(axis=-1, name=ctx.names[layer.name])(list(xs))
 
 
 @converter("dropout", "keras")
@@ -241,11 +345,13 @@ def keras_outputs(graph: Graph) -> dict[str, str]:
         if layer.kind in ("conv2d", "dense"):
             target = None if layer.name in carriers else names[layer.name]
         elif layer.kind == "relu":
-            target = names[layer.inputs[0]] if layer.name in fused else layer.name
+            target = names[layer.inputs[0]] if layer.name in fused else names[layer.name]
         elif layer.kind == "dropout":
             target = exposed.get(layer.inputs[0])
+        elif layer.kind == "softmax":
+            target = None
         else:
-            target = names.get(layer.name)
+            target = names[layer.name]
         if target:
             exposed[layer.name] = target
     return exposed
@@ -269,7 +375,9 @@ def build_keras(model: IRModel):
     inp = keras.Input(shape=(h, w, c), name="input", dtype="float32")
     ctx.tensors[graph.input.name] = inp
     for layer in graph.layers:
-        ctx.tensors[layer.name] = lookup(layer.kind, "keras")(ctx, layer, ctx.tensors[layer.inputs[0]])
+        x = ([ctx.tensors[src] for src in layer.inputs] if layer.kind in MULTI_INPUT_KINDS
+             else ctx.tensors[layer.inputs[0]])
+        ctx.tensors[layer.name] = lookup(layer.kind, "keras")(ctx, layer, x)
     logits = ctx.tensors[graph.resolve("logits")]
     kmodel = keras.Model(inp, logits, name=graph.name.replace("-", "_"))
     return kmodel, keras_outputs(graph)

@@ -105,11 +105,13 @@ def _src(ctx: OnnxContext, layer: Layer) -> str:
 
 @converter("conv2d", "onnx")
 def _conv(ctx: OnnxContext, layer: Layer) -> str:
-    w = ctx.add_initializer(f"{layer.name}.weight", ctx.model.tensor(layer, "weight"))
-    b = ctx.add_initializer(f"{layer.name}.bias", ctx.model.tensor(layer, "bias"))
-    (ph, pw) = layer.attrs["pad"]
-    return ctx.node("Conv", [_src(ctx, layer), w, b], layer, kernel_shape=list(layer.attrs["kernel"]),
-                    strides=list(layer.attrs["stride"]), pads=[ph, pw, ph, pw])
+    a = layer.attrs
+    inputs = [_src(ctx, layer), ctx.add_initializer(f"{layer.name}.weight", ctx.model.tensor(layer, "weight"))]
+    if "bias" in layer.tensors:
+        inputs.append(ctx.add_initializer(f"{layer.name}.bias", ctx.model.tensor(layer, "bias")))
+    (ph, pw) = a["pad"]
+    return ctx.node("Conv", inputs, layer, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                    pads=[ph, pw, ph, pw], dilations=list(a.get("dilation", (1, 1))), group=int(a.get("groups", 1)))
 
 
 def _pool(op: str, ctx: OnnxContext, layer: Layer) -> str:
@@ -149,7 +151,93 @@ def _avg_pool(ctx: OnnxContext, layer: Layer) -> str:
 
 @converter("relu", "onnx")
 def _relu(ctx: OnnxContext, layer: Layer) -> str:
+    slope = float(layer.attrs.get("negative_slope", 0.0))
+    if slope:
+        return ctx.node("LeakyRelu", [_src(ctx, layer)], layer, alpha=slope)
     return ctx.node("Relu", [_src(ctx, layer)], layer)
+
+
+@converter("global_avg_pool2d", "onnx")
+def _global_avg_pool(ctx: OnnxContext, layer: Layer) -> str:
+    """GlobalAveragePool (N, C, 1, 1), then Flatten to the IR's (N, C)."""
+    from onnx import helper
+    pooled = f"{layer.name}/pool"
+    ctx.nodes.append(helper.make_node("GlobalAveragePool", [_src(ctx, layer)], [pooled], name=pooled,
+                                      doc_string=HELPER))
+    return ctx.node("Flatten", [pooled], layer, axis=1)
+
+
+@converter("lrn", "onnx")
+def _lrn(ctx: OnnxContext, layer: Layer) -> str:
+    a = layer.attrs
+    return ctx.node("LRN", [_src(ctx, layer)], layer, size=int(a["size"]), alpha=float(a["alpha"]),
+                    beta=float(a["beta"]), bias=float(a.get("k", 1.0)))
+
+
+def _per_channel(ctx: OnnxContext, layer: Layer, role: str, array: np.ndarray) -> str:
+    """A (C,) tensor as an initializer shaped to broadcast over axis 1 of the layer's input."""
+    rank = len(ctx.shapes[layer.inputs[0]])
+    return ctx.add_initializer(f"{layer.name}.{role}", np.asarray(array, np.float32).reshape((-1,) + (1,) * (rank - 1)))
+
+
+@converter("batch_norm", "onnx")
+def _batch_norm(ctx: OnnxContext, layer: Layer) -> str:
+    """BatchNormalization (inference form); a missing affine part becomes γ = 1, β = 0."""
+    mean = ctx.model.tensor(layer, "mean")
+    gamma = ctx.model.tensor(layer, "weight") if "weight" in layer.tensors else np.ones_like(mean)
+    beta = ctx.model.tensor(layer, "bias") if "bias" in layer.tensors else np.zeros_like(mean)
+    inputs = [_src(ctx, layer)] + [ctx.add_initializer(f"{layer.name}.{role}", arr) for role, arr in
+                                   (("weight", gamma), ("bias", beta), ("mean", mean),
+                                    ("var", ctx.model.tensor(layer, "var")))]
+    return ctx.node("BatchNormalization", inputs, layer, epsilon=float(layer.attrs.get("eps", 1e-5)))
+
+
+@converter("scale", "onnx")
+def _scale(ctx: OnnxContext, layer: Layer) -> str:
+    """Mul by the per-channel weight, then Add the bias (when there is one)."""
+    from onnx import helper
+    weight = _per_channel(ctx, layer, "weight", ctx.model.tensor(layer, "weight"))
+    if "bias" not in layer.tensors:
+        return ctx.node("Mul", [_src(ctx, layer), weight], layer)
+    scaled = f"{layer.name}/mul"
+    ctx.nodes.append(helper.make_node("Mul", [_src(ctx, layer), weight], [scaled], name=scaled, doc_string=HELPER))
+    return ctx.node("Add", [scaled, _per_channel(ctx, layer, "bias", ctx.model.tensor(layer, "bias"))], layer)
+
+
+@converter("eltwise", "onnx")
+def _eltwise(ctx: OnnxContext, layer: Layer) -> str:
+    """Sum (inputs with a coefficient ≠ 1 are first multiplied by it), Mul or Max."""
+    from onnx import TensorProto, helper
+    op, coeffs = layer.attrs.get("op", "sum"), layer.attrs.get("coeffs")
+    inputs = [ctx.names[src] for src in layer.inputs]
+    if op == "sum" and coeffs:
+        for i, c in enumerate(coeffs):
+            if float(c) != 1.0:
+                name = f"{layer.name}/coeff{i}"
+                ctx.nodes.append(helper.make_node("Constant", [], [name], name=name, doc_string=HELPER,
+                                                  value=helper.make_tensor(name, TensorProto.FLOAT, [], [float(c)])))
+                ctx.nodes.append(helper.make_node("Mul", [inputs[i], name], [f"{name}/mul"], name=f"{name}/mul",
+                                                  doc_string=HELPER))
+                inputs[i] = f"{name}/mul"
+    if op == "prod":
+        return _chain(ctx, layer, "Mul", inputs)
+    return ctx.node("Sum" if op == "sum" else "Max", inputs, layer)
+
+
+def _chain(ctx: OnnxContext, layer: Layer, op: str, inputs: list[str]) -> str:
+    """A binary op folded over ``inputs`` (ONNX Mul takes two)."""
+    from onnx import helper
+    acc = inputs[0]
+    for i, x in enumerate(inputs[1:-1], 1):
+        name = f"{layer.name}/{op.lower()}{i}"
+        ctx.nodes.append(helper.make_node(op, [acc, x], [name], name=name, doc_string=HELPER))
+        acc = name
+    return ctx.node(op, [acc, inputs[-1]], layer)
+
+
+@converter("concat", "onnx")
+def _concat(ctx: OnnxContext, layer: Layer) -> str:
+    return ctx.node("Concat", [ctx.names[src] for src in layer.inputs], layer, axis=1)
 
 
 @converter("flatten", "onnx")
@@ -184,6 +272,7 @@ def metadata(model: IRModel) -> dict[str, str]:
                                         "value_range": g.input.value_range}),
         "crossmodal.source_sha256": g.provenance.source_sha256,
         "crossmodal.source_file": g.provenance.source_file,
+        "crossmodal.weights_identity": json.dumps(g.provenance.weights_identity or {}),
         "crossmodal.blobs": json.dumps(g.blobs),
     }
     if g.labels is not None:
