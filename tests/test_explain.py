@@ -270,6 +270,7 @@ def test_explain_folder_top_k_skips_broken_files(places_model, photos, tmp_path)
     assert len(list((out / "overlays").glob("*.png"))) == 10
     md = (out / "explain.md").read_text()
     assert "broken.jpg" in md and "gradcam" in md
+    assert summary["weights"]["kind"] == "random" and "RANDOM WEIGHTS" in md   # the checkpoint's seeded weights
 
 
 def test_api_predict_features_and_cam(places_model, photos):

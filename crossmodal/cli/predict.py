@@ -55,8 +55,13 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
         from crossmodal.io.atomic import check_output_dir
         check_output_dir(cam_dir)
         model.explain_setup()  # refuse a model that cannot be explained before any work
+    from crossmodal.convert.identity import banner
     bar = Progress("predict", disable=quiet or as_json)
-    progress = bar.update
+
+    def progress(done, total):
+        if bar.bar is None and banner(model.graph) and not quiet:  # once the input has passed its checks
+            click.echo(f"*** {banner(model.graph).upper()} ***", err=True)
+        bar.update(done, total)
 
     def show(r):
         if as_json:

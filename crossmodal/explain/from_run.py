@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crossmodal.convert import identity
 from crossmodal.errors import InputError
 from crossmodal.evaluate.datasets import IMAGE_MODALITIES
 from crossmodal.explain import render
@@ -123,6 +124,8 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
         return -1 if src is None else int(src)
 
     total = sum(len(rows) for sel in chosen.values() for c in every for rows in sel.get(c, {}).values())
+    if identity.banner(model.graph):
+        step(identity.banner(model.graph).upper())
     step(f"{method} on layer {chosen_layer!r}; {len(every)} categories × {len(runs)} modalities, {total} images")
     labels = model.labels
     H, W = model.input_size
@@ -172,7 +175,7 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
                         fig_rows.append((f"{modality}\n{kind}", cells))
             if fig_rows:
                 png = f"categories/{render.safe_name(cat)}.png"
-                render.category_png(out_dir / png, cat, fig_rows, per_class)
+                render.category_png(out_dir / png, cat, fig_rows, per_class, identity.banner(model.graph))
                 figures[cat] = png
         if not records:
             raise InputError("none of the run's selected images could be read: "
@@ -181,20 +184,22 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     finally:
         writer.close()
     means = {m: (s / max(n, 1), n) for m, (s, n) in sums.items() if n}
-    render.mean_maps_png(out_dir / "mean_maps.png", means)
+    render.mean_maps_png(out_dir / "mean_maps.png", means, identity.banner(model.graph))
     summary = {"format": "crossmodal-explain-from-run", "model": str(model.model_dir), "run": str(run_dir),
+               "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
                "method": method, "layer": chosen_layer, "grid": list(grid), "crop": [H, W],
                "images": len(records), "per_class": per_class, "modalities": [m for m, _ in runs],
                "categories": figures, "failed": [{"path": p, "reason": r} for p, r in failures],
                "mean_map_images": {m: n for m, (_, n) in means.items()}, "maps": records}
     write_text_atomic(out_dir / "explain.json", json.dumps(summary, indent=1) + "\n")
-    write_text_atomic(out_dir / "explain.md", from_run_markdown(summary, records))
+    write_text_atomic(out_dir / "explain.md", from_run_markdown(summary, records,
+                                                               identity.markdown_lines(model.graph)))
     return summary
 
 
-def from_run_markdown(summary: dict, records: Sequence[dict]) -> str:
+def from_run_markdown(summary: dict, records: Sequence[dict], weights_lines: Sequence[str] = ()) -> str:
     s = summary
-    lines = ["# crossmodal explain: across modalities", "",
+    lines = ["# crossmodal explain: across modalities", "", *weights_lines,
              f"Baseline run `{s['run']}`, model `{s['model']}`; **{s['method']}** on layer `{s['layer']}`. "
              f"Per category and modality, the {s['per_class']} most confident correct and wrong predictions, "
              "each explained for its (muted) predicted class; titles: prediction and its probability "

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from crossmodal.convert import identity
 from crossmodal.errors import InputError
 from crossmodal.evaluate.images import IMAGE_EXTENSIONS, list_images
 from crossmodal.explain import render
@@ -106,6 +107,8 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
     classes = [model.class_index(class_name)] if class_name is not None else None
     paths = collect_images(inputs)
     method, chosen, head = model.explain_setup(method, layer)
+    if identity.banner(model.graph):
+        step(identity.banner(model.graph).upper())
     step(f"{method} on layer {chosen!r}" + (f" for class {model.labels[classes[0]]!r}" if classes
                                             else f" for the top-{top} class(es)") + f"; {len(paths)} images")
     for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
@@ -144,11 +147,14 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
         writer.commit()
     finally:
         writer.close()
-    summary = {"format": "crossmodal-explain", "model": str(model.model_dir), "method": method, "layer": chosen,
+    summary = {"format": "crossmodal-explain", "model": str(model.model_dir),
+               "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
+               "method": method, "layer": chosen,
                "grid": list(grid), "crop": list(model.input_size), "images": images,
                "classes": "top-%d" % top if classes is None else labels[classes[0]],
                "failed": [{"path": p, "reason": r} for p, r in failures], "maps": rows,
                "files": {"cams.npz": "cams.npz", "explain.md": "explain.md"}}
     write_text_atomic(out_dir / "explain.json", json.dumps(summary, indent=1) + "\n")
-    write_text_atomic(out_dir / "explain.md", render.gallery_markdown(summary, rows, failures))
+    write_text_atomic(out_dir / "explain.md", render.gallery_markdown(
+        {**summary, "weights_lines": identity.markdown_lines(model.graph)}, rows, failures))
     return summary

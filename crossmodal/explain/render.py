@@ -101,12 +101,14 @@ def overlay_png(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> P
     return Path(path)
 
 
-def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[dict]]], per_class: int) -> Path:
+def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[dict]]], per_class: int,
+                 banner: str | None = None) -> Path:
     """One figure per category: ``rows`` = ``(row title, cells)``; a cell is ``{image, cam,
     title, correct}``; correct cells titled green, wrong ones red; empty slots blank."""
     n = max(1, len(rows))
     fig = new_figure(2.1 * per_class + 1.2, 2.3 * n)
-    fig.suptitle(f"{category}: where the network looks (green: correct, red: wrong)", fontsize=11)
+    fig.suptitle((f"{banner.upper()}\n" if banner else "")
+                 + f"{category}: where the network looks (green: correct, red: wrong)", fontsize=11)
     for r, (label, cells) in enumerate(rows):
         for c in range(per_class):
             ax = fig.add_subplot(n, per_class, r * per_class + c + 1)
@@ -122,11 +124,12 @@ def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[d
     return save_png(fig, path, dpi=90)
 
 
-def mean_maps_png(path: Path, means: dict[str, tuple[np.ndarray, int]]) -> Path:
+def mean_maps_png(path: Path, means: dict[str, tuple[np.ndarray, int]], banner: str | None = None) -> Path:
     """Mean map per modality (``name → (mean (H, W), images)``), one panel each, same scale."""
     n = max(1, len(means))
     fig = new_figure(3.0 * n + 0.8, 3.3)
-    fig.suptitle("Mean map per modality: where attention sits on average", fontsize=11)
+    fig.suptitle((f"{banner.upper()}\n" if banner else "")
+                 + "Mean map per modality: where attention sits on average", fontsize=11)
     vmax = max([float(m.max()) for m, _ in means.values()] + [1e-6])
     im = None
     for i, (name, (mean, count)) in enumerate(means.items()):
@@ -148,7 +151,7 @@ def gallery_markdown(summary: dict, rows: Sequence[dict], failures: Sequence[tup
     """``explain.md``: settings, the gallery table (image, class, probability, overlay) and
     the files that did not decode."""
     s = summary
-    lines = ["# crossmodal explain", "",
+    lines = ["# crossmodal explain", "", *s.get("weights_lines", []),
              f"Model `{s['model']}`, method **{s['method']}** on layer `{s['layer']}` "
              f"(grid {s['grid'][0]} × {s['grid'][1]}, upsampled bilinearly to {s['crop'][0]} × {s['crop'][1]}, "
              "each map min-max normalised to [0, 1]).", "",
