@@ -334,7 +334,8 @@ def test_predict_follows_the_demo_rules(places_model, photos, tmp_path):
     assert r.exit_code == 0, r.output
     assert "< 1.5 → indoor" in r.output and "broken.jpg" in r.output and "environment:" in r.output
     assert sorted(np.load(tmp_path / "cam" / "cams.npz").files) == [f"img{i}" for i in range(5)]
-    top1 = {Path(m["path"]).name: m["label"] for m in json.loads((tmp_path / "cam" / "explain.json").read_text())["maps"]}
+    maps = json.loads((tmp_path / "cam" / "explain.json").read_text())["maps"]
+    top1 = {Path(m["path"]).name: m["label"] for m in maps}
     assert top1 == {Path(d["path"]).name: d["top"][0]["label"] for d in data}
 
 

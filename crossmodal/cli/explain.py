@@ -56,7 +56,8 @@ class Progress:
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads on the CPU.")
 @click.option("--no-overlays", is_flag=True, help="Only cams.npz and the JSON (no PNG per image).")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
+@click.option("--no-draft", is_flag=True,
+              help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors

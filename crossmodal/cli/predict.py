@@ -28,7 +28,8 @@ from crossmodal.cli.options import echo_json, handle_errors, json_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
+@click.option("--no-draft", is_flag=True,
+              help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 @handle_errors

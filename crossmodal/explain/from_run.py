@@ -33,6 +33,7 @@ from crossmodal.evaluate.datasets import IMAGE_MODALITIES
 from crossmodal.explain import render
 from crossmodal.explain.job import batches
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
+from crossmodal.io.runs import staged
 
 NEEDED = ("path", "true", "pred1", "prob1")
 
@@ -129,71 +130,70 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     step(f"{method} on layer {chosen_layer!r}; {len(every)} categories × {len(runs)} modalities, {total} images")
     labels = model.labels
     H, W = model.input_size
-    sums = {m: (np.zeros((H, W), np.float64), 0) for m, _ in runs}
-    for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
-        (out_dir / stale).unlink(missing_ok=True)
-    if on_progress:  # the bar starts when the work does
-        on_progress(0, total)
-    writer = render.NpzWriter(out_dir / "cams.npz")
-    failures, figures, records, done, grid = [], {}, [], 0, (0, 0)
-    try:
-        for cat in every:
-            fig_rows = []
-            for modality, _ in runs:
-                groups = chosen[modality].get(cat)
-                if not groups:
-                    continue
-                for kind in ("correct", "wrong"):
-                    items = groups[kind]
-                    cells = []
-                    for chunk in batches(items, batch_size):
-                        batch = model.load([r["path"] for r in chunk], on_error="skip")
-                        failures += [(f"{modality}: {p}", why) for p, why in batch.failures]
-                        by_path = {r["path"]: r for r in chunk}
-                        rows = [by_path[s] for s in batch.sources]
-                        if rows:
-                            classes = np.array([[target(r["pred"])] for r in rows], np.int64)
-                            res = model.cam_batch(batch, classes, 1, method, chosen_layer, head)
-                            grid = res.grid
-                            pics = model.display(batch.x)
-                            for i, r in enumerate(rows):
-                                key = writer.unique(f"{modality}/{Path(r['path']).stem}")
-                                writer.add(key, res.maps[i, 0])
-                                total_sum, n = sums[modality]
-                                sums[modality] = (total_sum + res.maps[i, 0], n + 1)
-                                label = labels[int(res.targets[i, 0])]
-                                cells.append({"image": pics[i], "cam": res.maps[i, 0], "correct": r["correct"],
-                                              "title": f"{r['pred'][:22]} {r['prob']:.2f}"})
-                                records.append({"modality": modality, "category": cat, "kind": kind,
-                                                "path": r["path"], "key": key, "predicted": r["pred"],
-                                                "prob": r["prob"], "map_class": label,
-                                                "map_prob": float(res.scores[i, 0])})
-                        done += len(chunk)
-                        if on_progress:
-                            on_progress(done, total)
-                    if cells:
-                        fig_rows.append((f"{modality}\n{kind}", cells))
-            if fig_rows:
-                png = f"categories/{render.safe_name(cat)}.png"
-                render.category_png(out_dir / png, cat, fig_rows, per_class, identity.banner(model.graph))
-                figures[cat] = png
-        if not records:
-            raise InputError("none of the run's selected images could be read: "
-                             + "; ".join(f"{p}: {r}" for p, r in failures[:3]), run_dir)
-        writer.commit()
-    finally:
-        writer.close()
-    means = {m: (s / max(n, 1), n) for m, (s, n) in sums.items() if n}
-    render.mean_maps_png(out_dir / "mean_maps.png", means, identity.banner(model.graph))
-    summary = {"format": "crossmodal-explain-from-run", "model": str(model.model_dir), "run": str(run_dir),
-               "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
-               "method": method, "layer": chosen_layer, "grid": list(grid), "crop": [H, W],
-               "images": len(records), "per_class": per_class, "modalities": [m for m, _ in runs],
-               "categories": figures, "failed": [{"path": p, "reason": r} for p, r in failures],
-               "mean_map_images": {m: n for m, (_, n) in means.items()}, "maps": records}
-    write_text_atomic(out_dir / "explain.json", json.dumps(summary, indent=1) + "\n")
-    write_text_atomic(out_dir / "explain.md", from_run_markdown(summary, records,
-                                                               identity.markdown_lines(model.graph)))
+    with staged(out_dir) as stage:  # all files or none (crossmodal.io.runs)
+        sums = {m: (np.zeros((H, W), np.float64), 0) for m, _ in runs}
+        if on_progress:  # the bar starts when the work does
+            on_progress(0, total)
+        writer = render.NpzWriter(stage / "cams.npz")
+        failures, figures, records, done, grid = [], {}, [], 0, (0, 0)
+        try:
+            for cat in every:
+                fig_rows = []
+                for modality, _ in runs:
+                    groups = chosen[modality].get(cat)
+                    if not groups:
+                        continue
+                    for kind in ("correct", "wrong"):
+                        items = groups[kind]
+                        cells = []
+                        for chunk in batches(items, batch_size):
+                            batch = model.load([r["path"] for r in chunk], on_error="skip")
+                            failures += [(f"{modality}: {p}", why) for p, why in batch.failures]
+                            by_path = {r["path"]: r for r in chunk}
+                            rows = [by_path[s] for s in batch.sources]
+                            if rows:
+                                classes = np.array([[target(r["pred"])] for r in rows], np.int64)
+                                res = model.cam_batch(batch, classes, 1, method, chosen_layer, head)
+                                grid = res.grid
+                                pics = model.display(batch.x)
+                                for i, r in enumerate(rows):
+                                    key = writer.unique(f"{modality}/{Path(r['path']).stem}")
+                                    writer.add(key, res.maps[i, 0])
+                                    total_sum, n = sums[modality]
+                                    sums[modality] = (total_sum + res.maps[i, 0], n + 1)
+                                    label = labels[int(res.targets[i, 0])]
+                                    cells.append({"image": pics[i], "cam": res.maps[i, 0], "correct": r["correct"],
+                                                  "title": f"{r['pred'][:22]} {r['prob']:.2f}"})
+                                    records.append({"modality": modality, "category": cat, "kind": kind,
+                                                    "path": r["path"], "key": key, "predicted": r["pred"],
+                                                    "prob": r["prob"], "map_class": label,
+                                                    "map_prob": float(res.scores[i, 0])})
+                            done += len(chunk)
+                            if on_progress:
+                                on_progress(done, total)
+                        if cells:
+                            fig_rows.append((f"{modality}\n{kind}", cells))
+                if fig_rows:
+                    png = f"categories/{render.safe_name(cat)}.png"
+                    render.category_png(stage / png, cat, fig_rows, per_class, identity.banner(model.graph))
+                    figures[cat] = png
+            if not records:
+                raise InputError("none of the run's selected images could be read: "
+                                 + "; ".join(f"{p}: {r}" for p, r in failures[:3]), run_dir)
+            writer.commit()
+        finally:
+            writer.close()
+        means = {m: (s / max(n, 1), n) for m, (s, n) in sums.items() if n}
+        render.mean_maps_png(stage / "mean_maps.png", means, identity.banner(model.graph))
+        summary = {"format": "crossmodal-explain-from-run", "model": str(model.model_dir), "run": str(run_dir),
+                   "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
+                   "method": method, "layer": chosen_layer, "grid": list(grid), "crop": [H, W],
+                   "images": len(records), "per_class": per_class, "modalities": [m for m, _ in runs],
+                   "categories": figures, "failed": [{"path": p, "reason": r} for p, r in failures],
+                   "mean_map_images": {m: n for m, (_, n) in means.items()}, "maps": records}
+        write_text_atomic(stage / "explain.json", json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(stage / "explain.md", from_run_markdown(summary, records,
+                                                                   identity.markdown_lines(model.graph)))
     return summary
 
 

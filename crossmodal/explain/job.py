@@ -11,8 +11,11 @@ Output folder of :func:`run_explain`:
 * ``overlays/<key>__<class>.png`` — per image and class;
 * ``explain.json`` — settings and, per image, path, key, classes, probabilities, PNGs;
   the files that did not decode, with the reason;
-* ``explain.md`` — the gallery (written last; an older ``explain.md`` / ``explain.json``
-  is removed when the maps start, so a run that stops leaves no summary of other files).
+* ``explain.md`` — the gallery.
+
+The files are written into a staging folder inside the output folder and moved into
+place only when the run succeeds (:func:`crossmodal.io.runs.staged`): a run that fails
+or is interrupted leaves the folder as it was.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from crossmodal.errors import InputError
 from crossmodal.evaluate.images import IMAGE_EXTENSIONS, list_images
 from crossmodal.explain import render
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
+from crossmodal.io.runs import staged
 
 Progress = Callable[[int, int], None]
 
@@ -111,50 +115,49 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
         step(identity.banner(model.graph).upper())
     step(f"{method} on layer {chosen!r}" + (f" for class {model.labels[classes[0]]!r}" if classes
                                             else f" for the top-{top} class(es)") + f"; {len(paths)} images")
-    for stale in ("explain.md", "explain.json"):  # an older run's summary must not describe new files
-        (out_dir / stale).unlink(missing_ok=True)
     labels = list(model.labels)
     if on_progress:  # the bar starts when the work does
         on_progress(0, len(paths))
-    writer = render.NpzWriter(out_dir / "cams.npz")
-    rows, failures, images, grid = [], [], 0, (0, 0)
-    try:
-        done = 0
-        for chunk in batches(paths, batch_size):
-            batch = model.load(chunk, on_error="skip")
-            failures += batch.failures
-            res = model.cam_batch(batch, classes, top, method, chosen, head)
-            grid = res.grid if len(res.maps) else grid
-            pictures = model.display(batch.x) if overlays and len(batch.x) else None
-            for i, src in enumerate(res.sources):
-                key = writer.unique(Path(src).stem)
-                writer.add(key, res.maps[i, 0] if res.maps.shape[1] == 1 else res.maps[i])
-                for j in range(res.maps.shape[1]):
-                    label, prob = labels[int(res.targets[i, j])], float(res.scores[i, j])
-                    png = f"overlays/{render.safe_name(key)}__{render.safe_name(label)}.png"
-                    if pictures is not None:
-                        render.overlay_png(out_dir / png, pictures[i], res.maps[i, j], title(label, prob))
-                    rows.append({"path": src, "key": key, "rank": j + 1, "label": label,
-                                 "index": int(res.targets[i, j]), "prob": prob,
-                                 "png": png if pictures is not None else None})
-                images += 1
-            done += len(chunk)
-            if on_progress:
-                on_progress(done, len(paths))
-        if images == 0:
-            raise InputError(f"none of the {len(paths)} images decoded: "
-                             + "; ".join(f"{p}: {r}" for p, r in failures[:3]))
-        writer.commit()
-    finally:
-        writer.close()
-    summary = {"format": "crossmodal-explain", "model": str(model.model_dir),
-               "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
-               "method": method, "layer": chosen,
-               "grid": list(grid), "crop": list(model.input_size), "images": images,
-               "classes": "top-%d" % top if classes is None else labels[classes[0]],
-               "failed": [{"path": p, "reason": r} for p, r in failures], "maps": rows,
-               "files": {"cams.npz": "cams.npz", "explain.md": "explain.md"}}
-    write_text_atomic(out_dir / "explain.json", json.dumps(summary, indent=1) + "\n")
-    write_text_atomic(out_dir / "explain.md", render.gallery_markdown(
-        {**summary, "weights_lines": identity.markdown_lines(model.graph)}, rows, failures))
+    with staged(out_dir) as stage:  # all files or none: moved into --out when the run succeeds
+        writer = render.NpzWriter(stage / "cams.npz")
+        rows, failures, images, grid = [], [], 0, (0, 0)
+        try:
+            done = 0
+            for chunk in batches(paths, batch_size):
+                batch = model.load(chunk, on_error="skip")
+                failures += batch.failures
+                res = model.cam_batch(batch, classes, top, method, chosen, head)
+                grid = res.grid if len(res.maps) else grid
+                pictures = model.display(batch.x) if overlays and len(batch.x) else None
+                for i, src in enumerate(res.sources):
+                    key = writer.unique(Path(src).stem)
+                    writer.add(key, res.maps[i, 0] if res.maps.shape[1] == 1 else res.maps[i])
+                    for j in range(res.maps.shape[1]):
+                        label, prob = labels[int(res.targets[i, j])], float(res.scores[i, j])
+                        png = f"overlays/{render.safe_name(key)}__{render.safe_name(label)}.png"
+                        if pictures is not None:
+                            render.overlay_png(stage / png, pictures[i], res.maps[i, j], title(label, prob))
+                        rows.append({"path": src, "key": key, "rank": j + 1, "label": label,
+                                     "index": int(res.targets[i, j]), "prob": prob,
+                                     "png": png if pictures is not None else None})
+                    images += 1
+                done += len(chunk)
+                if on_progress:
+                    on_progress(done, len(paths))
+            if images == 0:
+                raise InputError(f"none of the {len(paths)} images decoded: "
+                                 + "; ".join(f"{p}: {r}" for p, r in failures[:3]))
+            writer.commit()
+        finally:
+            writer.close()
+        summary = {"format": "crossmodal-explain", "model": str(model.model_dir),
+                   "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
+                   "method": method, "layer": chosen,
+                   "grid": list(grid), "crop": list(model.input_size), "images": images,
+                   "classes": "top-%d" % top if classes is None else labels[classes[0]],
+                   "failed": [{"path": p, "reason": r} for p, r in failures], "maps": rows,
+                   "files": {"cams.npz": "cams.npz", "explain.md": "explain.md"}}
+        write_text_atomic(stage / "explain.json", json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(stage / "explain.md", render.gallery_markdown(
+            {**summary, "weights_lines": identity.markdown_lines(model.graph)}, rows, failures))
     return summary

@@ -160,8 +160,9 @@ def gallery_markdown(summary: dict, rows: Sequence[dict], failures: Sequence[tup
     if rows:
         lines += ["| image | class | rank | probability | overlay |", "|---|---|---|---|---|"]
         for r in rows[:max_rows]:
+            overlay = f"![{md_escape(r['key'])}]({r['png']})" if r["png"] else "–"
             lines.append(f"| `{md_escape(r['path'])}` | {md_escape(r['label'])} | {r['rank']} | "
-                         f"{r['prob']:.3f} | " + (f"![{md_escape(r['key'])}]({r['png']})" if r["png"] else "–") + " |")
+                         f"{r['prob']:.3f} | {overlay} |")
         if len(rows) > max_rows:
             lines.append(f"\n… and {len(rows) - max_rows} more overlays in `overlays/`.")
     if failures:
