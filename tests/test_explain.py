@@ -403,3 +403,16 @@ def test_from_run_renders_modalities_per_category(places_model, photos, tmp_path
     _refused(cli("explain", "--model", places_model, "--from-run", run, "--out", out, "--categories", "bedrom"),
              "close matches: bedroom")
     _refused(cli("explain", "--model", places_model, "--from-run", tmp_path, "--out", out), "no predictions.csv")
+
+
+def test_a_failed_run_leaves_the_earlier_output_as_it_was(quadrant_model, tmp_path):
+    out = tmp_path / "out"
+    good = quadrant_image(tmp_path / "scene.png", "red")
+    assert cli("explain", "--model", quadrant_model, good, "--out", out, "--device", "cpu", "-q").exit_code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    r = cli("explain", "--model", quadrant_model, bad, "--out", out, "--device", "cpu", "-q")
+    _refused(r, "none of the 1 images decoded", "nothing was written")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
