@@ -24,6 +24,8 @@ COMMANDS = {
     "baseline": "crossmodal.cli.baseline:baseline",
     "retrieval": "crossmodal.cli.retrieval:retrieval",
     "probe": "crossmodal.cli.probe:probe",
+    "predict": "crossmodal.cli.predict:predict",
+    "explain": "crossmodal.cli.explain:explain",
 }
 
 
