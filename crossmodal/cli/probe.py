@@ -83,6 +83,9 @@ def probe(model_dir, modality, train_modality, all_pairs, data_root, config, tra
     if as_json:
         echo_json(run.results)
         return
+    if run.results.get("banner"):
+        click.echo(f"*** {run.results['banner'].upper()} ***")
+    click.echo(f"weights: {run.results['weights']['description']}")
     for p in run.results["pairs"]:
         base = "–" if p["baseline_top1"] is None else f"{100 * p['baseline_top1']:.2f} %"
         click.echo(f"{p['train_modality']} → {p['modality']}: probe top-1 {100 * p['top1']:.2f} % "

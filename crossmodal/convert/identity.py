@@ -9,7 +9,11 @@
   (:mod:`crossmodal.models.cards`) publishes for one of its checkpoints (or, when the
   card knows only the leading hex digits, starts with them);
 * ``{"kind": "unknown", "sha256": ...}`` — anything else, with the source file's hash
-  (``""`` when none was recorded). An IR written before the field existed reads as this.
+  (``""`` when none was recorded). An IR written before the field existed reads as this;
+* ``{"kind": "probe", "base": <identity>, "head": ..., "layer": ..., "train_modality": ...,
+  "base_fingerprint": ...}`` — a network ``crossmodal probe`` adjusted: the base model's
+  weights (``base``, any of the kinds above) with a head trained on its features. It is
+  random (:func:`is_random`, the banner) exactly when its base is.
 
 Every command that reports on a model calls :func:`describe` (one line for people),
 :func:`identity` (the dict for JSON) and :func:`banner` (the warning that tops every
@@ -40,13 +44,16 @@ def identity(graph_or_identity: Any) -> dict[str, Any]:
         prov = graph_or_identity.provenance
         ident = dict(prov.weights_identity or {})
         sha = prov.source_sha256
+    if ident.get("kind") == "probe":
+        return {**ident, "base": identity(ident.get("base") or {})}
     if ident.get("kind") not in ("random", "card", "unknown"):
         ident = {"kind": "unknown", "sha256": sha or ""}
     return ident
 
 
 def is_random(graph_or_identity: Any) -> bool:
-    return identity(graph_or_identity)["kind"] == "random"
+    ident = identity(graph_or_identity)
+    return ident["kind"] == "random" or (ident["kind"] == "probe" and is_random(ident["base"]))
 
 
 def describe(graph_or_identity: Any) -> str:
@@ -54,6 +61,10 @@ def describe(graph_or_identity: Any) -> str:
     ``unknown origin (SHA-256 0123abcd…)``."""
     ident = identity(graph_or_identity)
     sha = str(ident.get("sha256") or "")
+    if ident["kind"] == "probe":
+        trained = f" trained on {ident['train_modality']}" if ident.get("train_modality") else ""
+        return (f"a probe head ({ident.get('head', '?')} on {ident.get('layer', '?')}{trained}) on "
+                f"{describe(ident['base'])}")
     if ident["kind"] == "random":
         return f"random weights (seed {ident.get('seed', '?')})"
     if ident["kind"] == "card":

@@ -27,6 +27,12 @@ modality, scored on every test modality).
 Bad input (no training split, fewer than two classes, a class with fewer images
 than folds, no category shared by train and test, a layer the model does not
 have) raises :class:`~crossmodal.errors.InputError` before anything is written.
+Every file (the model folder included) is written into a staging folder and moved
+into ``--out`` only when the whole run succeeds (:func:`crossmodal.io.runs.staged`,
+``probe.json`` last); a run that fails late (no image decoded, a crash) leaves
+``--out`` as it was, its default ``cache`` sub-folder included when the input was
+bad. ``probe.json`` carries the weights' identity (``weights``, ``banner``) and the
+``run`` block; on random weights the banner tops ``probe.md`` and every chart title.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crossmodal.convert import identity
 from crossmodal.convert.ir import Graph
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
@@ -47,6 +54,7 @@ from crossmodal.evaluate.datasets import Dataset, ModalityAbsent, modality_names
 from crossmodal.evaluate.metrics import chance_levels, confusion_matrix, per_class_counts, wilson_interval
 from crossmodal.io.atomic import check_output_dir
 from crossmodal.io.hashing import file_sha256
+from crossmodal.io.runs import RunRecord, staged, utc_now
 
 FORMAT = "crossmodal-probe"
 CLASSIFIERS = ("logistic", "mlp")
@@ -313,11 +321,11 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
               on_start: Callable[[str, int, int], None] | None = None,
               on_batch: Callable[[str, int, int], None] | None = None) -> ProbeRun:
     """Train and score probes (module docstring); writes the files and the model folder(s)."""
-    from crossmodal.evaluate.backends import BACKENDS, SharedBackend, check_device
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.backends import BACKENDS, check_device
+    from crossmodal.evaluate.features import model_fingerprint, rollback_new_caches, run_cache_dir
     from crossmodal.evaluate.labels import applicable_aliases, load_aliases
 
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), utc_now()
     step = on_step or (lambda msg: None)
     if classifier not in CLASSIFIERS:
         raise InputError(f"unknown classifier {classifier!r}; choose from {', '.join(CLASSIFIERS)}")
@@ -403,6 +411,40 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
     aliases = applicable_aliases(load_aliases(), graph.labels.names) if graph.labels else {}
     fingerprint = model_fingerprint(model_dir, graph)
     wanted = ["logits", feature] if feature != "logits" else ["logits"]
+    weights = identity.identity(graph)
+    settings = {"train_split": train_split, "test_split": test_split, "C": C, "cv": cv, "shots": shot_list,
+                "seeds": seeds, "val_fraction": VAL_FRACTION, "device_requested": device,
+                "fit_device": fit_device, "batch_size": batch_size, "workers": workers, "threads": threads,
+                "draft": draft, "cache_dir": str(cache_dir)}
+    record = RunRecord("probe", {**settings, "mode": "cv" if cv else ("grid" if all_pairs else "pair"),
+                                 "modality": modality, "train_modality": train_modality, "layer": feature,
+                                 "classifier": classifier, "seed": seed, "backend": backend,
+                                 "export_model": export_model, "model_dir": str(model_dir), "out_dir": str(out_dir),
+                                 "data_root": None if data_root is None else str(data_root),
+                                 "config": None if config is None else str(config)}, weights, started=started)
+    if identity.banner(weights):
+        step(identity.banner(weights).upper())
+    with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):  # all files or none
+        run = _fit_and_write(
+            stage, out_dir, model_dir, graph, feature, wanted, fingerprint, aliases, trains, tests, skipped,
+            test_name=None if all_pairs else test_name, train_split=train_split, test_split=test_split,
+            all_pairs=all_pairs, cv=cv, classifier=classifier, C=C, shot_list=shot_list, seeds=seeds, seed=seed,
+            backend=backend, device=device, fit_device=fit_device, batch_size=batch_size, workers=workers,
+            threads=threads, cache_dir=cache_dir, draft=draft, export_model=export_model, settings=settings,
+            record=record, step=step, on_start=on_start, on_batch=on_batch, t_start=t_start)
+    run.files = {name: out_dir / path.relative_to(stage) for name, path in run.files.items()}
+    return run
+
+
+def _fit_and_write(stage: Path, out_dir: Path, model_dir: Path, graph: Graph, feature: str, wanted: list,
+                   fingerprint: str, aliases, trains: dict, tests: dict, skipped: dict, *, test_name, train_split,
+                   test_split, all_pairs, cv, classifier, C, shot_list, seeds, seed, backend, device, fit_device,
+                   batch_size, workers, threads, cache_dir, draft, export_model, settings, record: RunRecord,
+                   step, on_start, on_batch, t_start) -> ProbeRun:
+    """Steps 2–4 of :func:`run_probe`: features, fits and scores, files written into ``stage`` (moved
+    into ``out_dir`` by the caller); paths in the results name their place in ``out_dir``."""
+    from crossmodal.evaluate.backends import SharedBackend
+    from crossmodal.evaluate.features import extract_features
 
     # 2. features (and the base network's logits for the baseline) from the shared cache
     runner = SharedBackend(backend, model_dir, wanted, device=device, graph=graph, threads=threads,
@@ -479,27 +521,29 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
         "split_files": {f"{n}/{s}": split_files(d.dataset) for (n, s), d in data.items()},
         "not_trained_on": skipped,
         "backend": ran or {"backend": backend, "note": "every feature came from the cache"},
-        "settings": {"train_split": train_split, "test_split": test_split, "C": C, "cv": cv, "shots": shot_list,
-                     "seeds": seeds, "val_fraction": VAL_FRACTION, "device_requested": device,
-                     "fit_device": fit_device, "batch_size": batch_size, "workers": workers, "threads": threads,
-                     "draft": draft, "cache_dir": str(cache_dir)},
+        "settings": settings,
         "pairs": pairs,
     }
     if not all_pairs:
         results.update({k: v for k, v in pairs[0].items() if k not in results})
-    files = probe_reports.write_probe(out_dir, results, extras)
+    weights = record.weights
+    results.update({"banner": identity.banner(weights),
+                    "weights": {**weights, "description": identity.describe(weights)}})
+    files = probe_reports.write_probe(stage, results, extras)
     if export_model:
         models = {}
         for tname, fit in fits.items():
-            target = out_dir / "model" if not all_pairs else out_dir / f"model-{tname}"
-            step(f"writing the adjusted network ({fit.head.kind} head on {feature}) to {target}")
-            models[tname] = _export(model_dir, graph, fit, feature, target, fingerprint,
+            name = "model" if not all_pairs else f"model-{tname}"
+            step(f"writing the adjusted network ({fit.head.kind} head on {feature}) to {out_dir / name}")
+            models[tname] = _export(model_dir, graph, fit, feature, stage / name, fingerprint,
                                     {"train_modality": tname, "train_split": train_split if not cv else test_split,
                                      "classifier": classifier, "layer": feature, "C": fit.C, "seed": seed,
                                      "cv": cv, "num_train": fit.num_train}, step)
+            models[tname]["dir"] = str(out_dir / name)
         results["models"] = models
     results["timings_s"] = {"total": round(time.perf_counter() - t_start, 3)}
-    files.update(probe_reports.write_json_last(out_dir, results))
+    results["run"] = record.block()
+    files.update(probe_reports.write_json_last(stage, results))
     return ProbeRun(results, files)
 
 

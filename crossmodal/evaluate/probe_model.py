@@ -12,7 +12,10 @@
   (MLP), and the softmax ``prob`` when the base had one.
 
 Labels are the data set's categories in the head's output order; the provenance
-names the base model (folder, name, fingerprint) and the probe's settings.
+names the base model (folder, name, fingerprint) and the probe's settings, and its
+``weights_identity`` is ``{"kind": "probe", "base": <the base's identity>, ...}``
+(:mod:`crossmodal.convert.identity`): ``inspect`` says the weights are a probe head
+on the base's weights, and a random base keeps the random-weights banner.
 
 :func:`write_adjusted_model` writes it as a full model folder (IR + ONNX + Keras)
 through the convert pipeline (:func:`crossmodal.convert.pipeline.convert` on a
@@ -120,9 +123,12 @@ def adjusted_model(base: IRModel, feature: str, head: Head, class_names: Sequenc
             layers.append(Layer("prob", "softmax", [logits], {"axis": 1}))
             blobs["prob"] = "prob"
             outputs.append("prob")
+    from crossmodal.convert import identity
     prov = Provenance(
         source_file=str(base_dir), source_sha256=fingerprint, source_format="crossmodal-ir + probe head",
         reader="crossmodal probe",
+        weights_identity={"kind": "probe", "base": identity.identity(g), "head": head.kind, "layer": feature,
+                          "train_modality": provenance.get("train_modality"), "base_fingerprint": fingerprint},
         notes=[f"base model {g.name!r} from {base_dir}, fingerprint {fingerprint} (source "
                f"{g.provenance.source_file or '?'}, sha256 {g.provenance.source_sha256 or '?'})",
                f"probe head: {head.kind} on {feature} ({feat_layer}), "

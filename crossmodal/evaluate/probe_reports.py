@@ -1,9 +1,12 @@
 """Probe reports: ``probe.md``, ``per_class.csv``, ``confusion.png``, ``few_shot.png``, ``transfer.png``,
-``training_curves.png`` (MLP head), and ``probe.json`` written last.
+``training_curves.png`` (MLP head), then ``probe.md`` and ``probe.json`` last.
 
 Everything is drawn from the results dictionary that becomes ``probe.json`` (and,
 for the per-class table and the confusion matrix, the arrays kept beside it), so
 the Markdown says exactly what the JSON says. Files are written atomically.
+The weights' identity (``results["weights"]``) heads ``probe.md``
+(:func:`~crossmodal.convert.identity.markdown_lines`) and, on random weights, every
+chart title (:func:`~crossmodal.convert.identity.titled`); the ``run`` block closes it.
 In grid mode (``--all``) the per-pair files go to ``<out>/<train>-to-<test>/``.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossmodal.convert import identity
 from crossmodal.evaluate import reports
 from crossmodal.evaluate.metrics import wilson_interval
 from crossmodal.evaluate.reports import new_figure, pct, pct_interval, save_png
@@ -50,9 +54,18 @@ def per_class_csv(path: Path, class_names, arrays: dict) -> Path:
     return write_text_atomic(path, buf.getvalue())
 
 
-def plot_few_shot(path: Path, pairs: list[dict]) -> Path:
+def few_shot_title(pairs: list[dict]) -> str:
+    return f"Few-shot probe on {pairs[0]['layer'] if pairs else ''} features"
+
+
+def transfer_title(pairs: list[dict]) -> str:
+    return f"Probe top-1 (%), {pairs[0]['classifier']} on {pairs[0]['layer']}"
+
+
+def plot_few_shot(path: Path, pairs: list[dict], title: str | None = None) -> Path:
     """Mean test top-1 ± std over seeds against shots per class (log x), one line per pair; each
-    pair's muted baseline as a dashed line in the same colour, chance dotted."""
+    pair's muted baseline as a dashed line in the same colour, chance dotted. ``title``: default
+    :func:`few_shot_title`."""
     fig = new_figure(6.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     colours = ["#3b7dd8", "#d8643b", "#3bb36b", "#9b59b6", "#c0a030", "#555555"]
@@ -84,13 +97,14 @@ def plot_few_shot(path: Path, pairs: list[dict]) -> Path:
     ax.set_xlabel("training images per class (all: every training image, mean per class)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Few-shot probe on {pairs[0]['layer'] if pairs else ''} features", fontsize=10)
+    ax.set_title(title or few_shot_title(pairs), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return save_png(fig, path)
 
 
-def plot_transfer(path: Path, pairs: list[dict]) -> Path:
-    """Heat map of probe top-1: rows = training modality, columns = test modality."""
+def plot_transfer(path: Path, pairs: list[dict], title: str | None = None) -> Path:
+    """Heat map of probe top-1: rows = training modality, columns = test modality (``title``:
+    default :func:`transfer_title`)."""
     trains = list(dict.fromkeys(p["train_modality"] for p in pairs))
     tests = list(dict.fromkeys(p["modality"] for p in pairs))
     grid = np.full((len(trains), len(tests)), np.nan)
@@ -110,7 +124,7 @@ def plot_transfer(path: Path, pairs: list[dict]) -> Path:
     ax.set_yticklabels(trains)
     ax.set_xlabel("test modality")
     ax.set_ylabel("training modality")
-    ax.set_title(f"Probe top-1 (%), {pairs[0]['classifier']} on {pairs[0]['layer']}", fontsize=10)
+    ax.set_title(title or transfer_title(pairs), fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("top-1 (%)")
     return save_png(fig, path)
 
@@ -134,6 +148,7 @@ def markdown(results: dict) -> str:
     pairs = results["pairs"]
     m = results["model"]
     lines = [f"# Probe: {results['classifier']} on `{results['layer']}` features", "",
+             *identity.markdown_lines(results.get("weights") or {}),
              f"Base model `{m['name']}` (fingerprint `{m['fingerprint'][:16]}…`) from `{m['dir']}`, frozen; "
              f"a new classifier is trained on its `{results['layer']}` features of the training images and "
              f"scored on the test images. Mode: {results['mode']}"
@@ -183,15 +198,17 @@ def markdown(results: dict) -> str:
     if results.get("not_trained_on"):
         lines += ["", "Not trained on: " + "; ".join(f"{k}: {v}" for k, v in results["not_trained_on"].items())]
     lines += ["", "## Files", ""] + [f"- `{n}`: {d}" for n, d in FILES.items()] + [""]
+    lines += reports.run_lines(results.get("run"))
     return "\n".join(lines)
 
 
 def write_probe(out_dir: Path, results: dict, extras: dict) -> dict[str, Path]:
-    """Every file but ``probe.json`` (an older one is removed first); returns name → path."""
+    """Every file but ``probe.md`` and ``probe.json`` (:func:`write_json_last`); returns name → path.
+    Chart titles carry the random-weights banner of ``results["weights"]``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "probe.json").unlink(missing_ok=True)
     files: dict[str, Path] = {}
     pairs = results["pairs"]
+    weights = results.get("weights") or {}
     for p in pairs:
         extra = extras[(p["train_modality"], p["modality"])]
         folder = _pair_dir(out_dir, results, p["train_modality"], p["modality"])
@@ -199,23 +216,25 @@ def write_probe(out_dir: Path, results: dict, extras: dict) -> dict[str, Path]:
         files[f"{tag}per_class.csv"] = per_class_csv(folder / "per_class.csv", extra["class_names"], extra["arrays"])
         files[f"{tag}confusion.png"] = reports.plot_confusion(
             folder / "confusion.png", extra["arrays"]["confusion"], extra["class_names"],
-            title=f"probe {p['train_modality']} → {p['modality']}: confusion matrix "
-                  f"({len(extra['class_names'])} classes, rows normalised)", xlabel="predicted category (probe top-1)")
+            title=identity.titled(f"probe {p['train_modality']} → {p['modality']}: confusion matrix "
+                                  f"({len(extra['class_names'])} classes, rows normalised)", weights), xlabel="predicted category (probe top-1)")
     curves = {p["train_modality"]: extras[(p["train_modality"], p["modality"])]["curves"] for p in pairs}
     for train, c in curves.items():
         if c:
             name = "training_curves.png" if len(curves) == 1 else f"training_curves-{train}.png"
-            files[name] = plot_curves(out_dir / name, c, title=f"MLP head trained on {train}")
+            files[name] = plot_curves(out_dir / name, c, title=identity.titled(f"MLP head trained on {train}", weights))
     shot_pairs = [p for p in pairs if p["few_shot"] and (results["mode"] != "grid" or p["train_modality"] == p["modality"])]
     if shot_pairs:
-        files["few_shot.png"] = plot_few_shot(out_dir / "few_shot.png", shot_pairs)
+        files["few_shot.png"] = plot_few_shot(out_dir / "few_shot.png", shot_pairs,
+                                            identity.titled(few_shot_title(shot_pairs), weights))
     if results["mode"] == "grid":
-        files["transfer.png"] = plot_transfer(out_dir / "transfer.png", pairs)
-    files["probe.md"] = write_text_atomic(out_dir / "probe.md", markdown(results))
+        files["transfer.png"] = plot_transfer(out_dir / "transfer.png", pairs, identity.titled(transfer_title(pairs), weights))
     return files
 
 
 def write_json_last(out_dir: Path, results: dict) -> dict[str, Path]:
+    """``probe.md`` and ``probe.json``, once ``results`` is complete (its ``run`` block included)."""
+    md = write_text_atomic(out_dir / "probe.md", markdown(results))
     path = out_dir / "probe.json"
     reports.write_json(path, reports.json_safe(results))
-    return {"probe.json": path}
+    return {"probe.md": md, "probe.json": path}
