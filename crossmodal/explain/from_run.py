@@ -16,6 +16,10 @@ so memory holds one category's images at a time.
 Files: ``categories/<category>.png`` (rows: modality × correct / wrong),
 ``mean_maps.png`` (the mean map per modality over the maps computed), ``cams.npz``
 (keys ``<modality>/<stem>``), ``explain.json``, ``explain.md`` (written last).
+``explain.json`` names the baseline run read (``baseline_run``), the weights' identity
+(``weights``, ``banner``) and carries the ``run`` block of this run
+(:class:`crossmodal.io.runs.RunRecord`); on random weights the banner tops
+``explain.md`` and every figure's title.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from crossmodal.evaluate.datasets import IMAGE_MODALITIES
 from crossmodal.explain import render
 from crossmodal.explain.job import batches
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
-from crossmodal.io.runs import staged
+from crossmodal.io.runs import RunRecord, staged, utc_now
 
 NEEDED = ("path", "true", "pred1", "prob1")
 
@@ -98,6 +102,7 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     from crossmodal.evaluate.labels import build_mapping, load_aliases
 
     step = on_step or (lambda msg: None)
+    started = utc_now()
     out_dir = check_output_dir(Path(out_dir))
     runs = find_runs(run_dir)
     chosen = {m: select(read_predictions(p), per_class) for m, p in runs}
@@ -125,6 +130,11 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
         return -1 if src is None else int(src)
 
     total = sum(len(rows) for sel in chosen.values() for c in every for rows in sel.get(c, {}).values())
+    weights = identity.identity(model.graph)
+    record = RunRecord("explain --from-run", {"model_dir": str(model.model_dir), "baseline_run": str(run_dir),
+                                              "out_dir": str(out_dir), "method": method, "layer": chosen_layer,
+                                              "per_class": per_class, "categories": list(every),
+                                              "batch_size": batch_size}, weights, started=started)
     if identity.banner(model.graph):
         step(identity.banner(model.graph).upper())
     step(f"{method} on layer {chosen_layer!r}; {len(every)} categories × {len(runs)} modalities, {total} images")
@@ -185,12 +195,15 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
             writer.close()
         means = {m: (s / max(n, 1), n) for m, (s, n) in sums.items() if n}
         render.mean_maps_png(stage / "mean_maps.png", means, identity.banner(model.graph))
-        summary = {"format": "crossmodal-explain-from-run", "model": str(model.model_dir), "run": str(run_dir),
-                   "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
+        summary = {"format": "crossmodal-explain-from-run", "model": str(model.model_dir),
+                   "baseline_run": str(run_dir),
+                   "weights": {**weights, "description": identity.describe(weights)},
+                   "banner": identity.banner(weights),
                    "method": method, "layer": chosen_layer, "grid": list(grid), "crop": [H, W],
                    "images": len(records), "per_class": per_class, "modalities": [m for m, _ in runs],
                    "categories": figures, "failed": [{"path": p, "reason": r} for p, r in failures],
-                   "mean_map_images": {m: n for m, (_, n) in means.items()}, "maps": records}
+                   "mean_map_images": {m: n for m, (_, n) in means.items()}, "maps": records,
+                   "run": record.block()}
         write_text_atomic(stage / "explain.json", json.dumps(summary, indent=1) + "\n")
         write_text_atomic(stage / "explain.md", from_run_markdown(summary, records,
                                                                    identity.markdown_lines(model.graph)))
@@ -200,7 +213,7 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
 def from_run_markdown(summary: dict, records: Sequence[dict], weights_lines: Sequence[str] = ()) -> str:
     s = summary
     lines = ["# crossmodal explain: across modalities", "", *weights_lines,
-             f"Baseline run `{s['run']}`, model `{s['model']}`; **{s['method']}** on layer `{s['layer']}`. "
+             f"Baseline run `{s['baseline_run']}`, model `{s['model']}`; **{s['method']}** on layer `{s['layer']}`. "
              f"Per category and modality, the {s['per_class']} most confident correct and wrong predictions, "
              "each explained for its (muted) predicted class; titles: prediction and its probability "
              "(green correct, red wrong).", "",
@@ -216,4 +229,6 @@ def from_run_markdown(summary: dict, records: Sequence[dict], weights_lines: Seq
     if s["failed"]:
         lines += ["## Skipped (did not decode)", ""]
         lines += [f"- `{render.md_escape(f['path'])}`: {render.md_escape(f['reason'])}" for f in s["failed"]]
+    from crossmodal.evaluate.reports import run_lines
+    lines += ["", *run_lines(s.get("run"))]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,13 @@ Output folder of :func:`run_explain`:
   float32 ``(H, W)`` (the input crop) for one class, ``(K, H, W)`` for ``--top K``;
 * ``overlays/<key>__<class>.png`` — per image and class;
 * ``explain.json`` — settings and, per image, path, key, classes, probabilities, PNGs;
-  the files that did not decode, with the reason;
-* ``explain.md`` — the gallery.
+  the files that did not decode, with the reason; the weights' identity (``weights``
+  with its ``description``, ``banner``: the random-weights warning or null) and the
+  ``run`` block (:class:`crossmodal.io.runs.RunRecord`);
+* ``explain.md`` — the gallery, under the banner and the weights' identity.
+
+On random weights the banner also tops every overlay's title
+(:func:`crossmodal.convert.identity.titled`).
 
 The files are written into a staging folder inside the output folder and moved into
 place only when the run succeeds (:func:`crossmodal.io.runs.staged`): a run that fails
@@ -31,7 +36,7 @@ from crossmodal.errors import InputError
 from crossmodal.evaluate.images import IMAGE_EXTENSIONS, list_images
 from crossmodal.explain import render
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
-from crossmodal.io.runs import staged
+from crossmodal.io.runs import RunRecord, staged, utc_now
 
 Progress = Callable[[int, int], None]
 
@@ -105,6 +110,7 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
     (also ``explain.json``). Bad input (unknown class, non-spatial layer, missing file,
     unwritable folder) is refused before anything is written."""
     step = on_step or (lambda msg: None)
+    started = utc_now()
     out_dir = check_output_dir(Path(out_dir))
     if top < 1:
         raise InputError(f"--top must be at least 1, not {top}")
@@ -116,6 +122,10 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
     step(f"{method} on layer {chosen!r}" + (f" for class {model.labels[classes[0]]!r}" if classes
                                             else f" for the top-{top} class(es)") + f"; {len(paths)} images")
     labels = list(model.labels)
+    weights = identity.identity(model.graph)
+    record = RunRecord("explain", {"model_dir": str(model.model_dir), "out_dir": str(out_dir), "method": method,
+                                   "layer": chosen, "class": class_name, "top": top, "batch_size": batch_size,
+                                   "overlays": overlays, "num_inputs": len(paths)}, weights, started=started)
     if on_progress:  # the bar starts when the work does
         on_progress(0, len(paths))
     with staged(out_dir) as stage:  # all files or none: moved into --out when the run succeeds
@@ -136,7 +146,8 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
                         label, prob = labels[int(res.targets[i, j])], float(res.scores[i, j])
                         png = f"overlays/{render.safe_name(key)}__{render.safe_name(label)}.png"
                         if pictures is not None:
-                            render.overlay_png(stage / png, pictures[i], res.maps[i, j], title(label, prob))
+                            render.overlay_png(stage / png, pictures[i], res.maps[i, j],
+                                               identity.titled(title(label, prob), weights))
                         rows.append({"path": src, "key": key, "rank": j + 1, "label": label,
                                      "index": int(res.targets[i, j]), "prob": prob,
                                      "png": png if pictures is not None else None})
@@ -151,12 +162,12 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
         finally:
             writer.close()
         summary = {"format": "crossmodal-explain", "model": str(model.model_dir),
-                   "weights": identity.identity(model.graph), "banner": identity.banner(model.graph),
-                   "method": method, "layer": chosen,
+                   "weights": {**weights, "description": identity.describe(weights)},
+                   "banner": identity.banner(weights), "method": method, "layer": chosen,
                    "grid": list(grid), "crop": list(model.input_size), "images": images,
                    "classes": "top-%d" % top if classes is None else labels[classes[0]],
                    "failed": [{"path": p, "reason": r} for p, r in failures], "maps": rows,
-                   "files": {"cams.npz": "cams.npz", "explain.md": "explain.md"}}
+                   "files": {"cams.npz": "cams.npz", "explain.md": "explain.md"}, "run": record.block()}
         write_text_atomic(stage / "explain.json", json.dumps(summary, indent=1) + "\n")
         write_text_atomic(stage / "explain.md", render.gallery_markdown(
             {**summary, "weights_lines": identity.markdown_lines(model.graph)}, rows, failures))

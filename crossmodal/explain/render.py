@@ -77,25 +77,32 @@ def blend(image: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> np.ndarra
 
 def overlay_png(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> Path:
     """The cropped image under the map (colour map ``jet``, 0 blue → 1 red, scale bar on the
-    right), ``title`` above. Drawn with PIL (≈ 10 ms, not matplotlib's ≈ 150 ms per figure)."""
+    right), ``title`` above (one line per ``\\n``; the first in red when there are several: the
+    random-weights banner of :func:`crossmodal.convert.identity.titled`). Drawn with PIL (≈ 10 ms,
+    not matplotlib's ≈ 150 ms per figure)."""
     from PIL import Image, ImageDraw, ImageFont
 
     from crossmodal.io.atomic import atomic_path
     h, w = cam.shape
     scale = max(1, 224 // max(h, w))                       # tiny inputs are enlarged (nearest) to be seen
     body = Image.fromarray(blend(image, cam)).resize((w * scale, h * scale), Image.Resampling.NEAREST)
-    bar_w, top, gap = 12, 22, 6
+    lines = title.split("\n")
+    bar_w, line_h, gap = 12, 17, 6
+    top = 5 + line_h * len(lines)
     try:
         font = ImageFont.load_default(size=13)
     except TypeError:  # Pillow without FreeType sizes
         font = ImageFont.load_default()
-    text_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 6
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(int(probe.textlength(line, font=font)) for line in lines) + 6
     canvas = Image.new("RGB", (max(body.width + gap + bar_w + 2, text_w), body.height + top), "white")
     canvas.paste(body, (0, top))
     from matplotlib import colormaps
     ramp = (colormaps[COLORMAP](np.linspace(1.0, 0.0, body.height))[:, :3] * 255).astype(np.uint8)
     canvas.paste(Image.fromarray(np.repeat(ramp[:, None, :], bar_w, axis=1)), (body.width + gap, top))
-    ImageDraw.Draw(canvas).text((2, 3), title, fill="black", font=font)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((2, 3 + line_h * i), line, fill="#c00000" if i < len(lines) - 1 else "black", font=font)
     with atomic_path(Path(path)) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
@@ -148,8 +155,8 @@ def md_escape(text: str) -> str:
 
 def gallery_markdown(summary: dict, rows: Sequence[dict], failures: Sequence[tuple[str, str]],
                      max_rows: int = 2000) -> str:
-    """``explain.md``: settings, the gallery table (image, class, probability, overlay) and
-    the files that did not decode."""
+    """``explain.md``: settings, the gallery table (image, class, probability, overlay), the
+    files that did not decode and the run that made it (``summary["run"]``)."""
     s = summary
     lines = ["# crossmodal explain", "", *s.get("weights_lines", []),
              f"Model `{s['model']}`, method **{s['method']}** on layer `{s['layer']}` "
@@ -168,4 +175,6 @@ def gallery_markdown(summary: dict, rows: Sequence[dict], failures: Sequence[tup
     if failures:
         lines += ["", "## Skipped (did not decode)", ""]
         lines += [f"- `{md_escape(p)}`: {md_escape(reason)}" for p, reason in failures]
+    from crossmodal.evaluate.reports import run_lines
+    lines += ["", *run_lines(s.get("run"))]
     return "\n".join(lines) + "\n"
