@@ -284,3 +284,107 @@ def test_packaged_aliases_apply_only_where_the_model_lacks_the_name():
     assert applicable_aliases(packaged, DATA_CATEGORIES) == {}
     mapping = build_mapping(DATA_CATEGORIES, DATA_CATEGORIES, applicable_aliases(packaged, DATA_CATEGORIES))
     assert mapping.target_to_source == tuple(range(len(DATA_CATEGORIES))) and not mapping.shared
+
+
+# --------------------------------------------------------------------------- what weights produced it
+BANNER = "random weights: these numbers mean nothing about Places365"
+
+
+def _tree(folder: Path) -> dict:
+    """Every file and folder under ``folder``: relative path → (size, mtime_ns) (folders: None)."""
+    return {p.relative_to(folder).as_posix(): (None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns))
+            for p in sorted(folder.rglob("*"))}
+
+
+def _capture_titles(monkeypatch) -> list[str]:
+    """The titles (axes titles and figure suptitles) of every figure the probe saves."""
+    from crossmodal.evaluate import probe_reports, reports
+    titles: list[str] = []
+    original = reports.save_png
+
+    def spy(fig, path, *a, **k):
+        sup = getattr(fig, "_suptitle", None)
+        texts = [ax.get_title() for ax in fig.axes if ax.get_title()] + ([sup.get_text()] if sup else [])
+        titles.append((Path(path).name, texts))
+        return original(fig, path, *a, **k)
+    monkeypatch.setattr(reports, "save_png", spy)
+    monkeypatch.setattr(probe_reports, "save_png", spy)
+    return titles
+
+
+def test_the_pair_run_says_what_weights_produced_it(pair_run):
+    """Caught: probe.json / probe.md did not say the base model's weights were random."""
+    out, r = pair_run
+    assert r["banner"] == BANNER and r["weights"]["kind"] == "random"
+    assert r["weights"]["description"] == "random weights (seed 1)"
+    run = r["run"]
+    assert run["command"] == "probe" and run["started_utc"] <= run["finished_utc"]
+    assert run["weights"]["kind"] == "random" and run["settings"]["modality"] == "sketch"
+    assert run["settings"]["out_dir"] == str(out)
+    md = (out / "probe.md").read_text().splitlines()
+    assert md[2] == f"> **{BANNER.upper()}**" and "Weights: random weights (seed 1)." in md
+    assert any(line.startswith("Run: `probe` started") for line in md)
+    assert r["models"]["sketch"]["dir"] == str(out / "model")
+    assert not any(p.name.startswith(".crossmodal-staging") for p in out.iterdir())
+
+
+def test_the_exported_model_is_a_probe_head_on_random_weights(pair_run):
+    """inspect OUT/model: the weights are the probe's head on the random base, and the banner stays."""
+    out, r = pair_run
+    result = CliRunner().invoke(main, ["inspect", str(out / "model")])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == f"*** {BANNER.upper()} ***"
+    assert "weights: a probe head (logistic on fc7 trained on sketch) on random weights (seed 1)" in result.output
+    data = json.loads(CliRunner().invoke(main, ["inspect", str(out / "model"), "--json"]).output)
+    w = data["weights"]
+    assert w["kind"] == "probe" and w["base"]["kind"] == "random" and w["base"]["seed"] == 1
+    assert w["base_fingerprint"] == r["model"]["fingerprint"] and w["head"] == "logistic"
+    onnx = json.loads(CliRunner().invoke(main, ["inspect", str(out / "model" / "model.onnx"), "--json"]).output)
+    assert onnx["weights"]["kind"] == "probe" and onnx["weights"]["base"]["kind"] == "random"
+
+
+def test_every_chart_title_carries_the_banner(model, root, pair_run, tmp_path, monkeypatch):
+    titles = _capture_titles(monkeypatch)
+    out = tmp_path / "mlp"
+    result = CliRunner().invoke(main, ["probe", "--model", str(model), "--modality", "sketch", "--data-root", str(root),
+                                       "--out", str(out), "--classifier", "mlp", "--shots", "2,all", "--seeds", "1",
+                                       "--no-model", "--cache", str(pair_run[0] / "cache"), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == f"*** {BANNER.upper()} ***"
+    assert "weights: random weights (seed 1)" in result.output
+    assert {name for name, _ in titles} == {"confusion.png", "few_shot.png", "training_curves.png"}
+    for name, texts in titles:
+        assert texts and all(t.startswith(BANNER.upper() + "\n") for t in texts), (name, texts)
+
+
+def test_titles_have_no_banner_on_weights_of_a_known_origin(tmp_path, monkeypatch):
+    """The same report functions on a non-random identity: no banner, the identity still stated."""
+    from crossmodal.convert import identity
+    from crossmodal.evaluate import probe_reports
+    ident = {"kind": "unknown", "sha256": "ab" * 32}
+    pair = {"modality": "s", "train_modality": "n", "layer": "fc7", "classifier": "logistic", "top1": 0.5,
+            "few_shot": [{"shots": 1, "top1_mean": 0.4, "top1_std": 0.1}], "num_train": 4, "num_classes": 2,
+            "chance_top1": 0.5, "baseline_top1": None}
+    titles = _capture_titles(monkeypatch)
+    probe_reports.plot_transfer(tmp_path / "t.png", [pair], identity.titled(probe_reports.transfer_title([pair]), ident))
+    probe_reports.plot_few_shot(tmp_path / "f.png", [pair], identity.titled("few", {"kind": "random", "seed": 3}))
+    assert titles == [("t.png", ["Probe top-1 (%), logistic on fc7"]), ("f.png", [f"{BANNER.upper()}\nfew"])]
+
+
+def test_a_failed_run_leaves_out_exactly_as_it_was(model, root, pair_run, tmp_path):
+    """A run that fails after the image pass (every test image broken) writes nothing into --out:
+    names, sizes and modification times of everything there (model/ and cache/ included) unchanged."""
+    out = tmp_path / "out"
+    shutil.copytree(pair_run[0], out, copy_function=shutil.copy2)
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "sketch", broken / "sketch")
+    for line in (broken / "sketch" / "val.txt").read_text().splitlines():
+        path = broken / "sketch" / line.rsplit(" ", 1)[0]
+        if path.exists():
+            path.write_bytes(b"not an image")
+    before = _tree(out)
+    result = _invoke(["--model", str(model), "--modality", "sketch", "--data-root", str(broken), "--out", str(out),
+                      "--shots", "1", "--seeds", "1"])
+    assert result.exit_code == 2, result.output
+    assert "could be decoded" in result.stderr and "nothing was written" in result.stderr, result.stderr
+    assert _tree(out) == before

@@ -102,6 +102,9 @@ def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run
     if as_json:
         echo_json({k: v for k, v in summary.items() if k != "maps"})
         return
+    if summary.get("banner"):
+        click.echo(f"*** {summary['banner'].upper()} ***")
+    click.echo(f"weights: {summary['weights']['description']}")
     click.echo(f"{summary['images']} images, {summary['method']} on {summary['layer']} → {out_dir / 'explain.md'}")
     if summary["failed"]:
         click.echo(f"{len(summary['failed'])} image(s) skipped (did not decode):", err=True)

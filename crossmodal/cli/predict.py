@@ -39,6 +39,10 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
     indoor/outdoor vote when the model carries IO labels, and SUN scene attributes with
     --attributes. Images that do not decode are skipped, counted and listed.
 
+    On random weights a banner saying so goes to stderr before the first result. --json
+    prints a list with one object per image; each carries "weights" (the weights'
+    identity and its description) and "banner" (the random-weights warning, or null).
+
     \b
     Example:
       crossmodal predict --model models/vgg16-pt photo.jpg sketches/ -k 5
@@ -56,12 +60,15 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
         from crossmodal.io.atomic import check_output_dir
         check_output_dir(cam_dir)
         model.explain_setup()  # refuse a model that cannot be explained before any work
-    from crossmodal.convert.identity import banner
+    from crossmodal.convert import identity
+    weights = identity.identity(model.graph)
     bar = Progress("predict", disable=quiet or as_json)
+    announced = []
 
     def progress(done, total):
-        if bar.bar is None and banner(model.graph) and not quiet:  # once the input has passed its checks
-            click.echo(f"*** {banner(model.graph).upper()} ***", err=True)
+        if not announced and identity.banner(weights):  # once the input has passed its checks
+            announced.append(True)
+            click.echo(f"*** {identity.banner(weights).upper()} ***", err=True)
         bar.update(done, total)
 
     def show(r):
@@ -85,7 +92,8 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
     finally:
         bar.close()
     if as_json:
-        echo_json(results)
+        described = {**weights, "description": identity.describe(weights)}
+        echo_json([{**r, "weights": described, "banner": identity.banner(weights)} for r in results])
     else:
         if model.io_labels:
             click.echo(f"indoor/outdoor rule: {IO_RULE}")
