@@ -416,3 +416,98 @@ def test_a_failed_run_leaves_the_earlier_output_as_it_was(quadrant_model, tmp_pa
     r = cli("explain", "--model", quadrant_model, bad, "--out", out, "--device", "cpu", "-q")
     _refused(r, "none of the 1 images decoded", "nothing was written")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+# --------------------------------------------------------------------------- what weights produced it
+BANNER = "random weights: these numbers mean nothing about Places365"
+
+
+def _tree(folder: Path) -> dict:
+    """Every file and folder under ``folder``: relative path → (size, mtime_ns) (folders: None)."""
+    return {p.relative_to(folder).as_posix(): (None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns))
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_explain_says_what_weights_produced_it(places_model, photos, tmp_path, monkeypatch):
+    """Caught: explain.json had no run block nor the weights' description; overlays had no banner."""
+    from crossmodal.explain import render
+    titles = []
+    original = render.overlay_png
+    monkeypatch.setattr(render, "overlay_png", lambda path, image, cam, title: titles.append(title)
+                        or original(path, image, cam, title))
+    out = tmp_path / "maps"
+    r = cli("explain", "--model", places_model, photos, "--out", out, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0] == f"*** {BANNER.upper()} ***"
+    assert "weights: random weights (seed" in r.stdout
+    s = json.loads((out / "explain.json").read_text())
+    assert s["banner"] == BANNER and s["weights"]["description"].startswith("random weights (seed")
+    assert s["run"]["command"] == "explain" and s["run"]["started_utc"] <= s["run"]["finished_utc"]
+    assert s["run"]["weights"]["kind"] == "random" and s["run"]["settings"]["top"] == 1
+    md = (out / "explain.md").read_text().splitlines()
+    assert md[2] == f"> **{BANNER.upper()}**" and any(line.startswith("Run: `explain` started") for line in md)
+    assert len(titles) == 5 and all(t.startswith(BANNER.upper() + "\n") for t in titles)
+    from PIL import Image
+    with Image.open(next((out / "overlays").glob("*.png"))) as im:   # the two-line title fits above the map
+        assert im.height - 20 * (224 // 28) >= 2 * 17                  # the 20 × 28 crop enlarged 8 ×
+
+
+def test_from_run_figures_and_report_carry_the_banner(places_model, photos, tmp_path, monkeypatch):
+    from crossmodal.explain import render
+    titles = []
+    original = render.save_png
+
+    def spy(fig, path, *a, **k):
+        sup = getattr(fig, "_suptitle", None)
+        titles.append((Path(path).name, sup.get_text() if sup else ""))
+        return original(fig, path, *a, **k)
+    monkeypatch.setattr(render, "save_png", spy)
+    img = [str(photos / f"img{i}.png") for i in range(3)]
+    run = tmp_path / "run"
+    _predictions(run / "sketch", "sketch", [(img[0], "bedroom", "bedroom", 0.9), (img[1], "bedroom", "kitchen", 0.4),
+                                            (img[2], "kitchen", "kitchen", 0.7)])
+    out = tmp_path / "maps"
+    r = cli("explain", "--model", places_model, "--from-run", run, "--per-class", "1", "--out", out,
+            "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(name for name, _ in titles) == ["bedroom.png", "kitchen.png", "mean_maps.png"]
+    assert all(t.startswith(BANNER.upper() + "\n") for _, t in titles), titles
+    s = json.loads((out / "explain.json").read_text())
+    assert s["baseline_run"] == str(run) and s["run"]["command"] == "explain --from-run"
+    assert s["banner"] == BANNER and s["weights"]["kind"] == "random"
+    md = (out / "explain.md").read_text().splitlines()
+    assert md[2] == f"> **{BANNER.upper()}**" and any(line.startswith("Run: `explain --from-run`") for line in md)
+    # a failed --from-run (every selected image unreadable) leaves the folder exactly as it was
+    before = _tree(out)
+    gone = tmp_path / "gone"
+    _predictions(gone / "sketch", "sketch", [(str(tmp_path / "missing.png"), "bedroom", "bedroom", 0.9)])
+    r = cli("explain", "--model", places_model, "--from-run", gone, "--per-class", "1", "--out", out,
+            "--device", "cpu", "-q")
+    _refused(r, "could be read", "nothing was written")
+    assert _tree(out) == before
+
+
+def test_predict_json_carries_the_weights_in_each_object(places_model, photos, tmp_path):
+    r = cli("predict", "--model", places_model, photos, "--json", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)                                      # still a list, one object per image
+    assert isinstance(data, list) and len(data) == 5
+    for d in data:
+        assert d["banner"] == BANNER and d["weights"]["kind"] == "random"
+        assert d["weights"]["description"].startswith("random weights (seed")
+    assert r.stderr.splitlines()[0] == f"*** {BANNER.upper()} ***"  # the console warning, stdout left to JSON
+    r = cli("predict", "--model", places_model, photos, "--device", "cpu", "-q")
+    assert r.exit_code == 0 and r.stderr.count(BANNER.upper()) == 1
+
+
+def test_a_failed_explain_leaves_names_sizes_and_mtimes_as_they_were(quadrant_model, tmp_path):
+    out = tmp_path / "out"
+    good = quadrant_image(tmp_path / "scene.png", "red")
+    assert cli("explain", "--model", quadrant_model, good, "--out", out, "--device", "cpu", "-q").exit_code == 0
+    before = _tree(out)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    _refused(cli("explain", "--model", quadrant_model, bad, "--out", out, "--device", "cpu", "-q"),
+             "nothing was written")
+    assert _tree(out) == before

@@ -210,7 +210,8 @@ def test_cross_validation_on_class_folders(model, root, tmp_path):
 
 
 @pytest.mark.slow
-def test_all_runs_the_train_by_test_grid(model, root, pair_run, tmp_path):
+def test_all_runs_the_train_by_test_grid(model, root, pair_run, tmp_path, monkeypatch):
+    titles = _capture_titles(monkeypatch)
     out = tmp_path / "grid"
     result = _invoke(["--model", str(model), "--all", "--data-root", str(root), "--out", str(out), "--shots", "1,all",
                       "--seeds", "1", "--no-model", "--cache", str(pair_run[0] / "cache"), "--json"])
@@ -225,6 +226,9 @@ def test_all_runs_the_train_by_test_grid(model, root, pair_run, tmp_path):
     with Image.open(out / "transfer.png") as im:
         assert im.format == "PNG"
     assert (out / "natural-to-clipart" / "per_class.csv").is_file() and (out / "few_shot.png").is_file()
+    assert {name for name, _ in titles} == {"confusion.png", "few_shot.png", "transfer.png"}
+    assert all(texts and all(t.startswith(BANNER.upper() + "\n") for t in texts) for _, texts in titles), titles
+    assert r["banner"] == BANNER and r["run"]["settings"]["mode"] == "grid"
 
 
 # --------------------------------------------------------------------------- bad input
