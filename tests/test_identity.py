@@ -133,3 +133,17 @@ def test_baseline_and_retrieval_reports_carry_the_identity_and_the_banner(model,
     assert r["banner"] == BANNER and r["weights"]["description"] == "random weights (seed 1)"
     assert (out / "retrieval.md").read_text().splitlines()[2] == f"> **{BANNER.upper()}**"
     assert grid_titles == [f"{BANNER.upper()}\nx"]
+
+
+def test_a_probe_identity_is_random_exactly_when_its_base_is():
+    from crossmodal.convert import identity
+    card = {"kind": "card", "card": "vgg16-places365-pytorch", "match": "sha256", "sha256": "ab" * 32}
+    probe = {"kind": "probe", "base": card, "head": "mlp", "layer": "pool5", "train_modality": "natural"}
+    assert not identity.is_random(probe) and identity.banner(probe) is None
+    assert identity.describe(probe) == ("a probe head (mlp on pool5 trained on natural) on model card "
+                                        "vgg16-places365-pytorch (SHA-256 matches: abababababababab…)")
+    random_base = {**probe, "base": {"kind": "random", "seed": 4}}
+    assert identity.banner(random_base) == BANNER
+    assert identity.titled("t", random_base) == f"{BANNER.upper()}\nt"
+    assert identity.identity({"kind": "probe"})["base"] == {"kind": "unknown", "sha256": ""}
+    assert identity.identity({"kind": "tuned"}) == {"kind": "unknown", "sha256": ""}
