@@ -370,7 +370,8 @@ def test_titles_have_no_banner_on_weights_of_a_known_origin(tmp_path, monkeypatc
             "few_shot": [{"shots": 1, "top1_mean": 0.4, "top1_std": 0.1}], "num_train": 4, "num_classes": 2,
             "chance_top1": 0.5, "baseline_top1": None}
     titles = _capture_titles(monkeypatch)
-    probe_reports.plot_transfer(tmp_path / "t.png", [pair], identity.titled(probe_reports.transfer_title([pair]), ident))
+    title = identity.titled(probe_reports.transfer_title([pair]), ident)
+    probe_reports.plot_transfer(tmp_path / "t.png", [pair], title)
     probe_reports.plot_few_shot(tmp_path / "f.png", [pair], identity.titled("few", {"kind": "random", "seed": 3}))
     assert titles == [("t.png", ["Probe top-1 (%), logistic on fc7"]), ("f.png", [f"{BANNER.upper()}\nfew"])]
 

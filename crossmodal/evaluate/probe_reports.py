@@ -217,18 +217,21 @@ def write_probe(out_dir: Path, results: dict, extras: dict) -> dict[str, Path]:
         files[f"{tag}confusion.png"] = reports.plot_confusion(
             folder / "confusion.png", extra["arrays"]["confusion"], extra["class_names"],
             title=identity.titled(f"probe {p['train_modality']} → {p['modality']}: confusion matrix "
-                                  f"({len(extra['class_names'])} classes, rows normalised)", weights), xlabel="predicted category (probe top-1)")
+                                  f"({len(extra['class_names'])} classes, rows normalised)", weights),
+            xlabel="predicted category (probe top-1)")
     curves = {p["train_modality"]: extras[(p["train_modality"], p["modality"])]["curves"] for p in pairs}
     for train, c in curves.items():
         if c:
             name = "training_curves.png" if len(curves) == 1 else f"training_curves-{train}.png"
-            files[name] = plot_curves(out_dir / name, c, title=identity.titled(f"MLP head trained on {train}", weights))
+            files[name] = plot_curves(out_dir / name, c,
+                                      title=identity.titled(f"MLP head trained on {train}", weights))
     shot_pairs = [p for p in pairs if p["few_shot"] and (results["mode"] != "grid" or p["train_modality"] == p["modality"])]
     if shot_pairs:
         files["few_shot.png"] = plot_few_shot(out_dir / "few_shot.png", shot_pairs,
                                             identity.titled(few_shot_title(shot_pairs), weights))
     if results["mode"] == "grid":
-        files["transfer.png"] = plot_transfer(out_dir / "transfer.png", pairs, identity.titled(transfer_title(pairs), weights))
+        files["transfer.png"] = plot_transfer(out_dir / "transfer.png", pairs,
+                                              identity.titled(transfer_title(pairs), weights))
     return files
 
 
