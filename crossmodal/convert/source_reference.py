@@ -98,8 +98,12 @@ def torch_source_engine(model: IRModel, source: Path, *, device: str = "cpu", al
     """
     import torch
 
+    from crossmodal.convert import source_reference_zoo as zoo
     from crossmodal.models.vgg import build_torch_module
 
+    if zoo.family_of(model.graph.name):  # ResNet, DenseNet, AlexNet: their own plain modules
+        return zoo.torch_zoo_source_engine(model, source, device=device, allow_tf32=allow_tf32,
+                                           trust_pickle=trust_pickle)
     h, w = model.graph.input.shape[1:]
     spec, state = torchvision_state(load_raw_state(source, trust_pickle=trust_pickle), (h, w), source)
     module = build_torch_module(spec)

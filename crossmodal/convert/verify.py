@@ -7,7 +7,8 @@ a PyTorch checkpoint in a plain torchvision VGG, a Caffe net without the RGB fol
 else the IR's NumPy evaluator in float64. Statistics are accumulated batch by batch,
 so memory stays bounded whatever the number of images.
 
-Gates (defaults): on the logits and fc7, max|Δ| / max|ref| ≤ ``tolerance``
+Gates (defaults): on the logits and the network's feature blob (``graph.feature_blob``: fc7
+for VGG/AlexNet, the pooled features ``avgpool`` for ResNet/DenseNet), max|Δ| / max|ref| ≤ ``tolerance``
 (1e-5), and at most ``max_top1_disagreements`` (0) top-1 disagreements. A non-finite
 output where the reference is finite is an infinite error. Every requested engine
 must observe the gated layers, or its gate fails with the reason. Every other layer
@@ -138,11 +139,12 @@ class VerifyReport:
     environment: dict = field(default_factory=dict)
     max_top1_disagreements: int = 0
     allow_tf32: bool = False
+    gated_blobs: tuple[str, ...] = GATED_BLOBS  # the logits and the network's feature blob
 
     def gates(self) -> list[dict]:
         """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
         rows = []
-        gated = {self.blobs.get(b, b): b for b in GATED_BLOBS if self.blobs.get(b, b) in self.layers}
+        gated = {self.blobs.get(b, b): b for b in self.gated_blobs if self.blobs.get(b, b) in self.layers}
         logits = self.blobs.get("logits", "logits")
         for engine, layers in self.comparisons.items():
             for layer, blob in gated.items():
@@ -183,7 +185,7 @@ class VerifyReport:
             "passed": self.passed,
             "reference": self.reference,
             "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
-                          "gated": list(GATED_BLOBS)},
+                          "gated": list(self.gated_blobs)},
             "allow_tf32": self.allow_tf32,
             "inputs": self.inputs,
             "engines": self.engines,
@@ -341,7 +343,9 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
 
 def _reference_label(engine: Engine, source: Path) -> str:
     if engine.name == "torch-source":
-        return f"torch-source ({source.name} in a plain torchvision VGG, loaded without the reader's IR)"
+        module = engine.info.get("module", "")
+        what = module.split(",")[0] if "layout" in module else "plain torchvision VGG"
+        return f"torch-source ({source.name} in a {what}, loaded without the reader's IR)"
     return f"caffe-source ({source.name}: Caffe's own BGR network, NumPy float64)"
 
 
@@ -366,13 +370,14 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     graph = model.graph
     names = E.available(engines)
     check_input_size(model)
+    gated_blobs = ("logits", graph.feature_blob)
     if max_top1_disagreements < 0:
         raise InputError(f"the top-1 disagreement limit must be ≥ 0, not {max_top1_disagreements}")
     if layers == "all" or layers == ["all"]:
         wanted = [l.name for l in graph.layers]
     else:
         wanted = list(dict.fromkeys(graph.resolve(l) for l in layers))
-        for blob in GATED_BLOBS:
+        for blob in gated_blobs:
             if blob in graph.blobs and graph.blobs[blob] not in wanted:
                 wanted.append(graph.blobs[blob])
         wanted.sort(key=[l.name for l in graph.layers].index)
@@ -394,7 +399,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     else:
         reference = E.ir_engine(model)
         ref_label = "ir (NumPy reference evaluator, float64)"
-    gated = [graph.blobs.get(b, b) for b in GATED_BLOBS if graph.blobs.get(b, b) in wanted]
+    gated = [graph.blobs.get(b, b) for b in gated_blobs if graph.blobs.get(b, b) in wanted]
     blind = [l for l in gated if l not in reference.observable]
     if blind:
         raise InputError(f"the reference {reference.name} cannot observe the gated layer(s) {blind}")
@@ -439,7 +444,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
                                  if e is reference or e.name in comparisons},
                         comparisons=comparisons, classifier=classifier, errors=errors,
                         environment=environment(seed if images is None else None),
-                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32)
+                        max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32,
+                        gated_blobs=gated_blobs)
 
 
 def _need(path: Path) -> Path:

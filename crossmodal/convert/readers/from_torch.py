@@ -95,6 +95,15 @@ def load_raw(path: Path, *, trust_pickle: bool = False) -> Mapping:
     suffix; a training checkpoint ``{'state_dict': …}`` (or ``model_state_dict``, ``model``)
     is unwrapped; a pickled whole model (only with ``trust_pickle``) gives its ``state_dict()``.
     """
+    return load_checkpoint(path, trust_pickle=trust_pickle)[0]
+
+
+def load_checkpoint(path: Path, *, trust_pickle: bool = False) -> tuple[Mapping, object]:
+    """:func:`load_raw`, and the training checkpoint's ``arch`` entry (None when it has none).
+
+    Python 2 pickles (the Places365 releases: strings pickled as byte strings) are read
+    with ``encoding="latin1"``, which leaves every ASCII name as it was.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
@@ -108,7 +117,8 @@ def load_raw(path: Path, *, trust_pickle: bool = False) -> Mapping:
                          "and a JSON header)", path)
     else:
         raise _not_a_checkpoint(path, kind)
-    return _unwrap(raw, path)
+    arch = raw.get("arch") if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping) else None
+    return _unwrap(raw, path), arch
 
 
 def _safetensors_load(path: Path):
@@ -126,12 +136,15 @@ def _torch_load(path: Path, trust_pickle: bool):
 
     import torch
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message="pickle_load_args only works")  # encoding does reach it
     try:
         if path.suffix == ".safetensors":  # torch.load would hand a path so named to safetensors
             with open(path, "rb") as f:
-                obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle)
+                obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
@@ -336,21 +349,43 @@ def to_ir(state: Mapping[str, np.ndarray], spec: VGGSpec, layout: str, *,
 
 
 def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess: Preprocess | None = None,
-                          input_size: tuple[int, int] | None = None) -> IRModel:
-    """Read a checkpoint file into an IR model with provenance filled in."""
+                          input_size: tuple[int, int] | None = None, arch: str | None = None) -> IRModel:
+    """Read a checkpoint file into an IR model with provenance filled in.
+
+    The zoo's families (ResNet, DenseNet, AlexNet: :mod:`~crossmodal.convert.readers.torch_zoo`)
+    are tried first, then VGG; ``arch`` (``--arch``) names the architecture instead.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
+    from crossmodal.convert.readers import torch_zoo
+
     path = Path(path)
+    notes = []
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while torch reads it
         source_sha256 = pool.submit(file_sha256, path) if path.is_file() else None
-        state = load_state_dict(path, trust_pickle=trust_pickle)
-        spec, layout = infer_spec(state, input_size=input_size, source=path)
-        model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
+        raw, checkpoint_arch = load_checkpoint(path, trust_pickle=trust_pickle)
+        state = _to_arrays(raw, path)
+        del raw
+        canonical = torch_zoo.canonical_state(state)
+        found = torch_zoo.detect(canonical, arch=arch, file_name=path.name, checkpoint_arch=checkpoint_arch)
+        if found is not None:
+            fam, spec, notes = found
+            model = torch_zoo.to_ir(canonical, fam, spec, input_size=input_size, preprocess=preprocess, source=path)
+            layout = f"{fam}, torchvision"
+        else:
+            try:
+                spec, layout = infer_spec(state, input_size=input_size, source=path)
+            except InputError as exc:
+                if arch is None and "not a VGG checkpoint" in str(exc):
+                    raise torch_zoo.unknown_layout(state, path) from None
+                raise
+            if arch is not None and arch != spec.arch:
+                raise InputError(f"--arch {arch}, but the keys are a {spec.arch}'s", path)
+            model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
         source_sha256 = source_sha256.result()
     kind = sniff_format(path)
-    notes = []
     if (kind == "safetensors") != (path.suffix == ".safetensors"):
         notes.append(f"a {'safetensors' if kind == 'safetensors' else 'torch.save'} file named {path.suffix!r}: "
                      "read by its content")
@@ -358,6 +393,6 @@ def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess:
         source_file=path.name, source_sha256=source_sha256,
         source_format="safetensors" if kind == "safetensors" else "pytorch",
         reader=f"crossmodal.convert.readers.from_torch ({layout} keys)",
-        framework_versions={"torch": torch.__version__}, notes=notes,
+        framework_versions={"torch": torch.__version__}, notes=list(notes),
     )
     return model
