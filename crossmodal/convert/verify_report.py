@@ -33,7 +33,7 @@ def markdown(report: VerifyReport) -> str:
     lines = [f"# crossmodal verify: {verdict}", "",
              f"Reference: {report.reference}. Inputs: {data['inputs']['count']} "
              f"({data['inputs']['kind']}). Tolerance: max|Δ|/max|ref| ≤ {report.tolerance:g} on "
-             f"logits and fc7, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
+             f"{' and '.join(report.gated_blobs)}, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
              f"Precision: {_precision(report)}.", ""]
     lines += ["## Gates", "", "| engine | check | value | limit | result |", "|---|---|---|---|---|"]
     for g in data["gates"]:
@@ -85,9 +85,10 @@ def console(report: VerifyReport) -> str:
     div = report.first_divergence()
     out.append(f"reference: {report.reference}; {data['inputs']['count']} inputs ({data['inputs']['kind']})")
     out.append(f"precision: {_precision(report)}")
-    out.append(f"{'engine':<10} {'logits rel':>11} {'fc7 rel':>11} {'worst rel':>11} {'top-1':>7} "
+    feature = report.gated_blobs[-1]
+    out.append(f"{'engine':<10} {'logits rel':>11} {feature + ' rel':>11} {'worst rel':>11} {'top-1':>7} "
                f"{'top-5':>7} {'flips':>5}  first divergence")
-    logits, fc7 = report.blobs.get("logits"), report.blobs.get("fc7")
+    logits, fc7 = report.blobs.get("logits"), report.blobs.get(feature, feature)
     for e, layers in report.comparisons.items():
         c = data["classifier"].get(e, {})
         worst = max((_rank(s.rel) for s in layers.values()), default=0.0)

@@ -303,12 +303,13 @@ class TorchBackend(Backend):
 _CLASSES = {"onnx": OnnxBackend, "keras": KerasBackend, "torch": TorchBackend}
 
 
-def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] = ("logits", "fc7"), *,
+def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] | None = None, *,
                  device: str = "auto", graph: Graph | None = None, threads: int | None = None,
                  allow_tf32: bool = False, **options) -> Backend:
     """Open backend ``name`` (``onnx``, ``keras``, ``torch``) on a converted model folder.
 
-    ``layers``: feature names to return from :meth:`Backend.run`. ``graph``: the
+    ``layers``: feature names to return from :meth:`Backend.run` (default: the logits and the
+    network's feature blob, ``graph.feature_blob``). ``graph``: the
     folder's graph when already loaded. ``options``: backend-specific
     (onnx: ``io_binding`` forces I/O binding on or off, ``spinning`` lets idle
     intra-op threads busy-wait).
@@ -318,6 +319,7 @@ def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] 
     device = check_device(device)
     model_dir = Path(model_dir)
     graph = graph if graph is not None else load_graph(model_dir)
+    layers = layers if layers is not None else ("logits", graph.feature_blob)
     return _CLASSES[name](model_dir, graph, layers, device=device, threads=threads,
                           allow_tf32=allow_tf32, **options)
 
