@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity bench
+.PHONY: install demo test test-fast parity parity-torch bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,16 @@ test-fast: install
 
 parity: install
 	$(VENV)/bin/crossmodal demo --layout csail --out-dir "$${PARITY_DIR:-parity-out}"
+
+# The Places365 PyTorch zoo at full size, each in its released layout (random weights), converted
+# and verified on every engine; prints each network's time.
+ZOO_ARCHS ?= alexnet resnet18 resnet50 wideresnet18 densenet161
+parity-torch: install
+	@for a in $(ZOO_ARCHS); do \
+	  start=$$(date +%s); \
+	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
+	  echo "parity-torch $$a: $$(( $$(date +%s) - start )) s"; \
+	done
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
