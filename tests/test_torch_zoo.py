@@ -336,3 +336,15 @@ def test_baseline_and_retrieval_use_the_resnet_feature_blob(resnet_model, tmp_pa
     data = json.loads((tmp_path / "rt" / "retrieval.json").read_text())
     assert data["layer"] == "avgpool"
     assert 0 < json.loads(r.stdout)["pairs"][0]["map"] <= 1
+
+
+@pytest.mark.parametrize("arch,third", [("resnet_tiny", "avgpool"), ("alexnet_tiny", "fc7")])
+def test_onnx_third_output_is_the_feature_blob(tmp_path, arch, third):
+    import onnx
+    from crossmodal.convert.pipeline import convert
+    write_checkpoint(arch, tmp_path / f"{arch}.pth.tar")
+    h, w = _spec(arch)[1].input_shape[1:]
+    convert(tmp_path / f"{arch}.pth.tar", tmp_path / "m", targets=["onnx"], input_size=(h, w),
+            preprocess=Preprocess(resize=(h, w), crop=(h, w)))
+    outputs = [o.name for o in onnx.load(tmp_path / "m" / "model.onnx").graph.output]
+    assert outputs == ["logits", "prob", third]

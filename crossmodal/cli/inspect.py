@@ -31,11 +31,12 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
         echo_json(s.to_json())
         return
     click.echo(f"{s.path} ({s.format})")
-    click.echo(f"{'layer':<22} {'kind':<14} {'output shape':<22} {'parameters':>14}")
+    width = max([22, *(len(r.name) for r in s.layers)])  # DenseNet's module paths run to ~45
+    click.echo(f"{'layer':<{width}} {'kind':<17} {'output shape':<22} {'parameters':>14}")
     for r in s.layers:
         shape = "×".join(str(d) for d in r.output_shape)
-        click.echo(f"{r.name:<22} {r.kind:<14} {shape:<22} {r.parameters:>14,}")
-    click.echo(f"{'total':<60} {s.parameters:>14,}")
+        click.echo(f"{r.name:<{width}} {r.kind:<17} {shape:<22} {r.parameters:>14,}")
+    click.echo(f"{'total':<{width + 41}} {s.parameters:>14,}")
     click.echo(f"input: {s.input}")
     if s.outputs:
         click.echo(f"outputs: {', '.join(s.outputs)}")
