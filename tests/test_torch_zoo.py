@@ -348,3 +348,10 @@ def test_onnx_third_output_is_the_feature_blob(tmp_path, arch, third):
             preprocess=Preprocess(resize=(h, w), crop=(h, w)))
     outputs = [o.name for o in onnx.load(tmp_path / "m" / "model.onnx").graph.output]
     assert outputs == ["logits", "prob", third]
+
+
+def test_arch_names_a_vgg_too(tmp_path, tiny_ckpt):
+    model = read_torch_checkpoint(tiny_ckpt[0], input_size=(20, 28), arch="vgg_tiny")
+    assert model.graph.name == "vgg_tiny"
+    with pytest.raises(InputError, match="--arch vgg16, but the keys are a vgg_tiny's"):
+        read_torch_checkpoint(tiny_ckpt[0], input_size=(20, 28), arch="vgg16")

@@ -26,7 +26,7 @@ import numpy as np
 from crossmodal.convert.ir import IRModel, Preprocess, Provenance
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.io.hashing import file_sha256
-from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, named_keys, torchvision_keys
+from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, create_spec, named_keys, torchvision_keys
 
 _TV_FEATURE = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 _TV_CLASSIFIER = re.compile(r"^classifier\.(\d+)\.(weight|bias)$")
@@ -381,7 +381,7 @@ def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess:
                 if arch is None and "not a VGG checkpoint" in str(exc):
                     raise torch_zoo.unknown_layout(state, path) from None
                 raise
-            if arch is not None and arch != spec.arch:
+            if arch is not None and arch != spec.arch and create_spec(arch).cfg != spec.cfg:
                 raise InputError(f"--arch {arch}, but the keys are a {spec.arch}'s", path)
             model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
         source_sha256 = source_sha256.result()
