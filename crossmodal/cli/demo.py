@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -13,8 +14,21 @@ from crossmodal.cli.options import handle_errors, step_printer
 SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
-def _vgg_checkpoint(arch, model_name, layout, out_dir: Path, seed: int, step):
-    """A VGG (``--model``) checkpoint in one of VGG's layouts; returns (path, spec)."""
+@dataclass
+class DemoSource:
+    """What a demo writer produced: the source file, the network's input (C, H, W) and class
+    count, and extra keyword arguments for ``convert`` and ``run_verify`` (e.g. a Caffe
+    writer's ``caffemodel=`` / ``prototxt=``, a whole-model pickle's ``trust_pickle=True``)."""
+
+    path: Path
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    convert_options: dict = field(default_factory=dict)
+    verify_options: dict = field(default_factory=dict)
+
+
+def _vgg_checkpoint(arch, model_name, layout, out_dir: Path, seed: int, step) -> DemoSource:
+    """A VGG (``--model``) checkpoint in one of VGG's layouts."""
     from crossmodal.models.synthetic import write_checkpoint
     from crossmodal.models.vgg import create_spec
 
@@ -24,10 +38,10 @@ def _vgg_checkpoint(arch, model_name, layout, out_dir: Path, seed: int, step):
     ckpt = out_dir / f"{model_name}_random_seed{seed}{suffix}"
     step(f"writing {ckpt} ({spec.parameter_count():,} parameters, random, {layout} key layout)")
     write_checkpoint(spec, ckpt, layout=layout, seed=seed)
-    return ckpt, spec
+    return DemoSource(ckpt, spec.input_shape, spec.num_classes)
 
 
-def _zoo_checkpoint(arch, model_name, layout, out_dir: Path, seed: int, step):
+def _zoo_checkpoint(arch, model_name, layout, out_dir: Path, seed: int, step) -> DemoSource:
     """A ResNet/DenseNet/AlexNet checkpoint as released (``module.`` keys, DenseNet's pre-0.4
     names, the training container), named like the release so wideresnet18 is told by its name."""
     from crossmodal.models.synthetic_zoo import create_spec, write_checkpoint
@@ -37,11 +51,12 @@ def _zoo_checkpoint(arch, model_name, layout, out_dir: Path, seed: int, step):
     ckpt = out_dir / f"{arch}_places365_random_seed{seed}.pth.tar"
     step(f"writing {ckpt} (random, {layout} layout)")
     write_checkpoint(arch, ckpt, layout=layout, seed=seed)
-    return ckpt, spec
+    trust = {"trust_pickle": True} if layout == "whole" else {}
+    return DemoSource(ckpt, spec.input_shape, spec.num_classes, dict(trust), dict(trust))
 
 
-#: ``--arch NAME`` → the function writing that network's random checkpoint: (arch, --model,
-#: --layout, out_dir, seed, step) → (checkpoint path, spec with ``input_shape``, ``num_classes``).
+#: ``--arch NAME`` → the function writing that network's random source files:
+#: (arch, --model, --layout, out_dir, seed, step) → :class:`DemoSource`.
 DEMO_ARCHS = {
     "vgg16": _vgg_checkpoint,
     "alexnet": _zoo_checkpoint,
@@ -90,18 +105,17 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels):
     if layout in (zoo_only if writer is _vgg_checkpoint else vgg_only):
         raise click.UsageError(f"--layout {layout} does not apply to --arch {arch}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt, spec = writer(arch, model_name, layout, out_dir, seed, step)
-    trust_pickle = layout == "whole"
-    if labels is None and (SHARED / "places365" / "categories_places365.txt").is_file() and spec.num_classes == 365:
+    src = writer(arch, model_name, layout, out_dir, seed, step)
+    if labels is None and (SHARED / "places365" / "categories_places365.txt").is_file() and src.num_classes == 365:
         labels = SHARED / "places365" / "categories_places365.txt"
     io_labels = labels.with_name("IO_places365.txt") if labels and labels.with_name("IO_places365.txt").is_file() else None
-    if images is None and (SHARED / "images").is_dir() and spec.input_shape[1:] == (224, 224):
+    if images is None and (SHARED / "images").is_dir() and src.input_shape[1:] == (224, 224):
         images = SHARED / "images"
     model_dir = out_dir / "model"
-    h, w = spec.input_shape[1:]
+    h, w = src.input_shape[1:]
     preprocess = "places365" if (h, w) == (224, 224) else Preprocess(resize=(h, w), crop=(h, w), name="tiny")
-    result = convert(ckpt, model_dir, labels=labels, io_labels=io_labels, on_step=step,
-                     input_size=(h, w), preprocess=preprocess, trust_pickle=trust_pickle)
+    result = convert(src.path, model_dir, labels=labels, io_labels=io_labels, on_step=step,
+                     input_size=(h, w), preprocess=preprocess, **src.convert_options)
     for note in result.model.graph.provenance.notes:
         click.echo(f"note: {note}")
     for a in result.artifacts:
@@ -109,8 +123,8 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels):
     click.echo("engines: torch-source (the checkpoint in a plain torchvision-layout module, the reference) vs "
                "torch, ir, keras, onnx; tf2onnx is left out here (memory): run "
                "`crossmodal verify MODEL_DIR --engines tf2onnx` for that cross-check")
-    report = run_verify(model_dir, engines=("torch", "ir", "keras", "onnx"), source=ckpt, images=images,
-                        random=2, seed=seed, on_step=step, trust_pickle=trust_pickle)
+    report = run_verify(model_dir, engines=("torch", "ir", "keras", "onnx"), source=src.path, images=images,
+                        random=2, seed=seed, on_step=step, **src.verify_options)
     write_text_atomic(out_dir / "verify.md", markdown(report))
     write_text_atomic(out_dir / "verify.json", json.dumps(report.to_json(), indent=2))
     click.echo(console(report))
