@@ -9,7 +9,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from helpers import SHARED_DATA, shared_file  # noqa: F401  (re-exported for tests)
+from helpers import SHARED_DATA, require_module, require_shared, shared_file  # noqa: F401  (re-exported)
+from strict_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks)
 
 
 @pytest.fixture(scope="session")

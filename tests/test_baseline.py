@@ -83,7 +83,9 @@ def test_label_list_run_matches_the_independent_computation(list_run, expected, 
     assert {Path(f["path"]).name for f in m["failed_images"]} == set(BROKEN)
     assert m["dataset"]["num_missing"] == 1 and m["missing_files"][0]["path"].endswith("gone_missing.jpg")
     assert m["excluded_categories"] == {"kitchenette": 4}
-    assert m["num_classes_evaluated"] == 6 and m["chance_top1"] == pytest.approx(1 / 6)
+    # six categories, but a guess names one of five labels (the two temples share /t/temple/asia)
+    assert m["num_classes_evaluated"] == 6 and m["chance_top1"] == pytest.approx(1 / 5)
+    assert m["chance_num_labels"] == len({s for s in HAND_MAP.values() if s}) == 5
     lo, hi = m["top1_ci95"]
     assert lo <= m["top1"] <= hi
     assert m["shared_labels"]["groups"] == [{"source": "/t/temple/asia",
@@ -161,6 +163,8 @@ def test_unmapped_keep_scores_them_as_errors(model, tree, expected, tmp_path):
     assert m["num_scored"] == expected["n"] + 4 and m["kept_unmapped_categories"] == {"kitchenette": 4}
     assert m["top1"] == pytest.approx(expected["hits1"] / (expected["n"] + 4))
     assert m["num_classes_evaluated"] == 7
+    # kitchenette's 4 images can never be right: a uniform guess over 5 labels scores 24/28 · 1/5
+    assert m["chance_top1"] == pytest.approx(expected["n"] / (expected["n"] + 4) / 5)
 
 
 def test_several_modalities_write_a_comparison(model, tree, tmp_path):
@@ -322,3 +326,22 @@ def test_relabelled_list_reuses_the_cache_with_its_new_labels(model, tree, list_
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
     assert m["excluded_categories"] == {"kitchenette": 8} and m["num_scored"] == 20
+
+
+def test_fp16_run_states_precision_and_providers(model, tree, list_run, tmp_path):
+    from crossmodal.evaluate.baseline import run_baseline
+    run = run_baseline(model, "sketch", out_dir=tmp_path, images=tree["list"], list_file=tree["list"] / "val.txt",
+                       categories=tree["list"] / "categories.txt", device="cpu", precision="fp16",
+                       cache_dir=tmp_path / "c")
+    m, ref = run.results[0].metrics, _metrics(list_run[0])
+    assert m["precision"] == "fp16" and m["providers"] == ["CPUExecutionProvider"]
+    assert m["backend_info"]["model_file"] == "model.fp16.onnx" and m["settings"]["precision"] == "fp16"
+    assert m["num_scored"] == ref["num_scored"]
+    assert "at fp16 (providers: CPUExecutionProvider)" in (tmp_path / "report.md").read_text()
+
+
+def test_precision_the_backend_cannot_run_is_one_line(model, tree, tmp_path):
+    _fail(["--model", str(model), "--modality", "sketch", *_list_args(tree), "--precision", "bf16"],
+          "ONNX Runtime is not run at bf16", tmp_path / "out")
+    _fail(["--model", str(model), "--modality", "sketch", *_list_args(tree), "--backend", "torch", "--trt"],
+          "--trt is for the onnx backend", tmp_path / "out")

@@ -175,20 +175,20 @@ def test_torch_emitter_round_trips_weights_bit_for_bit(tiny_ir, batch, ref):
 
 
 # --------------------------------------------------------------------------- Keras pooling
-def _pool_net(kind="max_pool2d", k=3, s=3, p=0, ceil=True, relu=True, hw=(13, 14), pools=1):
-    """input 2×H×W → conv 3×3 (pad 1) [→ relu] → ``pools`` × pooling → flatten → dense(4)."""
+def _pool_net(kind="max_pool2d", k=3, s=3, p=0, ceil=True, relu=True, hw=(13, 14), pools=1, cin=2):
+    """input cin×H×W → conv 3×3 (pad 1) [→ relu] → ``pools`` × pooling → flatten → dense(4)."""
     from crossmodal.convert.ir import Graph, InputSpec, IRModel, Preprocess, TensorSpec, infer_shapes
     rng = np.random.default_rng(5)
-    conv = {"weight": TensorSpec("conv1.weight", (3, 2, 3, 3), "OIHW"), "bias": TensorSpec("conv1.bias", (3,), "O")}
+    conv = {"weight": TensorSpec("conv1.weight", (3, cin, 3, 3), "OIHW"), "bias": TensorSpec("conv1.bias", (3,), "O")}
     layers = [Layer("conv1", "conv2d", ["input"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1),
-                                                   "in_channels": 2, "out_channels": 3}, conv)]
+                                                   "in_channels": cin, "out_channels": 3}, conv)]
     if relu:
         layers.append(Layer("relu1", "relu", ["conv1"]))
     for i in range(1, pools + 1):
         layers.append(Layer(f"pool{i}", kind, [layers[-1].name],
                             {"kernel": (k, k), "stride": (s, s), "pad": (p, p), "ceil_mode": ceil}))
     last = layers[-1].name
-    inp = InputSpec(shape=(2, *hw))
+    inp = InputSpec(shape=(cin, *hw))
     chw = infer_shapes(Graph("net", inp, layers, []))[last]
     n = int(np.prod(chw))
     fc = {"weight": TensorSpec("fc.weight", (4, n), "OI"), "bias": TensorSpec("fc.bias", (4,), "O")}
@@ -266,7 +266,7 @@ def test_keras_refusal_comes_before_any_file_is_written(tmp_path):
     from crossmodal.convert.pipeline import convert
     src = tmp_path / "ir"
     src.mkdir()
-    save_ir(_pool_net("max_pool2d", 3, 3, 0, True, relu=False, hw=(13, 13)), src)
+    save_ir(_pool_net("max_pool2d", 3, 3, 0, True, relu=False, hw=(13, 13), cin=3), src)  # 3: RGB preprocessing
     out = tmp_path / "out"
     with pytest.raises(UnsupportedError, match="pool1"):
         convert(src, out, targets=["ir", "onnx", "keras"], onnx_outputs=())

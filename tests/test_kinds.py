@@ -187,3 +187,39 @@ def test_every_engine_runs_the_dag_like_the_reference(dag, engine, tmp_path, rng
     for name in observed:
         scale = max(np.abs(ref[name]).max(), 1e-6)
         assert np.abs(got[name] - ref[name]).max() / scale < 2e-5, (engine, name)
+
+
+@pytest.mark.slow
+def test_keras_model_with_lrn_loads_in_a_fresh_process_after_import_crossmodal(dag, tmp_path, rng):
+    """``import crossmodal`` (which does not import Keras) is enough for safe_mode loading."""
+    import os
+    import subprocess
+    import sys
+
+    from crossmodal.convert.emitters.to_keras import build_keras, save_keras
+    kmodel, _ = build_keras(dag)
+    save_keras(kmodel, tmp_path / "m.keras")
+    x = rng.normal(size=(2, 9, 11, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, crossmodal\n"
+              "assert 'keras' not in sys.modules\n"
+              "import keras\n"
+              "m = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)\n"
+              "np.save(sys.argv[3], np.asarray(m(np.load(sys.argv[2]))))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "CROSSMODAL"))}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.keras"), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, env=env, cwd=tmp_path, timeout=300)
+    want = reference.run(dag, x.transpose(0, 3, 1, 2), ["fc"])["fc"]
+    got = np.load(tmp_path / "y.npy")
+    assert np.abs(got - want).max() / np.abs(want).max() < 2e-5
+
+
+def test_flops_count_every_kind(dag):
+    from crossmodal.convert.flops import count_flops
+    f = count_flops(dag.graph)
+    assert f.uncounted == []
+    assert f.by_layer["conv1"] == 2 * 8 * 9 * 11 * 3 * 3 * 3  # no bias: no adds beyond the products
+    assert f.by_layer["branch_g"] == 2 * 6 * 9 * 11 * 4 * 3 * 3 + 6 * 9 * 11  # 8 channels in 2 groups
+    assert f.by_layer["bn1"] == 2 * 8 * 9 * 11 and f.by_layer["cat"] == 0
+    assert f.by_layer["sum"] == 2 * 10 * 9 * 11 and f.by_layer["prod"] == 2 * 10 * 9 * 11  # coeff −0.5; 3 inputs

@@ -49,14 +49,94 @@ def test_confusion_and_per_class_counts():
     assert acc[:3].tolist() == [0.5, 1.0, 2 / 3] and math.isnan(acc[3])
 
 
-def test_chance_levels():
-    c = chance_levels(np.array([10, 30, 0, 60]))
-    assert c["chance_top1"] == pytest.approx(1 / 3) and c["chance_top5"] == 1.0
-    assert c["chance_top1_prior"] == pytest.approx(0.1 ** 2 + 0.3 ** 2 + 0.6 ** 2)
-    assert c["chance_top1_majority"] == pytest.approx(0.6)
-    many = chance_levels(np.full(205, 50))
-    assert many["chance_top1"] == pytest.approx(1 / 205) and many["chance_top5"] == pytest.approx(5 / 205)
-    assert many["chance_top1_prior"] == pytest.approx(1 / 205)
+# --------------------------------------------------------------------------- chance, by simulation
+#: Two label set-ups written out by hand: model labels, data set categories → label (None: unmapped),
+#: and images per category. In both the largest *category* is not the largest *label*'s.
+SMALL = (SOURCES, {"abbey": "/a/abbey", "bedroom": "/b/bedroom", "temple_east_asia": "/t/temple/asia",
+                   "temple_south_asia": "/t/temple/asia", "kitchenette": None, "street": "/s/street"},
+         {"abbey": 4, "bedroom": 1, "temple_east_asia": 2, "temple_south_asia": 3, "kitchenette": 2, "street": 1})
+BIG_SOURCES = [f"/x/label{i}" for i in range(12)]
+BIG = (BIG_SOURCES,
+       {**{f"cat{i}": f"/x/label{i}" for i in range(8)},            # label0..7 one category each
+        "cat8a": "/x/label8", "cat8b": "/x/label8", "cat8c": "/x/label8",  # label8 shared by three
+        "lost1": None, "lost2": None},                               # label9..11 muted
+       {**{f"cat{i}": 6 + i for i in range(8)}, "cat8a": 5, "cat8b": 5, "cat8c": 4, "lost1": 7, "lost2": 3})
+
+
+def _setup(spec):
+    sources, cat_to_label, counts = spec
+    targets = list(cat_to_label)
+    aliases = {t: (src or None) for t, src in cat_to_label.items()}
+    mapping = build_mapping(sources, targets, aliases)
+    labels = np.repeat(np.arange(len(targets)), [counts[t] for t in targets])
+    return sources, cat_to_label, targets, mapping, labels
+
+
+def _guess_logits(sources, choices):
+    """Logits whose muted top-k is ``choices`` (N, k) source indices, best first, then the rest at random."""
+    rng = np.random.default_rng(7)
+    logits = rng.random((len(choices), len(sources)))
+    k = choices.shape[1]
+    for j in range(k):
+        logits[np.arange(len(choices)), choices[:, j]] = 10.0 + (k - j)
+    return logits
+
+
+@pytest.mark.parametrize("spec", [SMALL, BIG], ids=["small", "big"])
+@pytest.mark.parametrize("unmapped", ["exclude", "keep"])
+def test_chance_equals_a_simulated_blind_guesser(spec, unmapped):
+    """chance_* against guessers run through the real scoring, over many draws (±5 standard errors)."""
+    sources, cat_to_label, targets, mapping, labels = _setup(spec)
+    chance = classification_metrics(score(np.zeros((len(labels), len(sources))), labels, mapping, unmapped),
+                                    labels).chance
+    # what a guess can name: the distinct labels some category maps to (written out above, not from the mapping)
+    names = sorted({s for s in cat_to_label.values() if s})
+    nameable = [sources.index(s) for s in names]
+    draws = 40_000 // len(labels) + 1
+    many = np.tile(labels, draws)
+    rng = np.random.default_rng(11)
+
+    def simulated(choices):
+        s = score(_guess_logits(sources, choices), many, mapping, unmapped)
+        return s.accuracy()
+
+    def close(sim, exact):
+        se = math.sqrt(max(exact * (1 - exact), 1e-4) / len(many))
+        assert abs(sim - exact) < 5 * se, (sim, exact, se)
+
+    # uniform: k distinct labels drawn uniformly from the nameable ones
+    k = min(5, len(nameable))
+    uniform = np.stack([rng.permutation(nameable)[:k] for _ in range(len(many))])
+    acc = simulated(uniform)
+    close(acc["top1"], chance["chance_top1"])
+    close(acc["topk"], chance["chance_top5"])
+    # prior-matched: label l drawn with the share of scored images whose category names l
+    scored = [t for t in labels if cat_to_label[targets[t]] or unmapped == "keep"]
+    per_label = {s: sum(1 for t in scored if cat_to_label[targets[t]] == s) for s in names}
+    share = np.array([per_label[s] for s in names], dtype=float)
+    prior = rng.choice(nameable, size=(len(many), 1), p=share / share.sum())
+    close(simulated(prior)["top1"], chance["chance_top1_prior"])
+    # majority: always the label with the most scored images
+    top = nameable[int(np.argmax(share))]
+    assert simulated(np.full((len(many), 1), top))["top1"] == pytest.approx(chance["chance_top1_majority"])
+    assert chance["chance_num_labels"] == len(nameable)
+
+
+def test_chance_in_numbers_for_the_small_setup():
+    """The small set-up by hand: 4 nameable labels; temple/asia (5 images) beats abbey (4)."""
+    _, _, _, mapping, labels = _setup(SMALL)
+    excl = classification_metrics(score(np.zeros((len(labels), 5)), labels, mapping, "exclude"), labels).chance
+    assert excl["chance_top1"] == pytest.approx(1 / 4)          # not 1 / 5 evaluated categories
+    assert excl["chance_top5"] == pytest.approx(1.0)
+    assert excl["chance_top1_prior"] == pytest.approx((4**2 + 1 + 5**2 + 1) / 11**2)
+    assert excl["chance_top1_majority"] == pytest.approx(5 / 11)
+    keep = classification_metrics(score(np.zeros((len(labels), 5)), labels, mapping, "keep"), labels).chance
+    assert keep["chance_top1"] == pytest.approx(11 / 13 / 4)
+    assert keep["chance_top1_majority"] == pytest.approx(5 / 13)
+    assert keep["chance_top1_prior"] == pytest.approx((4**2 + 1 + 5**2 + 1) / (13 * 11))
+    empty = chance_levels(np.zeros(0, dtype=np.int64), 4)
+    assert math.isnan(empty["chance_top1"])
+    assert chance_levels(np.full(3, -1), 4)["chance_top1"] == 0.0  # only unmapped images: nothing to guess right
 
 
 def test_muted_softmax_ignores_muted_labels():
@@ -98,7 +178,7 @@ def test_classification_metrics_end_to_end():
     # mean class accuracy weights each class once: abbey .75, bedroom 1, east 1, south .5, street 0
     assert m.mean_class_accuracy == pytest.approx((0.75 + 1 + 1 + 0.5 + 0) / 5)
     assert m.top1_ci95 == wilson_interval(6, 9)
-    assert m.chance["chance_top1"] == pytest.approx(1 / 5)
+    assert m.chance["chance_top1"] == pytest.approx(1 / 4)  # four nameable labels (temple/asia counts once)
     names = [TARGETS[c] for c in m.classes]
     assert names == ["abbey", "bedroom", "temple_east_asia", "temple_south_asia", "street"]
     assert m.per_class_images.tolist() == [4, 1, 1, 2, 1]

@@ -22,7 +22,8 @@ from test_features import BROKEN, convert_tiny, make_cmplaces_tree, reference_lo
 
 @pytest.fixture(scope="module")
 def sklearn_metrics():
-    return pytest.importorskip("sklearn.metrics", reason="scikit-learn (the test extra) is the independent AP")
+    from helpers import require_module
+    return require_module("sklearn.metrics", "scikit-learn (the test extra) is the independent AP")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from crossmodal.cli import main
 from crossmodal.convert.verify import LayerStats, run_verify
+from helpers import require_module
 
 SIZE = (21, 29)  # odd, so that ceil and floor pooling differ at pool1 (10×14 vs 11×15)
 
@@ -205,7 +206,7 @@ def test_layer_stats_flag_shape_mismatch_and_cosine():
 
 
 def test_tf2onnx_is_an_independent_cross_check(model_copy):
-    pytest.importorskip("tf2onnx")
+    require_module("tf2onnx", "the test extra; verify's optional cross-check")
     _, model_dir = model_copy
     report = run_verify(model_dir, engines=["ir", "tf2onnx"], random=2)
     assert report.passed and "tf2onnx" in report.comparisons
@@ -392,7 +393,7 @@ def test_tf2onnx_failing_while_it_runs_is_reported_and_the_rest_still_runs(model
 
 
 def test_tf2onnx_output_that_onnx_runtime_cannot_load_is_reported(model_copy, monkeypatch):
-    pytest.importorskip("tf2onnx")
+    require_module("tf2onnx", "the test extra; verify's optional cross-check")
     from crossmodal.convert import engines
     from crossmodal.errors import InputError
 

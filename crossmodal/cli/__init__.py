@@ -82,6 +82,10 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crossmodal")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also show TensorFlow's own start-up and log lines (hidden by default).")
+def main(verbose: bool = False) -> None:
     """Convert Places365 scene CNNs between PyTorch, Caffe, Keras 3 and ONNX, verify
     them layer by layer, and evaluate them on natural images, clip art and sketches."""
+    from crossmodal.cli import quiet
+    quiet.verbose() if verbose else quiet.install()

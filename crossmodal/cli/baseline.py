@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, csv_list, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_errors, json_option, precision_option,
+                                    step_printer, trt_option)
 
 
 @click.command("baseline")
@@ -27,6 +28,8 @@ from crossmodal.cli.options import ProgressBars, csv_list, echo_json, handle_err
               help="onnx: ONNX Runtime (CUDA with I/O binding on a GPU); keras: TensorFlow; torch: PyTorch.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when one really works), cpu, cuda or cuda:N.")
+@precision_option
+@trt_option
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Image-decoding threads [default: CPU cores − 1, at least 1, at most 8].")
@@ -52,8 +55,8 @@ from crossmodal.cli.options import ProgressBars, csv_list, echo_json, handle_err
 @json_option
 @handle_errors
 def baseline(model_dir, modality, data_root, config, split, images, list_file, categories, backend, device,
-             batch_size, workers, threads, limit, label_map, unmapped, features, out_dir, cache_dir, no_draft,
-             quiet, as_json):
+             precision, trt, batch_size, workers, threads, limit, label_map, unmapped, features, out_dir, cache_dir,
+             no_draft, quiet, as_json):
     """Evaluate a converted scene CNN, unadjusted, on CMPlaces modalities (natural images, clip
     art, sketches): top-1/top-5 with label muting, 95 % intervals, per-class accuracy, confusion
     matrix. Writes metrics.json, per_class.csv, predictions.csv, report.md and PNG plots to --out.
@@ -71,13 +74,19 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
                            images=images, list_file=list_file, categories=categories, backend=backend,
                            device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
                            label_map=label_map, unmapped=unmapped, features=None if features is None else csv_list(features),
-                           cache_dir=cache_dir, draft=not no_draft, on_step=step_printer(quiet_all),
+                           cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt,
+                           on_step=step_printer(quiet_all),
                            on_start=bars.start, on_batch=bars.update)
     if as_json:
         data = [r.metrics for r in run.results]
         echo_json(data[0] if len(data) == 1 else {"runs": data,
                                                    "comparison": {k: str(v) for k, v in run.comparison.items()}})
         return
+    if run.results:
+        first = run.results[0].metrics
+        if first.get("banner"):
+            click.echo(f"*** {first['banner'].upper()} ***")
+        click.echo(f"weights: {first['weights']['description']}")
     for r in run.results:
         click.echo(summary_line(r.metrics) + f" → {r.files['metrics.json']}")
     if run.comparison:

@@ -50,6 +50,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
+    from crossmodal.convert.identity import describe
     from crossmodal.convert.pipeline import convert as run_convert
 
     extra = (None if onnx_outputs is None else [] if onnx_outputs.strip().lower() == "none"
@@ -70,6 +71,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     click.echo(f"{g.name}: {g.parameter_count():,} parameters, {g.num_classes} classes, "
                f"input {'×'.join(map(str, g.input.shape))} {g.preprocess.channel_order} "
                f"{g.preprocess.value_range} (preprocess: {g.preprocess.name})")
+    click.echo(f"weights: {describe(g)}")
     for note in g.provenance.notes:
         if note.startswith("architecture"):
             click.echo(f"note: {note}")

@@ -19,6 +19,7 @@ from crossmodal.cli.options import echo_json, handle_errors, input_size_option, 
 def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     """Show the layers, output shapes, parameter counts, input, preprocessing and labels
     of PATH: an IR folder, a checkpoint, a Caffe .prototxt, an .onnx or a .keras file."""
+    from crossmodal.convert.identity import banner
     from crossmodal.convert.summary import summarize
 
     options = {}
@@ -30,7 +31,11 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     if as_json:
         echo_json(s.to_json())
         return
+    if s.weights and banner(s.weights):
+        click.echo(f"*** {banner(s.weights).upper()} ***")
     click.echo(f"{s.path} ({s.format})")
+    if s.weights_description:
+        click.echo(f"weights: {s.weights_description}")
     width = max([22, *(len(r.name) for r in s.layers)])  # DenseNet's module paths run to ~45
     click.echo(f"{'layer':<{width}} {'kind':<17} {'output shape':<22} {'parameters':>14}")
     for r in s.layers:

@@ -95,3 +95,20 @@ class ProgressBars:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def precision_option(fn: Callable) -> Callable:
+    """``--precision fp32|fp16|bf16`` (shared by the commands that run a network)."""
+    return click.option(
+        "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+        help="Arithmetic of the network: fp16 = model.fp16.onnx (made once from model.onnx, cached beside "
+             "it) on ONNX Runtime, torch.autocast, Keras mixed_float16; bf16 = torch autocast / "
+             "Keras mixed_bfloat16 (not ONNX Runtime).")(fn)
+
+
+def trt_option(fn: Callable) -> Callable:
+    """``--trt``: ONNX Runtime's TensorRT execution provider first (GPU only)."""
+    return click.option(
+        "--trt", is_flag=True,
+        help="ONNX Runtime on a GPU: TensorRT execution provider first (fp16 kernels with --precision fp16), "
+             "engines cached in the cache folder (trt/); the first run builds them (minutes).")(fn)

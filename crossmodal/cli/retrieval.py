@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json_option, precision_option,
+                                    step_printer, trt_option)
 
 
 @click.command("retrieval")
@@ -30,6 +31,8 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
               help="Used only for features not yet in the cache.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@precision_option
+@trt_option
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=None, help="Image-decoding threads.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
@@ -42,14 +45,16 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @click.option("--show", type=click.IntRange(0), default=0,
               help="For each pair, a PNG of the N nearest targets of the query image --show-query.")
 @click.option("--show-query", default="0", show_default=True,
-              help="The query image for --show: a 0-based index into the query modality, or a path / file name.")
+              help="The query image for --show: a 0-based index into the query modality's decoded images (data "
+                   "set order, images that fail to decode left out), or a path / file name.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("retrieval-out"),
               show_default=True, help="Output folder: retrieval.json, retrieval.md, retrieval.png.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
 def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_root, config, split, backend, device,
-              batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir, quiet, as_json):
+              precision, trt, batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir,
+              quiet, as_json):
     """Category-level retrieval with a photo-trained network's features: for each query image,
     rank the target modality's images by similarity; relevant = same scene category. Reports
     mAP, P@k and R@k with their exact chance levels, beside the published CMPlaces numbers.
@@ -67,11 +72,16 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
         run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
                             metric=metric, k=k, data_root=data_root, config=config, split=split, backend=backend,
                             device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
-                            cache_dir=cache_dir, draft=not no_draft, show=show, show_query=show_query,
-                            on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
+                            cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt, show=show,
+                            show_query=show_query, on_step=step_printer(quiet_all), on_start=bars.start,
+                            on_batch=bars.update)
     if as_json:
-        echo_json({"pairs": run.results["pairs"], "files": {n: str(p) for n, p in run.files.items()}})
+        echo_json({"weights": run.results["weights"], "banner": run.results["banner"], "pairs": run.results["pairs"],
+                   "files": {n: str(p) for n, p in run.files.items()}, "run": run.results["run"]})
         return
+    if run.results.get("banner"):
+        click.echo(f"*** {run.results['banner'].upper()} ***")
+    click.echo(f"weights: {run.results['weights']['description']}")
     for p in run.results["pairs"]:
         click.echo(f"{p['query']} → {p['target']}: mAP {100 * p['map']:.2f} % (chance {100 * p['chance_map']:.2f}), "
                    f"P@{p['k']} {100 * p['precision_at_k']:.2f} % (chance {100 * p['chance_precision_at_k']:.2f}) "

@@ -12,7 +12,6 @@ is the file an engine runs, named when it fails.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -59,27 +58,40 @@ def torch_device(device: str):
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("CUDA was asked for, but PyTorch sees no GPU here")
-    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available() and _cuda_runs(torch))
     return torch.device(device if device.startswith("cuda") else "cuda" if want_gpu else "cpu")
 
 
-def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, label: str = "torch") -> Engine:
-    """The IR's tensors in a PyTorch network (:mod:`~crossmodal.convert.emitters.to_torch`)."""
+def _cuda_runs(torch) -> bool:
+    """``auto``: a GPU only after a real kernel ran on it (a listed GPU may still fail to start)."""
+    try:
+        return float((torch.ones(8, device="cuda") * 2).sum().item()) == 16.0
+    except Exception:  # driver / architecture mismatch: the CPU it is
+        return False
+
+
+def torch_engine(model: IRModel, device: str = "cpu", allow_tf32: bool = False, label: str = "torch",
+                 precision: str = "fp32") -> Engine:
+    """The IR's tensors in a PyTorch network (:mod:`~crossmodal.convert.emitters.to_torch`);
+    ``precision`` fp16/bf16 runs it under ``torch.autocast`` (outputs returned as float32)."""
     import torch
 
     from crossmodal.convert.emitters.to_torch import build_torch
+    from crossmodal.convert.precision import check_precision, torch_autocast
 
+    precision = check_precision(precision)
     set_torch_precision(allow_tf32)
     dev = torch_device(device)
     module = build_torch(model).to(dev)
 
     def run(x, layers):
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_autocast(dev.type, precision):
             out = module.forward_layers(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev), set(layers))
         return {k: v.float().cpu().numpy() for k, v in out.items()}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return Engine(label, run, {l.name for l in model.graph.layers}, str(dev),
-                  {"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32})
+                  {"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32,
+                   "precision": precision if precision == "fp32" else f"{precision} (torch.autocast)"})
 
 
 def tf_device(device: str, num_gpus: int) -> tuple[str, str]:
@@ -96,7 +108,20 @@ def tf_device(device: str, num_gpus: int) -> tuple[str, str]:
     return "/CPU:0", "cpu"
 
 
-def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str = "cpu") -> Engine:
+def tf_gpus(tf) -> list:
+    """TensorFlow's GPUs, with memory growth on (else TensorFlow takes all GPU memory at start,
+    and the torch / ONNX Runtime engines beside it in the same process run out)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialised: its setting stays
+            pass
+    return gpus
+
+
+def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str = "cpu",
+                 precision: str = "fp32") -> Engine:
     """A saved ``.keras`` model, with a sub-model on the layers that match IR layers.
 
     ``device``: placed on the TensorFlow device :func:`tf_device` gives (``cpu`` pins
@@ -108,7 +133,7 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
     from crossmodal.convert.emitters.to_keras import keras_outputs, through_dropout
 
     tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = tf_gpus(tf)
     tf_dev, _ = tf_device(device, len(gpus))
     placed = lambda: tf.device(tf_dev)  # noqa: E731
     with placed():
@@ -116,6 +141,8 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
             kmodel = keras.saving.load_model(model_path, safe_mode=True, compile=False)
         except Exception as exc:  # a corrupt archive raises many kinds
             raise InputError(f"not a loadable Keras model ({exc.__class__.__name__})", model_path) from None
+        from crossmodal.convert.precision import keras_policy, keras_with_precision
+        kmodel = keras_with_precision(kmodel, precision)  # fp16/bf16: the mixed policy on every layer
     expected = keras_outputs(graph)
     mapping = {ir: k for ir, k in expected.items() if _has_layer(kmodel, k)}
     if not mapping:
@@ -132,11 +159,12 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
             sub = keras.Model(kmodel.input, [kmodel.get_layer(k).output for k in knames])
             outs = sub(np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32), training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        by_k = {k: np.asarray(o) for k, o in zip(knames, outs)}
+        by_k = {k: np.asarray(o, dtype=np.float32) for k, o in zip(knames, outs)}
         return {l: _to_ir_layout(by_k[mapping[l]], through_dropout(graph, graph.layer(l))) for l in wanted}
     where = "gpu" if tf_dev.startswith("/GPU") else "cpu"
     return Engine("keras", run, set(mapping), where,
                   {"keras": keras.__version__, "tensorflow": tf.__version__, "allow_tf32": allow_tf32,
+                   "precision": keras_policy(precision),
                    "tf_device": tf_dev, "devices": [d.name for d in gpus] or ["cpu"]},
                   path=str(model_path))
 
@@ -160,52 +188,27 @@ def _to_ir_layout(a: np.ndarray, layer) -> np.ndarray:
 
 
 def onnx_providers(device: str, allow_tf32: bool = False) -> list:
-    """ONNX Runtime providers for ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    """ONNX Runtime providers for ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``);
+    see :func:`crossmodal.convert.ort_session.choose_providers`."""
     import onnxruntime as ort
 
-    if device == "cpu" or "CUDAExecutionProvider" not in ort.get_available_providers():
-        if device.startswith("cuda"):
-            raise InputError("CUDA was asked for, but onnxruntime has no CUDA execution provider here")
-        return ["CPUExecutionProvider"]
-    dev_id = int(device.split(":")[1]) if ":" in device else 0
-    return [("CUDAExecutionProvider", {"device_id": dev_id, "use_tf32": int(allow_tf32)}), "CPUExecutionProvider"]
+    from crossmodal.convert.ort_session import choose_providers
+    return choose_providers(device, list(ort.get_available_providers()), allow_tf32=allow_tf32)
 
 
 def onnx_session(source, device: str = "cpu", allow_tf32: bool = False, *, threads: int | None = None,
-                 spinning: bool | None = None):
+                 spinning: bool | None = None, **options):
     """An InferenceSession on ``source`` (path or serialized bytes); returns (session, providers used).
 
-    With ``device="auto"`` CUDA is tried and silently dropped when it does not really
-    work (onnxruntime-gpu lists CUDA even on machines without a GPU); ``cuda`` without
-    a working CUDA provider is an error. ``threads``: intra-op threads (default ORT's,
-    one per physical core); ``spinning``: whether idle intra-op threads busy-wait
-    (default ORT's).
+    :func:`crossmodal.convert.ort_session.open_session` does the work: with ``auto`` a
+    GPU is kept only after a warm-up run succeeded on it, else the CPU; ``cuda`` without
+    a working CUDA provider is an error. ``options``: ``trt``, ``precision``, ``trt_cache``.
     """
-    import onnxruntime as ort
+    from crossmodal.convert.ort_session import open_session
 
-    def options():
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        if spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        return opts
-
-    providers = onnx_providers(device, allow_tf32)
-    if device == "auto":  # a CUDA provider that cannot start logs errors before falling back
-        ort.set_default_logger_severity(3)
-    try:
-        sess = ort.InferenceSession(source, options(), providers=providers)
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        if device == "auto" and providers[0] != "CPUExecutionProvider":
-            sess = ort.InferenceSession(source, options(), providers=["CPUExecutionProvider"])
-        else:
-            where = source if isinstance(source, (str, os.PathLike)) else None
-            raise InputError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0][:160]})", where) from None
-    if device.startswith("cuda") and "CUDAExecutionProvider" not in sess.get_providers():
-        raise InputError("CUDA was asked for, but onnxruntime could not start it on this machine")
-    return sess, sess.get_providers()
+    sess, info = open_session(source, device, allow_tf32=allow_tf32, threads=threads, spinning=spinning,
+                              **options)
+    return sess, info.providers
 
 
 def onnx_layer_outputs(proto, graph) -> dict[str, str]:
@@ -234,18 +237,34 @@ def add_graph_outputs(proto, tensors) -> None:
 
 
 def onnx_engine(model_path: Path, graph, device: str = "cpu", allow_tf32: bool = False,
-                label: str = "onnx", proto=None) -> Engine:
-    """An ONNX model, with every IR layer's tensor added as an extra graph output."""
+                label: str = "onnx", proto=None, precision: str = "fp32", cache_dir=None) -> Engine:
+    """An ONNX model, with every IR layer's tensor added as an extra graph output.
+
+    ``precision="fp16"``: the cached fp16 model beside ``model_path``
+    (:func:`~crossmodal.convert.precision.fp16_onnx`), its layers exposed through
+    float32 casts."""
     import onnx
     import onnxruntime as ort
 
+    from crossmodal.convert import precision as P
+
+    precision = P.check_precision(precision)
+    if P.unsupported("onnx", precision):
+        raise InputError(P.unsupported("onnx", precision))
+    if precision == "fp16":
+        model_path = P.fp16_onnx(Path(model_path).parent, cache_dir)
+        proto = None
     if proto is None:
         try:
             proto = onnx.load(str(model_path))
         except Exception as exc:  # DecodeError and friends
             raise InputError(f"not a readable ONNX model ({exc.__class__.__name__})", model_path) from None
     mapping = onnx_layer_outputs(proto, graph)
-    add_graph_outputs(proto, mapping.values())
+    if precision == "fp16":
+        outputs = P.add_float_outputs(proto, mapping.values())
+        mapping = {l: outputs[t] for l, t in mapping.items()}
+    else:
+        add_graph_outputs(proto, mapping.values())
     sess, providers = onnx_session(proto.SerializeToString(), device, allow_tf32)
     input_name = sess.get_inputs()[0].name
 
@@ -254,9 +273,10 @@ def onnx_engine(model_path: Path, graph, device: str = "cpu", allow_tf32: bool =
         names = list(dict.fromkeys(mapping[l] for l in wanted))
         outs = dict(zip(names, sess.run(names, {input_name: np.ascontiguousarray(x, np.float32)})))
         return {l: outs[mapping[l]] for l in wanted}
-    dev = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+    dev = "cuda" if providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
     return Engine(label, run, set(mapping), dev, {"onnxruntime": ort.__version__, "providers": providers,
-                                                 "allow_tf32": allow_tf32}, path=str(model_path))
+                                                 "allow_tf32": allow_tf32, "precision": precision,
+                                                 "model": Path(model_path).name}, path=str(model_path))
 
 
 def tf2onnx_engine(keras_path: Path, graph, opset: int = 17) -> Engine:

@@ -78,11 +78,15 @@ class InputSpec:
 class Preprocess:
     """How an image becomes the network input, as data.
 
-    Steps, in order: decode to RGB → resize → center crop → to float in
-    ``value_range`` ("0-1": pixel/255, "0-255": pixel) → reorder channels to
-    ``channel_order`` → subtract mean (``mean`` per channel, or the tensor named
-    ``mean_image`` of shape (3, H, W), already in ``channel_order``, center-cropped
-    to the crop size) → divide by ``std``.
+    Steps, in order: decode to RGB (``channel_order`` ``"L"``: then to grayscale, PIL's
+    ITU-R 601-2 luma) → resize → center crop → to float in ``value_range`` ("0-1":
+    pixel/255, "0-255": pixel) → reorder channels to ``channel_order`` → subtract mean
+    (``mean`` per channel, or the tensor named ``mean_image`` of shape (C, H, W),
+    already in ``channel_order``, center-cropped to the crop size) → divide by ``std``.
+
+    The spec makes ``C = len(mean)`` channels: 3 (``RGB`` / ``BGR``) or 1 (``L``,
+    grayscale); ``std`` has as many values. :mod:`crossmodal.convert.consistency`
+    checks that C is what the network's first layer takes.
 
     ``resize`` is either an int (the shorter side becomes this, aspect kept) or
     ``(H, W)`` (exact size, aspect not kept). ``crop`` is (H, W).
@@ -94,8 +98,8 @@ class Preprocess:
     interpolation: str = "bilinear"
     channel_order: str = "RGB"
     value_range: str = "0-1"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     mean_image: str | None = None
     name: str = "torchvision"
 
@@ -110,9 +114,10 @@ class Preprocess:
         """A spec from JSON data, every field type-checked (InputError naming the field).
 
         ``resize``: a positive int or [H, W] ([S] means S); ``crop``: a positive int
-        (square) or [H, W]; ``mean``: three numbers; ``std``: three non-zero numbers.
-        Fields left out take the torchvision defaults, except ``name``, which is
-        ``"custom"`` for a spec that does not name itself.
+        (square) or [H, W]; ``mean``: three numbers (one for a grayscale spec); ``std``: as
+        many non-zero numbers. Fields left out take the torchvision defaults, except
+        ``name``, which is ``"custom"`` for a spec that does not name itself, and
+        ``channel_order``, which is ``"L"`` for a spec whose mean has one value.
         """
         if not isinstance(d, Mapping):
             raise InputError("preprocessing spec must be a JSON object", source)
@@ -122,17 +127,27 @@ class Preprocess:
             raise InputError(f"unknown preprocessing keys {unknown}; known: {sorted(known)}", source)
         kw = {key: _PREPROCESS_FIELDS[key](value, key, source) for key, value in d.items()}
         kw.setdefault("name", "custom")
+        if len(kw.get("mean", (0, 0, 0))) == 1:
+            kw.setdefault("channel_order", "L")
         spec = cls(**kw)
         spec.validate(source)
         return spec
 
+    @property
+    def channels(self) -> int:
+        """How many channels the images this spec makes have: 1 (``L``) or 3."""
+        return 1 if self.channel_order == "L" else 3
+
     def validate(self, source: object = None) -> None:
-        if self.channel_order not in ("RGB", "BGR"):
-            raise InputError(f"channel_order must be RGB or BGR, not {self.channel_order!r}", source)
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise InputError(f"channel_order must be RGB, BGR or L (grayscale), not {self.channel_order!r}", source)
         if self.value_range not in ("0-1", "0-255"):
             raise InputError(f"value_range must be '0-1' or '0-255', not {self.value_range!r}", source)
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
-            raise InputError("mean and std need three values each, std non-zero", source)
+        n = self.channels
+        if len(self.mean) != n or len(self.std) != n or any(s == 0 for s in self.std):
+            want = "one value each (grayscale, channel_order L)" if n == 1 else "three values each"
+            raise InputError(f"mean and std need {want}, std non-zero; got {len(self.mean)} and "
+                             f"{len(self.std)} for channel_order {self.channel_order}", source)
 
     def check_fits(self, input_shape: tuple[int, ...], source: object = None) -> None:
         """Refuse a spec whose crop (H, W) is not the network input's (C, H, W) size."""
@@ -141,6 +156,9 @@ class Preprocess:
             raise InputError(f"preprocessing {self.name!r} crops {self.crop[0]}×{self.crop[1]}, but the "
                              f"network takes {h}×{w}: give a spec whose \"crop\" is [{h}, {w}]", source)
 
+
+#: Channel orders a preprocessing spec may make: colour (3 channels) or grayscale ``L`` (1 channel).
+CHANNEL_ORDERS = ("RGB", "BGR", "L")
 
 #: Resampling filters an image may be resized with (see crossmodal.evaluate.images).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area", "box")
@@ -184,9 +202,9 @@ def _choice(options: tuple[str, ...], *, lower: bool = False):
 
 
 def _triple(nonzero: bool):
-    def check(value: Any, key: str, source: object) -> tuple[float, float, float]:
-        want = "three " + ("non-zero " if nonzero else "") + "numbers"
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
+    def check(value: Any, key: str, source: object) -> tuple[float, ...]:
+        want = "three " + ("non-zero " if nonzero else "") + "numbers (one for a grayscale spec)"
+        if (not isinstance(value, (list, tuple)) or len(value) not in (1, 3)
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                        or (nonzero and v == 0) for v in value)):
             raise _bad(key, want, list(value) if isinstance(value, tuple) else value, source)
@@ -208,7 +226,7 @@ _PREPROCESS_FIELDS: dict[str, Any] = {
     "resize": lambda v, k, s: _size(v, k, s, square=False),
     "crop": lambda v, k, s: _size(v, k, s, square=True),
     "interpolation": _choice(INTERPOLATIONS, lower=True),
-    "channel_order": _choice(("RGB", "BGR")),
+    "channel_order": _choice(CHANNEL_ORDERS),
     "value_range": _choice(("0-1", "0-255")),
     "mean": _triple(nonzero=False),
     "std": _triple(nonzero=True),
@@ -252,6 +270,10 @@ class Provenance:
     framework_versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    #: What the weights are (see :mod:`crossmodal.convert.identity`): ``{"kind": "random", "seed": N}``,
+    #: ``{"kind": "card", "card": NAME, ...}`` or ``{"kind": "unknown", "sha256": ...}``; empty in an
+    #: IR written before it was recorded (read as unknown).
+    weights_identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from crossmodal import __version__
+from crossmodal.convert import consistency, identity
 from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
 from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
@@ -53,6 +54,7 @@ class ConvertResult:
             "num_classes": g.num_classes,
             "parameters": g.parameter_count(),
             "source": dataclasses.asdict(g.provenance),
+            "weights": identity.describe(g),
             "preprocess": g.preprocess.to_dict(),
             "artifacts": [dataclasses.asdict(a) for a in self.artifacts],
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -257,7 +259,11 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     prov.created = prov.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     from crossmodal.models import annotate
     annotate(model.graph)  # Keras names of a known architecture read from a generic format
+    if not prov.weights_identity:  # an IR folder keeps the identity it records
+        weights_file = read_options.get("caffemodel") or Path(source)
+        prov.weights_identity = identity.resolve(weights_file, prov.source_sha256)
     model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
+    consistency.check(model.graph, source)  # input spec, preprocessing and first layer agree
     if "keras" in targets:  # refuse inexpressible layers before any file is written
         from crossmodal.convert.emitters.to_keras import check_keras
         check_keras(model.graph)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossmodal.convert import identity
 from crossmodal.errors import InputError
 
 
@@ -31,6 +32,9 @@ class ModelSummary:
     labels: dict | None = None
     outputs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The weights' identity (:mod:`crossmodal.convert.identity`) and its one-line description.
+    weights: dict = field(default_factory=dict)
+    weights_description: str = ""
 
     @property
     def parameters(self) -> int:
@@ -55,10 +59,13 @@ def summarize(path: Path, **read_options) -> ModelSummary:
     rows = [LayerRow(l.name, l.kind, ["N", *shapes[l.name]],
                      sum(int(np.prod(t.shape)) for t in l.tensors.values())) for l in g.layers]
     fmt = "ir" if (path / "model.json").is_file() else g.provenance.source_format
+    ident = g.provenance.weights_identity or \
+        identity.resolve(read_options.get("caffemodel") or path, g.provenance.source_sha256)
     return ModelSummary(str(path), fmt, rows, {"shape": ["N", *g.input.shape], "layout": g.input.layout,
                                                "channel_order": g.input.channel_order,
                                                "value_range": g.input.value_range},
-                        g.preprocess.to_dict(), _labels(g), list(g.outputs))
+                        g.preprocess.to_dict(), _labels(g), list(g.outputs),
+                        weights=identity.identity(ident), weights_description=identity.describe(ident))
 
 
 def _labels(g) -> dict | None:
@@ -86,13 +93,15 @@ def _summarize_onnx(path: Path) -> ModelSummary:
     meta = {p.key: p.value for p in proto.metadata_props}
     inp = proto.graph.input[0]
     labels = json.loads(meta["crossmodal.labels"]) if "crossmodal.labels" in meta else None
+    ident = identity.identity(json.loads(meta.get("crossmodal.weights_identity") or "{}")
+                              or {"sha256": meta.get("crossmodal.source_sha256", "")})
     return ModelSummary(
         str(path), f"onnx (opset {proto.opset_import[0].version})", rows,
         {"name": inp.name, "shape": [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim],
          "layout": "NCHW"},
         json.loads(meta["crossmodal.preprocess"]) if "crossmodal.preprocess" in meta else None,
         {"count": len(labels), "first": labels[:3]} if labels else None,
-        [o.name for o in proto.graph.output])
+        [o.name for o in proto.graph.output], weights=ident, weights_description=identity.describe(ident))
 
 
 def _summarize_keras(path: Path) -> ModelSummary:
@@ -130,4 +139,5 @@ def _add_sibling_ir(summary: ModelSummary, path: Path, model) -> None:
         return
     summary.input.update(channel_order=g.input.channel_order, value_range=g.input.value_range)
     summary.preprocess, summary.labels = g.preprocess.to_dict(), _labels(g)
+    summary.weights, summary.weights_description = identity.identity(g), identity.describe(g)
     summary.notes.append(f"preprocessing and labels from {path.parent / GRAPH_FILE} (the IR converted beside it)")

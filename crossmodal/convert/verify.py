@@ -14,6 +14,15 @@ output where the reference is finite is an infinite error. Every requested engin
 must observe the gated layers, or its gate fails with the reason. Every other layer
 is reported, and the first layer (in graph order) above the tolerance is named as
 where an engine diverges.
+
+Reduced precision (``precision="fp16"`` / ``"bf16"``, :mod:`~crossmodal.convert.precision`):
+the engines run at that precision (ONNX: the cached fp16 model; torch: autocast;
+Keras: the mixed policy) while the reference stays in full precision, and the gate
+has its own defaults: max|Δ|/max|ref| ≤ 1e-2 on logits and fc7, top-1 agreement
+≥ 99 % on the sample (at most ⌊1 % of the inputs⌋ disagreements). Engines that cannot
+run at that precision (``ir``, ``tf2onnx``; ONNX at bf16) are left out with the
+reason. :meth:`VerifyReport.error_growth` says per layer how much the error grew
+over the layer before it, to show where precision is lost.
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from crossmodal.convert.consistency import check as check_consistency
+from crossmodal.convert.identity import banner, describe, identity
 from crossmodal.convert.engines import Engine
 from crossmodal.convert.ir import IRModel
 from crossmodal.errors import InputError
@@ -140,6 +151,10 @@ class VerifyReport:
     max_top1_disagreements: int = 0
     allow_tf32: bool = False
     gated_blobs: tuple[str, ...] = GATED_BLOBS  # the logits and the network's feature blob
+    precision: str = "fp32"
+    skipped: dict[str, str] = field(default_factory=dict)  # engines left out at this precision
+    #: The weights' identity (:mod:`crossmodal.convert.identity`), as ``model.json`` records it.
+    weights: dict = field(default_factory=dict)
 
     def gates(self) -> list[dict]:
         """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
@@ -166,6 +181,23 @@ class VerifyReport:
                              "passed": False, "reason": f"{engine} cannot observe the logits ({logits})"})
         return rows
 
+    def error_growth(self) -> dict[str, list[dict]]:
+        """Per engine, every compared layer in graph order with its ``rel`` and ``growth``:
+        ``rel`` over the ``rel`` of the engine's previous compared layer (None for the first,
+        or when either is zero or non-finite)."""
+        out: dict[str, list[dict]] = {}
+        for engine, layers in self.comparisons.items():
+            rows, prev = [], None
+            for layer in self.layers:
+                if layer not in layers:
+                    continue
+                rel = layers[layer].rel
+                growth = rel / prev if prev and np.isfinite(prev) and np.isfinite(rel) and prev > 0 else None
+                rows.append({"layer": layer, "rel": _finite(rel), "growth": growth})
+                prev = rel
+            out[engine] = rows
+        return out
+
     def first_divergence(self) -> dict[str, str | None]:
         return {engine: next((l for l in self.layers if l in layers and _breach(layers[l].rel, self.tolerance)),
                              None)
@@ -183,10 +215,15 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {
             "passed": self.passed,
+            "weights": {**self.weights, "description": describe(self.weights)},
+            "banner": banner(self.weights),
             "reference": self.reference,
             "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
                           "gated": list(self.gated_blobs)},
             "allow_tf32": self.allow_tf32,
+            "precision": self.precision,
+            "skipped_engines": self.skipped,
+            "error_growth": self.error_growth() if self.precision != "fp32" else None,
             "inputs": self.inputs,
             "engines": self.engines,
             "layers": self.layers,
@@ -352,26 +389,36 @@ def _reference_label(engine: Engine, source: Path) -> str:
 def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "keras", "onnx"),
                source: Path | None = None, prototxt: Path | None = None, images: Path | None = None,
                random: int = 2, seed: int = 0, batch_size: int = 2, layers: str | list[str] = "all",
-               tolerance: float = 1e-5, max_top1_disagreements: int = 0, device: str = "cpu",
-               allow_tf32: bool = False, trust_pickle: bool = False,
+               tolerance: float | None = None, max_top1_disagreements: int | None = None,
+               device: str = "cpu", allow_tf32: bool = False, trust_pickle: bool = False,
+               precision: str = "fp32", cache_dir: Path | None = None,
                on_step: Callable[[str], None] | None = None,
                on_batch: Callable[[int], None] | None = None) -> VerifyReport:
     """Verify the converted models in ``model_dir`` against the reference. See module doc.
+
+    ``tolerance`` / ``max_top1_disagreements``: None takes the precision's defaults
+    (fp32: 1e-5 and 0; fp16/bf16: 1e-2 and ⌊1 % of the inputs⌋). ``cache_dir``: where
+    the fp16 ONNX model goes when the model folder is read-only.
 
     Raises :class:`InputError` on bad input, when an engine (other than tf2onnx) cannot be
     started or fails while running, and when no engine is left to compare with the reference.
     """
     from crossmodal.convert import engines as E
+    from crossmodal.convert import precision as P
     from crossmodal.convert.ir_io import load_ir
 
     step = on_step or (lambda msg: None)
+    precision = P.check_precision(precision)
+    if tolerance is None:
+        tolerance = 1e-5 if precision == "fp32" else P.REDUCED_TOLERANCE
     model_dir = Path(model_dir)
     model = load_ir(model_dir)
     graph = model.graph
+    check_consistency(graph, model_dir)
     names = E.available(engines)
     check_input_size(model)
     gated_blobs = ("logits", graph.feature_blob)
-    if max_top1_disagreements < 0:
+    if max_top1_disagreements is not None and max_top1_disagreements < 0:
         raise InputError(f"the top-1 disagreement limit must be ≥ 0, not {max_top1_disagreements}")
     if layers == "all" or layers == ["all"]:
         wanted = [l.name for l in graph.layers]
@@ -391,6 +438,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
         x = random_inputs(model, random, seed)
         inputs = {"kind": "random", "count": len(x), "seed": seed}
     inputs["preprocess"] = graph.preprocess.to_dict()
+    if max_top1_disagreements is None:
+        max_top1_disagreements = 0 if precision == "fp32" else P.reduced_gate(len(x))
 
     if source is not None:
         step(f"loading the source {source} (independently of the conversion)")
@@ -403,18 +452,25 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     blind = [l for l in gated if l not in reference.observable]
     if blind:
         raise InputError(f"the reference {reference.name} cannot observe the gated layer(s) {blind}")
-    others, errors = [], {}
+    others, errors, skipped = [], {}, {}
     builders = {
         "ir": lambda: E.ir_engine(model),
-        "torch": lambda: E.torch_engine(model, device, allow_tf32, label="torch"),
-        "keras": lambda: E.keras_engine(_need(model_dir / "model.keras"), graph, allow_tf32, device),
-        "onnx": lambda: E.onnx_engine(_need(model_dir / "model.onnx"), graph, device, allow_tf32),
+        "torch": lambda: E.torch_engine(model, device, allow_tf32, label="torch", precision=precision),
+        "keras": lambda: E.keras_engine(_need(model_dir / "model.keras"), graph, allow_tf32, device,
+                                        precision=precision),
+        "onnx": lambda: E.onnx_engine(_need(model_dir / "model.onnx"), graph, device, allow_tf32,
+                                      precision=precision, cache_dir=cache_dir),
         "tf2onnx": lambda: E.tf2onnx_engine(_need(model_dir / "model.keras"), graph),
     }
     files = {"keras": model_dir / "model.keras", "onnx": model_dir / "model.onnx",
              "tf2onnx": model_dir / "model.keras"}
     for name in dict.fromkeys(names):
         if name == reference.name:  # the IR evaluator is the reference: nothing to compare it with
+            continue
+        why = P.unsupported(name, precision)
+        if why:
+            skipped[name] = why
+            step(f"leaving out {name} at {precision}: {why}")
             continue
         step(f"starting engine {name}")
         try:
@@ -430,6 +486,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     if not others:
         why = f" ({'; '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else ""
         asked = ", ".join(names) or "none"
+        why += f" ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
         raise InputError(f"nothing to compare: the reference is {reference.name} and the engines asked for "
                          f"({asked}) leave no other engine{why}; add engines (--engines torch,keras,onnx)"
                          + (" or give --source" if source is None else ""))
@@ -445,6 +502,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
                         comparisons=comparisons, classifier=classifier, errors=errors,
                         environment=environment(seed if images is None else None),
                         max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32,
+                        precision=precision, skipped=skipped, weights=identity(graph),
                         gated_blobs=gated_blobs)
 
 

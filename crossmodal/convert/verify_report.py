@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from crossmodal.convert.identity import banner, describe, markdown_lines
 from crossmodal.convert.verify import VerifyReport
 
 
@@ -16,8 +17,45 @@ def _rank(rel: float) -> float:
 
 
 def _precision(report: VerifyReport) -> str:
-    return ("TF32 ALLOWED (--allow-tf32): reduced-precision matmul/convolution may be on in the GPU engines"
+    tf32 = ("TF32 ALLOWED (--allow-tf32): reduced-precision matmul/convolution may be on in the GPU engines"
             if report.allow_tf32 else "TF32 off in every engine (full fp32)")
+    if report.precision == "fp32":
+        return tf32
+    return (f"{report.precision.upper()} engines (ONNX: model.fp16.onnx; torch: autocast; Keras: mixed policy) "
+            f"against the full-precision reference; {tf32.replace(' (full fp32)', '')}")
+
+
+def _fmt_growth(g) -> str:
+    return "·" if g is None else f"×{g:.3g}"
+
+
+def growth_markdown(report: VerifyReport) -> list[str]:
+    """Where the error grows: per layer each engine's rel and its growth over the layer before."""
+    growth = report.error_growth()
+    engines = list(growth)
+    if not engines:
+        return []
+    lines = ["## Where the error grows", "",
+             "Per layer, max|Δ|/max|ref| and its growth (×) over the engine's previous compared layer.", "",
+             "| layer | " + " | ".join(f"{e} rel | {e} ×" for e in engines) + " |",
+             "|---|" + "---|---|" * len(engines)]
+    by = {e: {r["layer"]: r for r in rows} for e, rows in growth.items()}
+    for layer in report.layers:
+        if not any(layer in by[e] for e in engines):
+            continue
+        cells = []
+        for e in engines:
+            r = by[e].get(layer)
+            cells += ["·", "·"] if r is None else [
+                "non-finite" if r["rel"] is None else _fmt(r["rel"]), _fmt_growth(r["growth"])]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for e, rows in growth.items():
+        top = sorted((r for r in rows if r["growth"]), key=lambda r: -r["growth"])[:3]
+        if top:
+            lines.append(f"- {e}: largest growth at " + ", ".join(
+                f"`{r['layer']}` ({_fmt_growth(r['growth'])})" for r in top))
+    return lines + [""]
 
 
 def _cell(value) -> str:
@@ -30,11 +68,15 @@ def markdown(report: VerifyReport) -> str:
     data = report.to_json()
     engines = list(report.comparisons)
     verdict = "PASSED" if report.passed else "FAILED"
-    lines = [f"# crossmodal verify: {verdict}", "",
+    lines = [f"# crossmodal verify: {verdict}", "", *markdown_lines(report.weights),
              f"Reference: {report.reference}. Inputs: {data['inputs']['count']} "
              f"({data['inputs']['kind']}). Tolerance: max|Δ|/max|ref| ≤ {report.tolerance:g} on "
              f"{' and '.join(report.gated_blobs)}, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
              f"Precision: {_precision(report)}.", ""]
+    if report.precision != "fp32":
+        lines += [f"Reduced-precision gate ({report.precision}): max|Δ|/max|ref| ≤ {report.tolerance:g} on "
+                        f"logits and fc7, at most {report.max_top1_disagreements} top-1 disagreement(s) "
+                        f"(defaults: top-1 agreement ≥ 99 % of the {data['inputs']['count']} inputs).", ""]
     lines += ["## Gates", "", "| engine | check | value | limit | result |", "|---|---|---|---|---|"]
     for g in data["gates"]:
         if "reason" in g:
@@ -66,6 +108,11 @@ def markdown(report: VerifyReport) -> str:
         name = f"{layer} ({aliases[layer]})" if layer in aliases else layer
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "· = not observable in that engine (e.g. a conv whose ReLU Keras fuses into it).", ""]
+    if report.precision != "fp32":
+        lines += growth_markdown(report)
+    if report.skipped:
+        lines += [f"## Engines left out at {report.precision}", ""] + [f"- {e}: {m}" for e, m in
+                                                                      report.skipped.items()] + [""]
     div = {e: l for e, l in report.first_divergence().items() if l}
     if div:
         lines += ["## First divergent layer", ""] + [f"- {e}: `{l}`" for e, l in div.items()] + [""]
@@ -83,6 +130,9 @@ def console(report: VerifyReport) -> str:
     """A compact table: per engine, the gated figures, agreement and first divergence."""
     data, out = report.to_json(), []
     div = report.first_divergence()
+    if banner(report.weights):
+        out.append(f"*** {banner(report.weights).upper()} ***")
+    out.append(f"weights: {describe(report.weights)}")
     out.append(f"reference: {report.reference}; {data['inputs']['count']} inputs ({data['inputs']['kind']})")
     out.append(f"precision: {_precision(report)}")
     feature = report.gated_blobs[-1]
@@ -102,5 +152,13 @@ def console(report: VerifyReport) -> str:
     for e, msg in report.errors.items():
         out.append(f"{e:<10} did not run{' (optional cross-check)' if e not in report.errors_that_fail() else ''}: "
                    f"{msg}")
+    for e, msg in report.skipped.items():
+        out.append(f"{e:<10} left out at {report.precision}: {msg}")
+    if report.precision != "fp32":
+        for e, rows in report.error_growth().items():
+            top = sorted((r for r in rows if r["growth"]), key=lambda r: -r["growth"])[:3]
+            if top:
+                out.append(f"{e:<10} error grows most at " + ", ".join(
+                    f"{r['layer']} ({_fmt_growth(r['growth'])})" for r in top))
     out.append("PASSED" if report.passed else "FAILED")
     return "\n".join(out)

@@ -40,6 +40,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crossmodal.convert import identity
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir import Graph
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
@@ -48,6 +50,7 @@ from crossmodal.evaluate.datasets import Dataset, modality_names, resolve_modali
 from crossmodal.evaluate.labels import LabelMapping, build_mapping, load_aliases, merge_aliases, score
 from crossmodal.evaluate.metrics import ClassificationMetrics, classification_metrics, muted_softmax, wilson_interval
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
+from crossmodal.io.runs import RunRecord, staged, utc_now
 
 TOP_K = 5
 FORMAT = "crossmodal-baseline"
@@ -158,8 +161,13 @@ def _versions() -> dict:
 
 
 def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, features, *,
-             unmapped: str, settings: dict, label_map: Path | None, t_start: float) -> BaselineResult:
-    """Score one modality's features and write its files (``metrics.json`` last)."""
+             unmapped: str, settings: dict, label_map: Path | None, t_start: float,
+             record: RunRecord | None = None) -> BaselineResult:
+    """Score one modality's features and write its files (``metrics.json`` last).
+
+    ``record``: the run's :class:`~crossmodal.io.runs.RunRecord` (the ``run`` block of
+    ``metrics.json``); charts and the report carry the random-weights banner when it applies.
+    """
     mapping, dataset, out = prep.mapping, prep.dataset, prep.out_dir
     if len(features) == 0:
         example = f" (e.g. {features.failed[0][0]}: {features.failed[0][1]})" if features.failed else ""
@@ -184,17 +192,17 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
     rows = per_class_rows(met, mapping)
     class_names = [names[int(t)] for t in met.classes]
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
     files = {name: out / name for name in FILES}
     reports.write_per_class_csv(files["per_class.csv"], rows)
     reports.write_predictions_csv(files["predictions.csv"], [features.paths[i] for i in inc],
                                   [names[int(features.labels[i])] for i in inc], predicted, probs, k=TOP_K)
+    weights = identity.identity(graph)
     reports.plot_confusion(files["confusion.png"], met.confusion, class_names,
-                           title=f"{prep.modality}: confusion matrix ({len(class_names)} classes, rows normalised)")
+                           title=identity.titled(f"{prep.modality}: confusion matrix ({len(class_names)} classes, "
+                                                 f"rows normalised)", weights))
     reports.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
                            overall=met.top1, chance=met.chance["chance_top1"],
-                           title=f"{prep.modality}: per-class top-1 accuracy")
+                           title=identity.titled(f"{prep.modality}: per-class top-1 accuracy", weights))
 
     ips, ips_source = features.stats.get("images_per_second"), "this run"
     if ips is None:
@@ -203,10 +211,14 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
     backend_info = features.backend or (features.cache_backends[-1] if features.cache_backends else {})
     metrics = reports.json_safe({
         "format": FORMAT, "version": 1,
+        "banner": identity.banner(weights),
+        "weights": {**weights, "description": identity.describe(weights)},
         "modality": prep.modality, "split": settings["split"],
         "backend": backend_info.get("backend", settings["backend"]),
         "device": backend_info.get("device", "unknown"),
         "backend_info": backend_info, "features_from_cache": features.backend is None,
+        "precision": backend_info.get("precision", settings.get("precision", "fp32")),
+        "providers": backend_info.get("providers"),
         "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": fingerprint,
                   "num_labels": len(mapping.source_labels), "preprocess": graph.preprocess.to_dict()},
         "dataset": {"root": str(dataset.root), "layout": dataset.layout, "origin": dataset.origin,
@@ -240,7 +252,9 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
                       "total": round(time.perf_counter() - t_start, 3)},
         "versions": _versions(),
         "files": FILES,
+        "run": (record or RunRecord("baseline", settings, weights)).block(),
     })
+
     write_text_atomic(files["report.md"], reports.markdown_report(metrics, rows))
     reports.write_json(files["metrics.json"], metrics)
     return BaselineResult(prep.modality, out, metrics, files)
@@ -252,7 +266,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                  batch_size: int = 32, workers: int | None = None, threads: int | None = None,
                  limit: int | None = None, label_map=None, unmapped: str = "exclude",
                  features: Sequence[str] | None = None, cache_dir=None, draft: bool = True,
-                 backend_options: dict | None = None,
+                 backend_options: dict | None = None, precision: str = "fp32", trt: bool = False,
                  on_step: Callable[[str], None] | None = None,
                  on_start: Callable[[str, int, int], None] | None = None,
                  on_batch: Callable[[str, int, int], None] | None = None) -> BaselineRun:
@@ -262,14 +276,18 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     ``images``/``list_file``/``categories`` override the data set of a single
     modality. ``features``: feature layers cached beside the logits (``fc7``,
     ``pool5``) for later use (retrieval). ``cache_dir``: feature cache folder
-    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``). ``backend_options``: passed to
+    (default ``$CROSSMODAL_CACHE`` or ``<out>/cache``; the fp16 ONNX model and TensorRT engines go
+    there too when the model folder is read-only). ``precision``: fp32, fp16, bf16
+    (:mod:`crossmodal.convert.precision`); ``trt``: ONNX Runtime's TensorRT provider first.
+    ``backend_options``: passed to
     :func:`~crossmodal.evaluate.backends.open_backend` (e.g. ``{"spinning": True}``). Progress: ``on_start(modality,
     done, total)``, ``on_batch(modality, done, total)``; notes go to ``on_step``.
     """
     from crossmodal.evaluate.backends import BACKENDS, SharedBackend, check_device
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.features import model_fingerprint, rollback_new_caches, run_cache_dir
 
     t_start = time.perf_counter()
+    started = utc_now()
     step = on_step or (lambda msg: None)
     names = modality_names(modalities)
     if not names:
@@ -284,8 +302,15 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}")
     device = check_device(device)
+    from crossmodal.convert.precision import check_precision, unsupported
+    precision = check_precision(precision)
+    if unsupported(backend, precision):
+        raise InputError(unsupported(backend, precision))
+    if trt and backend != "onnx":
+        raise InputError(f"--trt is for the onnx backend, not {backend}")
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     model_labels(graph, model_dir)
     layers = list(dict.fromkeys(["logits", *(features if features is not None else [graph.feature_blob])]))
     for name in layers:
@@ -315,44 +340,79 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     fingerprint = model_fingerprint(model_dir, graph)
 
     # 2. one backend for all modalities, opened when a modality needs computing
+    onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
+        if backend == "onnx" else {}
     backend_runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
-                                   on_open=lambda b: step(f"backend: {b.summary()}"), **(backend_options or {}))
+                                   precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"),
+                                   **onnx_options, **(backend_options or {}))
 
-    settings = {"split": split, "backend": backend, "device_requested": device, "batch_size": batch_size,
+    settings = {"split": split, "backend": backend, "device_requested": device, "precision": precision,
+                "trt": trt, "batch_size": batch_size,
                 "workers": workers, "threads": threads, "limit": limit, "draft": draft,
                 "features": layers, "unmapped": unmapped, "top_k": TOP_K,
                 "label_map": None if label_map is None else str(label_map)}
+    record = RunRecord("baseline", {**settings, "modalities": names, "model_dir": str(model_dir),
+                                    "out_dir": str(out_dir), "cache_dir": str(cache_dir),
+                                    "data_root": None if data_root is None else str(data_root),
+                                    "config": None if config is None else str(config)},
+                       identity.identity(graph), started=started)
+    if identity.banner(graph):
+        step(identity.banner(graph).upper())
     results = []
+    with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):
+        _run_modalities(prepared, stage, out_dir, len(names) > 1, model_dir, graph, fingerprint, backend_runner,
+                        layers, results, device=device, batch_size=batch_size, workers=workers, precision=precision,
+                        cache_dir=cache_dir, draft=draft, threads=threads, step=step, on_start=on_start,
+                        on_batch=on_batch, unmapped=unmapped, settings=settings, label_map=label_map,
+                        t_start=t_start, record=record)
+        run = BaselineRun(results)
+        if len(results) > 1:
+            run.comparison = {name: out_dir / name for name in write_comparison(stage, results)}
+    return run
+
+
+def _run_modalities(prepared, stage: Path, out_dir: Path, several: bool, model_dir, graph, fingerprint,
+                    backend_runner, layers, results: list, *, device, batch_size, workers, cache_dir, draft,
+                    threads, step, on_start, on_batch, unmapped, settings, label_map, t_start, record,
+                    precision) -> None:
+    """Features and files of every modality, written into ``stage``; ``results`` get the final paths."""
+    from crossmodal.evaluate.features import extract_features
+
     try:
         for prep in prepared:
+            final = prep.out_dir
+            prep.out_dir = stage / final.relative_to(out_dir)
             step(f"{prep.modality}: {len(prep.dataset.records)} images, "
                  f"{len(prep.dataset.categories)} categories ({prep.dataset.layout})")
             fs = extract_features(
                 model_dir, prep.dataset, backend_runner, layers, device=device, batch_size=batch_size,
                 workers=workers, cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=["logits"],
+                precision=precision,
                 on_start=(lambda d, t, m=prep.modality: on_start(m, d, t)) if on_start else None,
                 on_batch=(lambda d, t, m=prep.modality: on_batch(m, d, t)) if on_batch else None)
-            results.append(evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,
-                                    settings=settings, label_map=label_map, t_start=t_start))
+            result = evaluate(prep, model_dir, graph, fingerprint, fs, unmapped=unmapped,
+                              settings=settings, label_map=label_map, t_start=t_start, record=record)
+            result.out_dir, prep.out_dir = final, final
+            result.files = {name: final / name for name in result.files}
+            results.append(result)
     finally:
         backend_runner.close()
 
-    run = BaselineRun(results)
-    if len(results) > 1:
-        run.comparison = write_comparison(out_dir, results)
-    return run
-
 
 def write_comparison(out_dir: Path, results: Sequence[BaselineResult]) -> dict[str, Path]:
-    """``comparison.md``, ``accuracy_by_modality.png``, then ``comparison.json``, in ``out_dir``."""
+    """``comparison.md``, ``accuracy_by_modality.png``, then ``comparison.json``, in ``out_dir``
+    (the random-weights banner on the chart and report, the first run's ``run`` block in the JSON)."""
     runs = [r.metrics for r in results]
     files = {name: out_dir / name for name in ("comparison.md", "accuracy_by_modality.png", "comparison.json")}
     reports.plot_modalities(files["accuracy_by_modality.png"], runs)
     write_text_atomic(files["comparison.md"], reports.comparison_markdown(runs))
     rows = [{k: m.get(k) for k in reports.COMPARISON_KEYS} | {"metrics": str(r.files["metrics.json"])}
             for m, r in zip(runs, results)]
+    first = runs[0] if runs else {}
     reports.write_json(files["comparison.json"], {"format": "crossmodal-baseline-comparison", "version": 1,
-                                                  "reference": reports.PLACES365_REFERENCE, "runs": rows})
+                                                  "banner": first.get("banner"), "weights": first.get("weights"),
+                                                  "reference": reports.PLACES365_REFERENCE, "runs": rows,
+                                                  "run": first.get("run")})
     return files
 
 

@@ -27,7 +27,9 @@ decode (truncated, empty, not an image) are skipped, counted and listed
   :meth:`IRModel.fingerprint`, without loading the weights),
 * the preprocessing spec, the mean image's hash when there is one, and the
   draft-decoding flag,
-* the file list: every image's path, size and modification time, in order.
+* the file list: every image's path, size and modification time, in order,
+* the precision, when it is not ``fp32`` (fp16 / bf16 features differ from fp32 ones
+  by more than rounding, so they get their own file; fp32 keys are as before).
 
 The backend is *not* part of the key (backends agree to float32 rounding); the
 backends that filled a cache are recorded in its ``backends`` attribute. A
@@ -50,8 +52,17 @@ status and ``done`` are written and the file is flushed. An interrupted run
 final; the next run with the same key continues from ``done``. With the same
 batch size the batches are the same as in an uninterrupted run, so the finished
 arrays are identical to it. A file that HDF5 cannot open any more (killed in the
-middle of a write) is discarded and recomputed. Two runs filling the same cache at
-once are refused (HDF5 file locking).
+middle of a write) is discarded and recomputed.
+
+**Sharing.** Every cache file has a lock, ``<file>.lock`` beside it (:mod:`filelock`,
+an OS lock released when its process ends, even killed). A run holds it from the
+moment it opens (or creates, or discards) the file until it has read its rows: a
+second run given the same ``--cache`` at the same time waits, with a note
+(``log``), then reads what the first one computed; no run ever reads half a file,
+deletes a file another run is creating, or writes into a file another run fills.
+Headers are probed without the lock only to *choose* a file; every decision that
+reads or changes a file is taken again under its lock. A complete cache on a
+read-only disk (no lock file can be made) is read without a lock.
 """
 from __future__ import annotations
 
@@ -60,13 +71,16 @@ import json
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir import Graph, IRModel, infer_shapes
 from crossmodal.convert.ir_io import load_graph, read_tensor
 from crossmodal.errors import InputError
@@ -134,6 +148,39 @@ def run_cache_dir(cache_dir: str | os.PathLike | None, out_dir: str | os.PathLik
     return Path(out_dir) / "cache"
 
 
+@contextmanager
+def rollback_new_caches(cache_dir: str | os.PathLike, out_dir: str | os.PathLike):
+    """Bad input leaves an output folder as it was, its ``cache`` sub-folder included.
+
+    When ``cache_dir`` lies inside ``out_dir`` (the default ``<out>/cache``) and the
+    block raises :class:`InputError` (bad input found after the image pass: nothing
+    decoded, one category …), the entries this run added to ``cache_dir`` are removed,
+    and ``cache_dir`` / ``out_dir`` themselves if this run created them. Any other
+    exception (a crash, Ctrl-C, a kill) keeps the cache, so that the next run resumes;
+    so does a cache elsewhere (``--cache``, ``$CROSSMODAL_CACHE``), which is shared.
+    """
+    import shutil
+
+    cache_dir, out_dir = Path(cache_dir).absolute(), Path(out_dir).absolute()
+    if not cache_dir.is_relative_to(out_dir):
+        yield
+        return
+    anchor = next(p for p in [cache_dir, *cache_dir.parents] if p.exists())  # the deepest folder already there
+    before = {p.name for p in cache_dir.iterdir()} if cache_dir.is_dir() else None
+    try:
+        yield
+    except InputError:
+        if cache_dir.is_dir():
+            for entry in cache_dir.iterdir():
+                if before is None or entry.name not in before:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for d in [cache_dir, *cache_dir.parents]:  # folders this run created, if left empty
+            if d == anchor or not d.is_relative_to(anchor) or not d.is_dir() or any(d.iterdir()):
+                break
+            d.rmdir()
+        raise
+
+
 def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) -> str:
     """:meth:`IRModel.fingerprint` of a model folder, from the tensor hashes in ``model.json``.
 
@@ -169,7 +216,7 @@ def file_list_sha256(paths: Sequence[Path]) -> str:
 
 
 def cache_key(fingerprint: str, graph: Graph, paths: Sequence[Path], *, draft: bool,
-              mean_image: np.ndarray | None = None) -> tuple[str, dict]:
+              mean_image: np.ndarray | None = None, precision: str = "fp32") -> tuple[str, dict]:
     """The cache key and its parts (see the module docstring)."""
     from crossmodal.convert.ir import tensor_sha256
     parts = {
@@ -180,6 +227,8 @@ def cache_key(fingerprint: str, graph: Graph, paths: Sequence[Path], *, draft: b
         "num_images": len(paths),
         "file_list_sha256": file_list_sha256(paths),
     }
+    if precision != "fp32":
+        parts["precision"] = precision
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return key, parts
 
@@ -251,6 +300,39 @@ def _create_cache(path: Path, *, key: str, parts: dict, layers: Sequence[str], s
     return f
 
 
+def lock_path(cache_file: Path) -> Path:
+    """The lock file of a cache file (see "Sharing" in the module docstring)."""
+    return cache_file.with_name(cache_file.name + ".lock")
+
+
+@contextmanager
+def cache_lock(path: Path, log: Callable[[str], None], poll: float = 0.2) -> Iterator[None]:
+    """Hold ``path``'s lock for the block; when another run holds it, say so and wait.
+
+    Where no lock file can be made (a read-only cache folder), a complete cache file is
+    read unlocked (nobody can be writing it) and anything else is an InputError.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(path)))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"feature cache {path.name} is in use by another run (lock {lock_path(path).name}); waiting for it")
+            lock.acquire(poll_interval=poll)
+    except OSError as exc:
+        head = _probe(path) if path.exists() else None
+        if head is not None and head["complete"]:
+            yield
+            return
+        raise InputError(f"cannot lock the feature cache ({exc.strerror or exc})", lock_path(path)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _open_cache(path: Path, *, key: str, layers: Sequence[str], dataset: Dataset,
                 log: Callable[[str], None], **create):
     """The cache file, open: read-only when complete (it may be shared, or on a read-only
@@ -294,7 +376,8 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                      on_start: Callable[[int, int], None] | None = None,
                      on_batch: Callable[[int, int], None] | None = None,
                      log: Callable[[str], None] | None = None,
-                     read: Sequence[str] | None = None) -> FeatureSet:
+                     read: Sequence[str] | None = None, precision: str = "fp32",
+                     backend_options: dict | None = None) -> FeatureSet:
     """Run ``dataset``'s images through the model once; cached and resumable (module docstring).
 
     ``backend``: a name (``onnx``, ``keras``, ``torch``; opened only when rows need
@@ -310,20 +393,27 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     ``on_batch(done, total)`` after each batch is written; an exception raised
     there stops the pass with the cache resumable. ``log`` receives notes.
     ``read``: the layers to return (default: ``layers``); the others are computed
-    and cached for later use but not loaded into memory.
+    and cached for later use but not loaded into memory. ``precision``: ``fp32``,
+    ``fp16``, ``bf16`` (:mod:`crossmodal.convert.precision`), part of the cache key when
+    reduced; a backend passed in must run at it. ``backend_options``: more keywords for
+    :func:`~crossmodal.evaluate.backends.open_backend` when ``backend`` is a name
+    (``trt``, ``cache_dir``, ``pinned`` …).
 
     Labels and categories are always the data set's own (the cache stores the
     features, which do not depend on them), so a relabelled list reuses the cache
     with its new labels. A resumed pass keeps the batch size the cache was started
     with, so that its rows are identical to those of an uninterrupted pass.
     """
+    from crossmodal.convert.precision import check_precision
     from crossmodal.evaluate.backends import Backend, open_backend
 
+    precision = check_precision(precision)
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
     log = log or (lambda msg: None)
     model_dir = Path(model_dir)
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     layers = list(dict.fromkeys(layers if layers is not None else [graph.feature_blob]))
     if not layers:
         raise InputError("no feature layers asked for")
@@ -334,7 +424,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     mean_image = read_mean_image(model_dir, graph)
     paths = [r.path for r in dataset.records]
     key, parts = cache_key(model_fingerprint(model_dir, graph), graph, paths, draft=draft,
-                           mean_image=mean_image)
+                           mean_image=mean_image, precision=precision)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -354,8 +444,9 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     described = None
     computed, pass_seconds = 0, 0.0
     try:
-        with _open_cache(path, key=key, layers=layers, dataset=dataset, log=log, parts=parts, shapes=shapes,
-                         batch_size=batch_size) as f:
+        with cache_lock(path, log), \
+                _open_cache(path, key=key, layers=layers, dataset=dataset, log=log, parts=parts, shapes=shapes,
+                            batch_size=batch_size) as f:
             stored_layers = json.loads(f.attrs["layers"])
             n, done = len(paths), int(f.attrs["done"])
             if on_start:
@@ -367,7 +458,11 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                     run = backend()
                 else:
                     run = opened = open_backend(str(backend), model_dir, stored_layers, device=device,
-                                                graph=graph, threads=threads)
+                                                graph=graph, threads=threads, precision=precision,
+                                                **(backend_options or {}))
+                ran_at = getattr(run, "precision", "fp32")
+                if ran_at != precision:
+                    raise InputError(f"the backend runs at {ran_at}, but {precision} features were asked for")
                 missing = [l for l in stored_layers if l not in run.layers]
                 if missing:
                     raise InputError(f"the backend does not return {missing} (it returns {list(run.layers)})")

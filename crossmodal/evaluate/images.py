@@ -4,9 +4,11 @@ Layouts:
 
 * :func:`load_rgb` returns a ``PIL.Image`` in mode ``"RGB"`` (H×W×3 uint8 when
   viewed with ``numpy.asarray``), upright (EXIF orientation applied).
-* :func:`preprocess` returns one ``float32`` sample of shape ``(3, H, W)``
-  (channel-first, the model's channel order), with ``(H, W) = spec.crop``.
-* :func:`load_batch` returns ``(B, 3, H, W)`` ``float32`` — one row per image
+* :func:`preprocess` returns one ``float32`` sample of shape ``(C, H, W)``
+  (channel-first, the model's channel order), with ``(H, W) = spec.crop`` and
+  ``C = spec.channels``: 3, or 1 for a grayscale spec (``channel_order`` ``"L"``: the
+  RGB image converted with PIL's ITU-R 601-2 luma before resizing).
+* :func:`load_batch` returns ``(B, C, H, W)`` ``float32`` — one row per image
   that decoded, in input order — and the list of ``(path, reason)`` failures.
 
 Decoding rules of :func:`load_rgb` (CMPlaces mixes every kind of file):
@@ -197,14 +199,14 @@ def _center_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     return arr[top:top + ch, left:left + cw]
 
 
-def crop_mean_image(mean_image: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    """Center-crop a (3, Hm, Wm) mean image to (3, ch, cw) the way Caffe does.
+def crop_mean_image(mean_image: np.ndarray, crop: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """Center-crop a (C, Hm, Wm) mean image to (C, ch, cw) the way Caffe does (C = ``channels``).
 
     Caffe's test-phase offset is ``(Hm - ch) // 2`` (floor), ``(Wm - cw) // 2``.
     """
     mean_image = np.asarray(mean_image, dtype=np.float32)
-    if mean_image.ndim != 3 or mean_image.shape[0] != 3:
-        raise InputError(f"mean image must have shape (3, H, W), not {mean_image.shape}")
+    if mean_image.ndim != 3 or mean_image.shape[0] != channels:
+        raise InputError(f"mean image must have shape ({channels}, H, W), not {mean_image.shape}")
     ch, cw = crop
     _, hm, wm = mean_image.shape
     if hm < ch or wm < cw:
@@ -214,7 +216,7 @@ def crop_mean_image(mean_image: np.ndarray, crop: tuple[int, int]) -> np.ndarray
 
 
 def preprocess(img: Image.Image, spec: Preprocess, mean_image: np.ndarray | None = None) -> np.ndarray:
-    """One image → a float32 ``(3, H, W)`` sample, ``(H, W) = spec.crop``.
+    """One image → a float32 ``(C, H, W)`` sample, ``(H, W) = spec.crop``, ``C = spec.channels``.
 
     Follows :class:`~crossmodal.convert.ir.Preprocess` in its documented order:
     to RGB → resize (PIL, ``spec.interpolation``) → center crop → float in
@@ -222,7 +224,8 @@ def preprocess(img: Image.Image, spec: Preprocess, mean_image: np.ndarray | None
 
     The mean is ``mean_image`` when one is given (a ``(3, Hm, Wm)`` array in the
     model channel order and value units, center-cropped Caffe style to the crop
-    size; it replaces ``spec.mean``), else ``spec.mean`` per channel. A spec that
+    size; it replaces ``spec.mean``), else ``spec.mean`` per channel. A grayscale spec
+    converts the (RGB) image to ``L`` first. A spec that
     names a ``mean_image`` requires the array. All arithmetic is float32.
     """
     spec.validate()
@@ -235,30 +238,33 @@ def preprocess(img: Image.Image, spec: Preprocess, mean_image: np.ndarray | None
                          f"known: {sorted(INTERPOLATIONS)}") from None
     if img.mode != "RGB" or "transparency" in img.info:
         img = to_rgb(img)
+    channels = spec.channels
+    if channels == 1:
+        img = img.convert("L")
     target = resized_size(img.size, spec.resize)
     if target[0] < 1 or target[1] < 1:
         raise InputError(f"image of size {img.size} cannot be resized to {spec.resize}")
     img = img.resize(target, resample)
     crop = (int(spec.crop[0]), int(spec.crop[1]))
-    pixels = _center_crop(np.asarray(img), crop)  # (H, W, 3) uint8, RGB
+    pixels = _center_crop(np.asarray(img).reshape(img.size[1], img.size[0], channels), crop)  # (H, W, C) uint8
     x = pixels.astype(np.float32)
     if spec.value_range == "0-1":
         x /= np.float32(255.0)
     if spec.channel_order == "BGR":
         x = x[:, :, ::-1]
-    x = np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
+    x = np.ascontiguousarray(x.transpose(2, 0, 1))  # (C, H, W)
     if mean_image is not None:
-        x -= crop_mean_image(mean_image, crop)
+        x -= crop_mean_image(mean_image, crop, channels)
     else:
-        x -= np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
-    x /= np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
+        x -= np.asarray(spec.mean, dtype=np.float32).reshape(channels, 1, 1)
+    x /= np.asarray(spec.std, dtype=np.float32).reshape(channels, 1, 1)
     return x
 
 
 # --------------------------------------------------------------------------- batches
 def load_image(path: str | os.PathLike, spec: Preprocess, mean_image: np.ndarray | None = None,
                draft: bool = False) -> np.ndarray:
-    """Decode + preprocess one file → float32 ``(3, H, W)``; raises :class:`ImageDecodeError`."""
+    """Decode + preprocess one file → float32 ``(C, H, W)``; raises :class:`ImageDecodeError`."""
     img = load_rgb(path, spec.resize if draft else None)
     return preprocess(img, spec, mean_image)
 
@@ -268,7 +274,7 @@ def load_batch(paths: Iterable[str | os.PathLike], spec: Preprocess,
                draft: bool = False) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode and preprocess ``paths`` on a thread pool (PIL releases the GIL while decoding).
 
-    Returns ``(batch, failures)``: ``batch`` is float32 ``(B, 3, H, W)`` holding the
+    Returns ``(batch, failures)``: ``batch`` is float32 ``(B, C, H, W)`` holding the
     images that decoded, **in input order** (B = len(paths) - len(failures); the
     i-th row belongs to the i-th path not listed in ``failures``), and
     ``failures`` lists ``(path, reason)`` for files that raised
@@ -279,11 +285,11 @@ def load_batch(paths: Iterable[str | os.PathLike], spec: Preprocess,
     paths = [Path(p) for p in paths]
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
-    mean_crop = None if mean_image is None else crop_mean_image(mean_image, tuple(spec.crop))
+    mean_crop = None if mean_image is None else crop_mean_image(mean_image, tuple(spec.crop), spec.channels)
 
     def one(path: Path) -> np.ndarray | str:
         try:
-            # mean_crop is already (3, ch, cw); cropping it again is a no-op.
+            # mean_crop is already (C, ch, cw); cropping it again is a no-op.
             return load_image(path, spec, mean_crop, draft)
         except ImageDecodeError as exc:
             return exc.reason
@@ -296,7 +302,7 @@ def load_batch(paths: Iterable[str | os.PathLike], spec: Preprocess,
     arrays = [r for r in results if isinstance(r, np.ndarray)]
     failures = [(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
     ch, cw = spec.crop
-    batch = np.stack(arrays) if arrays else np.zeros((0, 3, ch, cw), dtype=np.float32)
+    batch = np.stack(arrays) if arrays else np.zeros((0, spec.channels, ch, cw), dtype=np.float32)
     return batch, failures
 
 

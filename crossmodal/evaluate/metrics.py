@@ -16,10 +16,23 @@ least one scored image):
   normal approximation;
 * **mean class accuracy**: the unweighted mean of per-class top-1 accuracy over
   the evaluated classes (every class counts once, however many images it has);
-* **chance**: ``chance_top1 = 1 / C`` and ``chance_top5 = min(5, C) / C``
-  (a uniform guess among the evaluated classes); ``chance_top1_prior = Σ p_c²``,
-  the expected accuracy of a guess drawn from the class frequencies ``p_c``;
-  ``chance_top1_majority = max p_c`` (always guessing the largest class);
+* **chance**: the expected muted accuracy of a guesser that never looks at the
+  image. The muted ranking names one of the ``L`` *kept source labels* (model
+  labels that map to at least one category of the data set; a label shared by
+  several categories counts once and is right for each of them), so chance is
+  counted over labels, not categories. With ``n`` scored images, ``m`` of them
+  of a category that has a label (``m = n`` under ``--unmapped exclude``; under
+  ``keep`` the other ``n − m`` can never be right) and ``n_l`` scored images
+  whose category maps to label ``l`` (``Σ n_l = m``):
+
+  - ``chance_top1`` / ``chance_top5``: a **uniform** guess of 1 (resp. ``k``
+    distinct) of the ``L`` labels: ``(m / n) · 1 / L`` and ``(m / n) · min(k, L) / L``;
+  - ``chance_top1_prior``: a **prior-matched** guess, label ``l`` drawn with
+    probability ``n_l / m`` (its images' share among the images a label can
+    name): ``Σ_l n_l² / (n · m)`` (``Σ p_l²`` under ``exclude``);
+  - ``chance_top1_majority``: a **majority** guess, always the label with the
+    most scored images: ``max_l n_l / n``;
+  - ``chance_num_labels``: ``L``.
 * **predicted category** (confusion matrix): the target category of the muted
   top-1 source label; when several categories share that label it is the true
   category if that is one of them (the prediction counts as correct), else the
@@ -75,17 +88,32 @@ def safe_ratio(hits: np.ndarray, images: np.ndarray) -> np.ndarray:
     return out
 
 
-def chance_levels(images_per_class: np.ndarray) -> dict[str, float]:
-    """Chance accuracies for the class sizes of the evaluated classes (module docstring)."""
-    counts = np.asarray(images_per_class, dtype=np.float64)
-    counts = counts[counts > 0]
-    if not counts.size:
-        return {"chance_top1": float("nan"), "chance_top5": float("nan"),
-                "chance_top1_prior": float("nan"), "chance_top1_majority": float("nan")}
-    p = counts / counts.sum()
-    c = counts.size
-    return {"chance_top1": 1.0 / c, "chance_top5": min(5, c) / c,
-            "chance_top1_prior": float(np.sum(p * p)), "chance_top1_majority": float(p.max())}
+def chance_levels(true_sources: np.ndarray, num_labels: int, k: int = 5) -> dict[str, float]:
+    """Chance accuracies of guessers blind to the image (module docstring).
+
+    ``true_sources`` int (n,): per scored image the index of its category's
+    source label, ``-1`` for a category without one (``--unmapped keep``);
+    ``num_labels``: ``L``, the number of kept source labels the guess ranges over;
+    ``k``: the top-k of ``chance_top5``.
+    """
+    true_sources = np.asarray(true_sources, dtype=np.int64).reshape(-1)
+    n = true_sources.size
+    mapped = true_sources[true_sources >= 0]
+    m = mapped.size
+    nan = float("nan")
+    if n == 0 or num_labels <= 0:
+        return {"chance_top1": nan, "chance_top5": nan, "chance_top1_prior": nan,
+                "chance_top1_majority": nan, "chance_num_labels": int(num_labels)}
+    if m == 0:
+        return {"chance_top1": 0.0, "chance_top5": 0.0, "chance_top1_prior": 0.0,
+                "chance_top1_majority": 0.0, "chance_num_labels": int(num_labels)}
+    _, n_l = np.unique(mapped, return_counts=True)
+    n_l = n_l.astype(np.float64)
+    return {"chance_top1": (m / n) / num_labels,
+            "chance_top5": (m / n) * min(k, num_labels) / num_labels,
+            "chance_top1_prior": float(np.sum(n_l * n_l) / (n * m)),
+            "chance_top1_majority": float(n_l.max() / n),
+            "chance_num_labels": int(num_labels)}
 
 
 def muted_softmax(logits: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -153,6 +181,12 @@ class ClassificationMetrics:
         }
 
 
+def _true_sources(true: np.ndarray, mapping: LabelMapping) -> np.ndarray:
+    """Source label index of each true target category, -1 where it has none."""
+    t2s = np.array([-1 if s is None else s for s in mapping.target_to_source], dtype=np.int64)
+    return t2s[np.asarray(true, dtype=np.int64)] if len(true) else np.zeros(0, dtype=np.int64)
+
+
 def classification_metrics(scores: Scores, labels: np.ndarray) -> ClassificationMetrics:
     """Metrics of ``scores`` (from :func:`~crossmodal.evaluate.labels.score`) for true ``labels``."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -179,7 +213,7 @@ def classification_metrics(scores: Scores, labels: np.ndarray) -> Classification
         top1_ci95=wilson_interval(k1, n), top5_ci95=wilson_interval(k5, n),
         mean_class_accuracy=float(np.mean(hits1[evaluated] / images[evaluated])) if evaluated.any() else float("nan"),
         num_classes_evaluated=int(evaluated.sum()),
-        chance=chance_levels(images),
+        chance=chance_levels(_true_sources(true, scores.mapping), len(scores.mapping.kept_sources), scores.k),
         classes=classes, per_class_images=images[classes], per_class_top1_hits=hits1[classes],
         per_class_top5_hits=hits5[classes], confusion=confusion, k=scores.k,
     )

@@ -1,13 +1,25 @@
-"""Published CMPlaces retrieval numbers (Castrejón et al. CVPR 2016; Aytar et al. 2016).
+"""Published CMPlaces retrieval numbers.
+
+Sources: L. Castrejón, Y. Aytar, C. Vondrick, H. Pirsiavash, A. Torralba, "Learning
+Aligned Cross-Modal Representations from Weakly Aligned Data", CVPR 2016
+(doi:10.1109/CVPR.2016.321); Y. Aytar, L. Castrejón, C. Vondrick, H. Pirsiavash,
+A. Torralba, "Cross-Modal Scene Networks", arXiv:1610.09003, 2016.
 
 The numbers live in the packaged ``data/published_cmplaces.json`` with their
-sources and a note; this module only loads and reshapes them. They are
+sources (full citations, DOI / arXiv id), per table the sources it comes from and
+where in them (``location``: per source the table or figure and its caption's
+first words, ``None`` until checked against the paper, with a ``location_note``
+saying why), a ``modalities_note`` on the NAT / CLP / SPT mapping, and a note;
+this module only loads and reshapes them (the retrieval report prints each
+table's ``location`` and notes beside the values). They are
 **reference** values: the published networks were trained for cross-modal
 alignment, unlike the Places365 networks this toolkit evaluates.
 
 Values are percentages as printed in the papers. Modalities are keyed
 ``natural`` / ``clipart`` / ``sketch``; :func:`modality_key` also accepts the
-papers' abbreviations ``NAT`` / ``CLP`` / ``SPT`` (any case).
+papers' abbreviations ``NAT`` / ``CLP`` / ``SPT`` (any case). That ``SPT`` holds the
+sketch values is how they were transcribed, not checked against the papers' tables:
+the CVPR paper's Figure 1 also shows a spatial-text modality (``modalities_note``).
 """
 from __future__ import annotations
 

@@ -212,7 +212,10 @@ def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES36
     ax.set_xticklabels(labels)
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Baseline accuracy per modality", fontsize=11)
+    title = "Baseline accuracy per modality"
+    if runs and runs[0].get("banner"):
+        title = f"{runs[0]['banner'].upper()}\n{title}"
+    ax.set_title(title, fontsize=11)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return save_png(fig, path)
 
@@ -224,8 +227,11 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
     lines = [
         f"# Baseline: {m['modality']} ({m['split']})",
         "",
+        *_weights_lines(m),
         f"Model `{m['model']['name']}` (fingerprint `{m['model']['fingerprint'][:16]}…`) from "
         f"`{m['model']['dir']}`, run on **{m['backend']} / {m['device']}**"
+        + f" at {m.get('precision') or 'fp32'}"
+        + (f" (providers: {', '.join(m['providers'])})" if m.get("providers") else "")
         + (f" at {m['images_per_second']:.1f} images/s" if m.get("images_per_second") else "")
         + (" (features from the cache, computed earlier)" if m.get("features_from_cache") else "") + ".",
         "",
@@ -243,9 +249,11 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         f"| top-1 (unmuted) | {pct(m['top1_unmuted'])} | |",
         f"| top-5 (unmuted) | {pct(m['top5_unmuted'])} | |",
         f"| mean class accuracy (top-1) | {pct(m['mean_class_accuracy'])} | |",
-        f"| chance top-1 (1 / {m['num_classes_evaluated']} classes) | {pct(m['chance_top1'])} | |",
+        f"| chance top-1, uniform guess over the {m.get('chance_num_labels', '?')} kept labels "
+        f"| {pct(m['chance_top1'])} | |",
         f"| chance top-1, prior-matched guess | {pct(m.get('chance_top1_prior'))} | |",
-        f"| chance top-5 | {pct(m.get('chance_top5'))} | |",
+        f"| chance top-1, always the most frequent label | {pct(m.get('chance_top1_majority'))} | |",
+        f"| chance top-5, uniform guess | {pct(m.get('chance_top5'))} | |",
         "",
         f"Reference: {ref['model']} reaches {pct(ref['top1'])} top-1 / {pct(ref['top5'])} top-5 on "
         f"{ref['dataset']} — {ref['note']}.",
@@ -295,8 +303,22 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         lines.append(f"- `{name}`: {desc}")
     lines += ["", f"Backend details: `{json.dumps(m.get('backend_info'), default=str)}`; "
               f"feature cache `{m['cache']['path']}` ({m['cache']['rows_computed']} rows computed now, "
-              f"{m['cache']['rows_from_cache']} from the cache).", ""]
+              f"{m['cache']['rows_from_cache']} from the cache).", "", *run_lines(m.get("run"))]
     return "\n".join(lines)
+
+
+def _weights_lines(m: dict) -> list[str]:
+    """The random-weights banner and the weights' identity, for the top of a report."""
+    from crossmodal.convert.identity import markdown_lines
+    return markdown_lines(m["weights"]) if m.get("weights") else []
+
+
+def run_lines(run: dict | None) -> list[str]:
+    """One line stating when and how the run that wrote a report was made."""
+    if not run:
+        return []
+    return [f"Run: `{run['command']}` started {run['started_utc']}, finished {run['finished_utc']} (UTC), "
+            f"crossmodal {run.get('crossmodal_version', '?')}; command line `{' '.join(run.get('argv', []))}`.", ""]
 
 
 #: The fields of each run that the comparison table and JSON carry.
@@ -306,7 +328,7 @@ COMPARISON_KEYS = ("modality", "split", "backend", "device", "num_images", "num_
 
 
 def comparison_markdown(runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> str:
-    lines = ["# Baseline across modalities", "",
+    lines = ["# Baseline across modalities", "", *_weights_lines(runs[0] if runs else {}),
              "| modality | images scored | classes | top-1 (95 % CI) | top-5 (95 % CI) | top-1 unmuted | "
              "mean class acc. | chance top-1 | failed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from crossmodal.convert import identity
+from crossmodal.convert.consistency import check as check_consistency
 from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
 from crossmodal.evaluate.datasets import (
@@ -43,6 +45,7 @@ from crossmodal.evaluate.retrieval_metrics import (
     METRICS, chance_map, chance_precision_at_k, chance_recall_at_k, retrieval_scores,
 )
 from crossmodal.io.atomic import check_output_dir
+from crossmodal.io.runs import RunRecord, staged, utc_now
 
 FORMAT = "crossmodal-retrieval"
 #: VGG's feature blobs; any public blob of the graph (``Graph.blobs``) is accepted, the default
@@ -162,6 +165,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
                   split: str = "val", backend: str = "onnx", device: str = "auto", batch_size: int = 32,
                   workers: int | None = None, threads: int | None = None, limit: int | None = None,
                   cache_dir=None, draft: bool = True, show: int = 0, show_query: str = "0",
+                  precision: str = "fp32", trt: bool = False,
                   on_step: Callable[[str], None] | None = None,
                   on_start: Callable[[str, int, int], None] | None = None,
                   on_batch: Callable[[str, int, int], None] | None = None) -> RetrievalRun:
@@ -173,15 +177,21 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     reuse its features; default ``$CROSSMODAL_CACHE``, else ``<out>/cache``).
     ``show``: for each pair, a PNG of the ``show`` nearest targets of the query
     image ``show_query`` (a 0-based index into the query modality's decoded
-    images, or a path / file name).
+    images, or a path / file name), checked against the images listed before the
+    feature pass and against the decoded ones after it, before any file is written. ``precision`` (fp32, fp16, bf16) and ``trt`` as in
+    :func:`~crossmodal.evaluate.baseline.run_baseline`; reduced-precision features have
+    their own cache entries.
     """
     from crossmodal.evaluate import retrieval_reports as reports
     from crossmodal.evaluate.retrieval_reports import pick_query
     from crossmodal.evaluate.backends import SharedBackend, check_device
     from crossmodal.evaluate.baseline import limit_records
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.features import (
+        extract_features, model_fingerprint, rollback_new_caches, run_cache_dir,
+    )
 
     t_start = time.perf_counter()
+    started = utc_now()
     step = on_step or (lambda msg: None)
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
@@ -190,6 +200,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     device = check_device(device)
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
+    check_consistency(graph, model_dir)
     layer = layer or graph.feature_blob
     choices = [b for b in graph.blobs if b not in ("logits", "prob")] or list(LAYERS)
     if layer not in choices and layer not in LAYERS:
@@ -224,44 +235,74 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
         datasets[name] = limit_records(ds, limit)
     if show:  # a bad query image fails now, not after the feature pass
         for name in q_names:
-            pick_query([r.path for r in datasets[name].records], show_query)
+            pick_query([r.path for r in datasets[name].records], show_query, what="images listed",
+                       modality=f"query modality {name!r}")
 
-    # 2. features, from the cache or computed by one shared backend ("logits" too: the baseline's cache)
-    layers = ["logits", layer]
-    runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
-                           on_open=lambda b: step(f"backend: {b.summary()}"))
-    feats: dict[str, ModalityFeatures] = {}
-    try:
-        for name, ds in datasets.items():
-            step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
-            fs = extract_features(
-                model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
-                cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer],
-                on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
-                on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
-            feats[name] = as_modality_features(name, ds, fs, layer)
-        ran = runner.backend.describe() if runner.backend is not None else None
-    finally:
-        runner.close()
+    from crossmodal.convert.precision import check_precision, unsupported
+    precision = check_precision(precision)
+    if unsupported(backend, precision):
+        raise InputError(unsupported(backend, precision))
+    if trt and backend != "onnx":
+        raise InputError(f"--trt is for the onnx backend, not {backend}")
+    settings = {"batch_size": batch_size, "workers": workers, "threads": threads, "limit": limit,
+                "precision": precision, "trt": trt,
+                "draft": draft, "device_requested": device, "cache_dir": str(cache_dir)}
+    weights = identity.identity(graph)
+    record = RunRecord("retrieval", {**settings, "model_dir": str(model_dir), "out_dir": str(out_dir),
+                                     "queries": q_names, "targets": t_names, "layer": layer, "metric": metric,
+                                     "k": k, "split": split, "backend": backend, "show": show,
+                                     "show_query": show_query,
+                                     "data_root": None if data_root is None else str(data_root),
+                                     "config": None if config is None else str(config)},
+                       weights, started=started)
+    if identity.banner(weights):
+        step(identity.banner(weights).upper())
+    onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
+        if backend == "onnx" else {}
+    with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):  # bad input found late: <out> as it was
+        # 2. features, from the cache or computed by one shared backend ("logits" too: the baseline's cache)
+        layers = ["logits", layer]
+        runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
+                               precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"),
+                               **onnx_options)
+        feats: dict[str, ModalityFeatures] = {}
+        try:
+            for name, ds in datasets.items():
+                step(f"{name}: {len(ds.records)} images, {len(ds.categories)} categories ({ds.layout})")
+                fs = extract_features(
+                    model_dir, ds, runner, layers, device=device, batch_size=batch_size, workers=workers,
+                    cache_dir=cache_dir, draft=draft, threads=threads, log=step, read=[layer], precision=precision,
+                    on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
+                    on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
+                feats[name] = as_modality_features(name, ds, fs, layer)
+            ran = runner.backend.describe() if runner.backend is not None else None
+        finally:
+            runner.close()
+        if show:  # the pick is made among the decoded images: check it there, before any file is written
+            for q in q_names:
+                pick_query(feats[q].paths, show_query, failed=feats[q].failed, modality=f"query modality {q!r}")
 
-    # 3. scores per pair, then the files
-    pairs = []
-    for q in q_names:
-        for t in t_names:
-            step(f"retrieval {q} → {t}")
-            pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
-    results = {
-        "format": FORMAT, "version": 1,
-        "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": model_fingerprint(model_dir, graph)},
-        "layer": layer, "metric": metric, "k": k, "split": split,
-        "queries": q_names, "targets": t_names,
-        "backend": ran or {"backend": backend, "note": "every feature came from the cache"},
-        "modalities": {n: f.describe() for n, f in feats.items()},
-        "pairs": pairs,
-        "published": reports.published_comparison(pairs),
-        "settings": {"batch_size": batch_size, "workers": workers, "threads": threads, "limit": limit,
-                     "draft": draft, "device_requested": device, "cache_dir": str(cache_dir)},
-        "timings_s": {"total": round(time.perf_counter() - t_start, 3)},
-    }
-    files = reports.write_retrieval(out_dir, results, feats if show else None, show=show, show_query=show_query)
-    return RetrievalRun(results, files)
+        # 3. scores per pair, then the files
+        pairs = []
+        for q in q_names:
+            for t in t_names:
+                step(f"retrieval {q} → {t}")
+                pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
+        results = {
+            "format": FORMAT, "version": 1,
+            "banner": identity.banner(weights),
+            "weights": {**weights, "description": identity.describe(weights)},
+            "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": model_fingerprint(model_dir, graph)},
+            "layer": layer, "metric": metric, "k": k, "split": split,
+            "queries": q_names, "targets": t_names,
+            "backend": ran or {"backend": backend, "note": "every feature came from the cache"},
+            "modalities": {n: f.describe() for n, f in feats.items()},
+            "pairs": pairs,
+            "published": reports.published_comparison(pairs),
+            "precision": precision,
+            "settings": settings,
+            "timings_s": {"total": round(time.perf_counter() - t_start, 3)},
+        }
+        results["run"] = record.block()
+        written = reports.write_retrieval(stage, results, feats if show else None, show=show, show_query=show_query)
+    return RetrievalRun(results, {name: out_dir / name for name in written})

@@ -14,7 +14,8 @@ import numpy as np
 from crossmodal.errors import InputError
 from crossmodal.evaluate.published import ABBREVIATIONS, load_published, published_cross_modal, \
     published_within_modal
-from crossmodal.evaluate.reports import json_safe, new_figure, pct, save_png, write_json
+from crossmodal.convert.identity import markdown_lines
+from crossmodal.evaluate.reports import json_safe, new_figure, pct, run_lines, save_png, write_json
 from crossmodal.io.atomic import write_text_atomic
 
 FILES = {
@@ -41,8 +42,19 @@ def published_comparison(pairs: Sequence[dict]) -> dict:
             maps = {m: v[(q, t)] for m, v in cross.items() if (q, t) in v}
             precision = {m: v[(q, t)] for m, v in p10.items() if (q, t) in v}
         rows.append({"query": q, "target": t, "map_percent": maps, "precision_at_10_percent": precision})
+    locations = {name: {"location": dict(table["location"]), "location_note": table.get("location_note")}
+                 for name, table in data["tables"].items()}
     return {"note": data["note"], "sources": {k: v["citation"] for k, v in data["sources"].items()},
+            "locations": locations, "modalities_note": data.get("modalities_note"),
             "chance_map_percent": data["chance_map_percent"], "pairs": rows}
+
+
+def location_line(where: dict | None) -> str:
+    """Where each source prints a table: ``"castrejon2016: Table 3: …; aytar2016: not yet checked"``."""
+    if not where:
+        return "not yet checked against the papers"
+    return "; ".join(f"{source}: {loc or 'not yet checked against the paper'}"
+                     for source, loc in where["location"].items())
 
 
 def _grid(results: dict, key: str) -> np.ndarray:
@@ -82,9 +94,12 @@ def _published_tables(results: dict) -> list[str]:
     lines += ["## Published CMPlaces numbers for the same pairs (reference only)", "",
               f"> {pub['note']}", ""]
     this_run = f"**this run** ({results['model']['name']}, {results['layer']}, {results['metric']})"
-    for title, rows, key, metric in (("Within-modal mAP (%)", within, "map_percent", "map"),
-                                     ("Cross-modal mAP (%)", cross, "map_percent", "map"),
-                                     ("Cross-modal P@10 (%)", cross, "precision_at_10_percent", "precision_at_k")):
+    locations, notes = pub.get("locations", {}), []
+    for title, rows, key, metric, table in (
+            ("Within-modal mAP (%)", within, "map_percent", "map", "within_modal_map"),
+            ("Cross-modal mAP (%)", cross, "map_percent", "map", "cross_modal_map"),
+            ("Cross-modal P@10 (%)", cross, "precision_at_10_percent", "precision_at_k",
+             "cross_modal_precision_at_10")):
         methods = list(dict.fromkeys(m for r in rows for m in r[key]))
         if not methods:
             continue
@@ -97,7 +112,15 @@ def _published_tables(results: dict) -> list[str]:
         note = "" if metric == "map" or ks == {10} else f" (k = {', '.join(map(str, sorted(ks)))})"
         lines.append(f"| {this_run}{note} | " + " | ".join(
             f"{100 * ours[(r['query'], r['target'])][metric]:.1f}" for r in rows) + " |")
+        where = locations.get(table)
+        lines += ["", f"Printed in: {location_line(where)}."]
+        if where and not all(where["location"].values()) and where.get("location_note") \
+                and where["location_note"] not in notes:
+            notes.append(where["location_note"])
         lines.append("")
+    lines += [f"> Values and table numbers {note}." for note in notes] + ([""] if notes else [])
+    if pub.get("modalities_note"):
+        lines += [f"> {pub['modalities_note']}", ""]
     lines += ["Sources: " + "; ".join(pub["sources"].values()),
               f"The papers quote a chance mAP of {pub['chance_map_percent']} % for their sets; the chance "
               "levels above are exact for the sets of this run.", ""]
@@ -108,6 +131,7 @@ def markdown(results: dict) -> str:
     """The human summary: the grids in the papers' layout, the published numbers, the data."""
     k = results["k"]
     lines = [f"# Retrieval: {results['layer']} features of {results['model']['name']}", "",
+             *(markdown_lines(results["weights"]) if results.get("weights") else []),
              f"Category-level retrieval (relevant = same scene category), {results['metric']} similarity, "
              f"split `{results['split']}`. Rows: query modality; columns: target modality; the diagonal "
              f"(bold) is within-modal retrieval, where each query is left out of its own ranking. "
@@ -129,9 +153,15 @@ def markdown(results: dict) -> str:
             lines.append(f"- {p['query']} → {p['target']}: {p['num_excluded_queries']} of "
                          f"{p['num_queries']} queries: {cats}")
     b = results["backend"]
-    lines += ["", f"Features: backend {b.get('backend')}, device {b.get('device', '–')}; model fingerprint "
-              f"`{results['model']['fingerprint'][:16]}…`.", ""]
+    providers = f", providers {', '.join(b['providers'])}" if b.get("providers") else ""
+    lines += ["", f"Features: backend {b.get('backend')}, device {b.get('device', '–')}, precision "
+              f"{results.get('precision', 'fp32')}{providers}; model fingerprint "
+              f"`{results['model']['fingerprint'][:16]}…`.", "", *run_lines(results.get("run"))]
     return "\n".join(lines)
+
+
+def _titled(title: str, results: dict) -> str:
+    return f"{results['banner'].upper()}\n{title}" if results.get("banner") else title
 
 
 def plot_grid(path: Path, results: dict) -> Path:
@@ -151,26 +181,47 @@ def plot_grid(path: Path, results: dict) -> Path:
     ax.set_yticks(range(len(q)), [_label(n) for n in q])
     ax.set_xlabel("target modality")
     ax.set_ylabel("query modality")
-    ax.set_title(f"{results['layer']} retrieval mAP (%), {results['metric']}")
+    ax.set_title(_titled(f"{results['layer']} retrieval mAP (%), {results['metric']}", results))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mAP (%)")
     return save_png(fig, path)
 
 
-def pick_query(paths: Sequence[Path], which: str) -> int:
-    """``which``: a 0-based index into ``paths``, or a path / file name among them."""
+def _matches(p: Path, which: str) -> bool:
+    return str(p) == str(which) or p.name == which or str(p).endswith("/" + str(which))
+
+
+def pick_query(paths: Sequence[Path], which: str, *, failed: Sequence[tuple[Path, str]] = (),
+               what: str = "decoded images", modality: str = "the query modality") -> int:
+    """``which``: a 0-based index into ``paths``, or a path / file name among them.
+
+    ``paths`` are the images the pick is made from: the query modality's *decoded* images
+    (``what``), in data set order; ``failed`` (``(path, reason)``) lets the error say that a
+    named image is listed but did not decode. Raises :class:`InputError` naming the range.
+    """
     if str(which).lstrip("-").isdigit():
         i = int(which)
         if not 0 <= i < len(paths):
-            raise InputError(f"--show-query {i} is out of range: the query modality has {len(paths)} images")
+            extra = f" ({len(failed)} more failed to decode)" if failed else ""
+            raise InputError(f"--show-query {i} is out of range: {modality} has {len(paths)} {what}{extra}; "
+                             f"give 0 to {len(paths) - 1}")
         return i
     for i, p in enumerate(paths):
-        if str(p) == str(which) or p.name == which or str(p).endswith("/" + str(which)):
+        if _matches(p, which):
             return i
-    raise InputError(f"--show-query {which!r} is not among the query modality's decoded images")
+    for p, reason in failed:
+        if _matches(Path(p), which):
+            raise InputError(f"--show-query {which!r}: that image of {modality} failed to decode ({reason}); "
+                             f"pick another")
+    raise InputError(f"--show-query {which!r} is not among {modality}'s {what}")
 
 
-def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str) -> Path:
-    """The query image and its ``n`` nearest targets, each titled with its category; hits framed green."""
+def neighbours_figure(query, target, index: int, n: int, metric: str, banner: str | None = None):
+    """The figure of :func:`plot_neighbours` (a matplotlib ``Figure``, not yet saved).
+
+    Constrained layout places the tiles, their two-line captions and the title so that
+    no text overlaps another or an image, whatever the images' aspect ratios (a tall
+    image keeps its height and its caption moves with it).
+    """
     from crossmodal.evaluate.images import load_rgb
     from crossmodal.evaluate.retrieval_metrics import nearest_targets
 
@@ -179,7 +230,8 @@ def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str) 
                                     exclude=index if same else None)
     cols = min(6, len(order) + 1)
     rows = int(np.ceil((len(order) + 1) / cols))
-    fig = new_figure(2.2 * cols, 2.5 * rows)
+    fig = new_figure(2.2 * cols, 2.6 * rows + (0.6 if banner else 0.35))
+    fig.set_layout_engine("constrained", h_pad=0.06, w_pad=0.06, hspace=0.04, wspace=0.04)
     true = query.labels[index]
 
     def tile(pos: int, file: Path, title: str, colour: str) -> None:
@@ -195,16 +247,22 @@ def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str) 
         for side in ax.spines.values():
             side.set_edgecolor(colour)
             side.set_linewidth(3)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=7, wrap=True)
 
     tile(1, query.paths[index], f"query ({query.modality})\n{true}", "black")
     for r, (j, s) in enumerate(zip(order, scores), start=1):
         hit = target.labels[j] == true
         tile(r + 1, target.paths[j], f"#{r} {target.labels[j]}\n{'✓' if hit else '✗'} {s:.3f}",
              "tab:green" if hit else "tab:red")
-    fig.suptitle(f"{query.modality} → {target.modality}: top {len(order)} by {metric} "
-                 f"(green: same category)", fontsize=9)
-    return save_png(fig, path)
+    title = f"{query.modality} → {target.modality}: top {len(order)} by {metric} (green: same category)"
+    fig.suptitle(f"{banner.upper()}\n{title}" if banner else title, fontsize=9)
+    return fig
+
+
+def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str,
+                    banner: str | None = None) -> Path:
+    """The query image and its ``n`` nearest targets, each titled with its category; hits framed green."""
+    return save_png(neighbours_figure(query, target, index, n, metric, banner), path)
 
 
 def write_retrieval(out_dir: Path, results: dict, feats: dict | None = None, *, show: int = 0,
@@ -217,9 +275,9 @@ def write_retrieval(out_dir: Path, results: dict, feats: dict | None = None, *, 
         shown = []
         for p in results["pairs"]:
             q, t = feats[p["query"]], feats[p["target"]]
-            i = pick_query(q.paths, show_query)
+            i = pick_query(q.paths, show_query, failed=q.failed, modality=f"query modality {q.modality!r}")
             name = f"neighbours_{p['query']}_to_{p['target']}.png"
-            plot_neighbours(out_dir / name, q, t, i, show, results["metric"])
+            plot_neighbours(out_dir / name, q, t, i, show, results["metric"], banner=results.get("banner"))
             files[name] = out_dir / name
             shown.append({"pair": [p["query"], p["target"]], "query_image": str(q.paths[i]), "file": name})
         results["neighbours"] = shown

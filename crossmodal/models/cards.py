@@ -135,6 +135,25 @@ def find_card_for_file(path_or_name: str | PurePath) -> Card | None:
     return None
 
 
+def find_card_for_sha256(sha256: str) -> tuple[Card, str] | None:
+    """The card publishing a checkpoint with this SHA-256: ``(card, "sha256")`` on a full match,
+    ``(card, "sha256-prefix")`` when the card knows only the leading hex digits and they match;
+    else None. Only checkpoint files count."""
+    sha = (sha256 or "").lower()
+    if len(sha) != 64:
+        return None
+    prefixed = None
+    for card in _load_all().values():
+        for f in card.files:
+            if f.kind != "checkpoint":
+                continue
+            if f.sha256 and f.sha256 == sha:
+                return card, "sha256"
+            if not f.sha256 and f.sha256_prefix and sha.startswith(f.sha256_prefix) and prefixed is None:
+                prefixed = (card, "sha256-prefix")
+    return prefixed
+
+
 # --------------------------------------------------------------------------- loading
 
 @functools.lru_cache(maxsize=1)

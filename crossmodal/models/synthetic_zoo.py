@@ -75,7 +75,8 @@ def keyed(fam: str, spec, weights: dict[str, np.ndarray], layout: str) -> dict[s
 
 
 def write_checkpoint(arch: str, path: Path, layout: str = "released", seed: int = 0) -> dict[str, np.ndarray]:
-    """Write a random ``arch`` checkpoint in ``layout`` to ``path``; returns the IR-named weights."""
+    """Write a random ``arch`` checkpoint in ``layout`` to ``path``; returns the IR-named weights.
+    Beside it goes ``<file>.origin.json`` saying the weights are random (as for VGG)."""
     import torch
 
     if layout not in LAYOUTS:
@@ -99,6 +100,9 @@ def write_checkpoint(arch: str, path: Path, layout: str = "released", seed: int 
         else:
             torch.save(obj, tmp)
     tmp.replace(path)
+    from crossmodal.convert.identity import write_origin
+    from crossmodal.io.hashing import file_sha256
+    write_origin(path, {"kind": "random", "seed": int(seed)}, file_sha256(path))  # the weights' identity
     return weights
 
 

@@ -272,6 +272,7 @@ def metadata(model: IRModel) -> dict[str, str]:
                                         "value_range": g.input.value_range}),
         "crossmodal.source_sha256": g.provenance.source_sha256,
         "crossmodal.source_file": g.provenance.source_file,
+        "crossmodal.weights_identity": json.dumps(g.provenance.weights_identity or {}),
         "crossmodal.blobs": json.dumps(g.blobs),
     }
     if g.labels is not None:

@@ -1,0 +1,83 @@
+"""A run's output folder: all of a run's files or none of them, each stating the run that made it.
+
+:func:`staged` gives a run a hidden staging folder inside ``--out``; the run writes
+its files there, and only when it succeeds are they moved into ``--out`` (the
+run's JSON files last, so a reader that sees a new ``metrics.json`` sees every file
+beside it). A run that fails leaves ``--out`` as it was and its error says so: any
+files there are from an earlier run, and their ``run`` block (:class:`RunRecord`)
+says which (start and finish time in UTC, command line, settings, the weights).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from crossmodal.errors import CrossmodalError
+
+#: Files moved into place last (the machine-readable summaries readers look for first).
+LAST = ("metrics.json", "retrieval.json", "comparison.json")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunRecord:
+    """When and how a run was made; :meth:`block` is the ``run`` entry of its JSON files."""
+
+    command: str
+    settings: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+    started: str = field(default_factory=utc_now)
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    def block(self) -> dict:
+        from crossmodal import __version__
+        from crossmodal.convert.identity import describe
+        return {"command": self.command, "started_utc": self.started, "finished_utc": utc_now(),
+                "argv": self.argv, "settings": self.settings, "cwd": os.getcwd(),
+                "crossmodal_version": __version__,
+                "weights": {**self.weights, "description": describe(self.weights)}}
+
+
+def _move_all(staging: Path, out_dir: Path) -> None:
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name in LAST, str(p)))
+    for src in files:
+        dest = out_dir / src.relative_to(staging)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+
+
+@contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """Yield a staging folder inside ``out_dir``; move its files into ``out_dir`` when the block
+    succeeds; on failure remove it (and ``out_dir`` when this run created it and it is left
+    empty) and add to a toolkit error that nothing was written."""
+    out_dir = Path(out_dir)
+    created = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
+    staging = out_dir / f".crossmodal-staging-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+        _move_all(staging, out_dir)
+    except BaseException as exc:
+        if isinstance(exc, CrossmodalError) and exc.args:
+            earlier = " (the files there are an earlier run's: see their run block)" if any(
+                p for p in out_dir.iterdir() if p != staging) else ""
+            exc.args = (f"{exc.args[0]} — the run failed: nothing was written to {out_dir}{earlier}",
+                        *exc.args[1:])
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
