@@ -355,3 +355,41 @@ def test_arch_names_a_vgg_too(tmp_path, tiny_ckpt):
     assert model.graph.name == "vgg_tiny"
     with pytest.raises(InputError, match="--arch vgg16, but the keys are a vgg_tiny's"):
         read_torch_checkpoint(tiny_ckpt[0], input_size=(20, 28), arch="vgg16")
+
+
+# --- the torch-free reader ------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["released", "torchvision", "python2"])
+def test_torch_free_reader_gives_torchs_tensors(tmp_path, layout):
+    """Every tensor as torch.load gives it, without importing torch in the reader's path."""
+    from crossmodal.convert.readers import torch_pickle
+    path = tmp_path / "d.pth.tar"
+    write_checkpoint("densenet_tiny", path, layout)
+    ours = torch_pickle.load(path, sniff_format(path))
+    ref = torch.load(path, weights_only=True, encoding="latin1")
+    ours, ref = ours.get("state_dict", ours), ref.get("state_dict", ref)
+    assert list(ours) == list(ref)
+    for k, v in ref.items():
+        assert isinstance(ours[k], np.ndarray) and ours[k].dtype == v.numpy().dtype
+        assert np.array_equal(ours[k], v.numpy()), k
+
+
+def test_torch_free_reader_handles_views_and_refuses_classes(tmp_path):
+    from crossmodal.convert.readers import torch_pickle
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    torch.save({"t": base.t(), "row": base[2], "whole": base}, tmp_path / "v.pt")  # strided views of one storage
+    got = torch_pickle.load(tmp_path / "v.pt", "zip")
+    assert np.array_equal(got["t"], base.t().numpy()) and np.array_equal(got["row"], base[2].numpy())
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "m.pt")
+    with pytest.raises(torch_pickle.NotWeightsOnly, match="torch.nn.modules.linear.Linear"):
+        torch_pickle.load(tmp_path / "m.pt", "zip")
+
+
+def test_convert_to_onnx_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+    write_checkpoint("resnet_tiny", tmp_path / "r.pth.tar")
+    code = ("import sys\nfrom crossmodal.convert.pipeline import convert\n"
+            f"convert({str(tmp_path / 'r.pth.tar')!r}, {str(tmp_path / 'm')!r}, targets=['ir', 'onnx'], input_size=(64, 64))\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -89,20 +89,23 @@ def load_state_dict(path: Path, *, trust_pickle: bool = False) -> dict[str, np.n
     return _to_arrays(load_raw(path, trust_pickle=trust_pickle), path)
 
 
-def load_raw(path: Path, *, trust_pickle: bool = False) -> Mapping:
+def load_raw(path: Path, *, trust_pickle: bool = False, with_torch: bool = False) -> Mapping:
     """A checkpoint's state dict as saved: key (not normalised) → ``torch.Tensor`` (or NumPy
     array, from safetensors). The format is sniffed from the file's first bytes, not its
     suffix; a training checkpoint ``{'state_dict': …}`` (or ``model_state_dict``, ``model``)
     is unwrapped; a pickled whole model (only with ``trust_pickle``) gives its ``state_dict()``.
     """
-    return load_checkpoint(path, trust_pickle=trust_pickle)[0]
+    return load_checkpoint(path, trust_pickle=trust_pickle, with_torch=with_torch)[0]
 
 
-def load_checkpoint(path: Path, *, trust_pickle: bool = False) -> tuple[Mapping, object]:
+def load_checkpoint(path: Path, *, trust_pickle: bool = False, with_torch: bool = False) -> tuple[Mapping, object]:
     """:func:`load_raw`, and the training checkpoint's ``arch`` entry (None when it has none).
 
     Python 2 pickles (the Places365 releases: strings pickled as byte strings) are read
-    with ``encoding="latin1"``, which leaves every ASCII name as it was.
+    with ``encoding="latin1"``, which leaves every ASCII name as it was. A ``torch.save``
+    file is read without torch (:mod:`~crossmodal.convert.readers.torch_pickle`, tensors as
+    NumPy arrays) where that reader knows everything in it, else with
+    ``torch.load(weights_only=True)``; ``with_torch`` always asks torch (verify's reference).
     """
     path = Path(path)
     if not path.is_file():
@@ -111,7 +114,15 @@ def load_checkpoint(path: Path, *, trust_pickle: bool = False) -> tuple[Mapping,
     if kind == "safetensors":
         raw = _safetensors_load(path)
     elif kind in ("zip", "pickle"):
-        raw = _torch_load(path, trust_pickle)
+        raw = None
+        if not (trust_pickle or with_torch):
+            from crossmodal.convert.readers import torch_pickle
+            try:
+                raw = torch_pickle.load(path, kind)
+            except torch_pickle.NotWeightsOnly:
+                raw = None
+        if raw is None:
+            raw = _torch_load(path, trust_pickle)
     elif path.suffix == ".safetensors" and kind == "unknown":
         raise InputError("not a readable safetensors file (it does not start with an 8-byte header length "
                          "and a JSON header)", path)
@@ -357,8 +368,6 @@ def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-
     from crossmodal.convert.readers import torch_zoo
 
     path = Path(path)
@@ -393,6 +402,15 @@ def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess:
         source_file=path.name, source_sha256=source_sha256,
         source_format="safetensors" if kind == "safetensors" else "pytorch",
         reader=f"crossmodal.convert.readers.from_torch ({layout} keys)",
-        framework_versions={"torch": torch.__version__}, notes=list(notes),
+        framework_versions=_torch_version(), notes=list(notes),
     )
     return model
+
+
+def _torch_version() -> dict[str, str]:
+    """torch's installed version from its metadata (the reader may not have imported it)."""
+    import importlib.metadata
+    try:
+        return {"torch": importlib.metadata.version("torch")}
+    except importlib.metadata.PackageNotFoundError:
+        return {}
