@@ -144,18 +144,18 @@ def _safetensors_load(path: Path):
 
 def _torch_load(path: Path, trust_pickle: bool):
     import pickle
+    import warnings
 
     import torch
 
-    import warnings
-
-    warnings.filterwarnings("ignore", message="pickle_load_args only works")  # encoding does reach it
     try:
-        if path.suffix == ".safetensors":  # torch.load would hand a path so named to safetensors
-            with open(path, "rb") as f:
-                obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
+        with warnings.catch_warnings():  # torch warns that encoding is ignored; it does reach the unpickler
+            warnings.filterwarnings("ignore", message="pickle_load_args only works")
+            if path.suffix == ".safetensors":  # torch.load would hand a path so named to safetensors
+                with open(path, "rb") as f:
+                    obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
