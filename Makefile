@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity parity-torch bench
+.PHONY: install demo test test-fast parity parity-caffe parity-torch bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -26,6 +26,16 @@ test-fast: install
 
 parity: install
 	$(VENV)/bin/crossmodal demo --layout csail --out-dir "$${PARITY_DIR:-parity-out}"
+
+# Every Caffe network from its real deploy prototxt (random caffemodel), verified on every engine;
+# each step's time is printed.
+CAFFE_ARCHS ?= alexnet-caffe googlenet-caffe resnet152-caffe vgg16-caffe
+parity-caffe: install
+	for a in $(CAFFE_ARCHS); do \
+	  start=$$(date +%s); \
+	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
+	  echo "== parity $$a: $$(( $$(date +%s) - start )) s"; \
+	done
 
 # The Places365 PyTorch zoo at full size, each in its released layout (random weights), converted
 # and verified on every engine; prints each network's time.

@@ -7,12 +7,15 @@ import sys
 
 
 def measure(code: str, env: dict | None = None) -> tuple[float, int, str]:
-    """Wall time and peak resident memory of ``python -c code`` (a child of its own)."""
+    """Wall time and peak resident memory (the child's own VmHWM) of ``python -c code``."""
     wrapper = ("import resource, sys, time\n"
                "t0 = time.perf_counter()\n"
                f"exec(compile({code!r}, '<bench>', 'exec'))\n"
                "print('__WALL__', time.perf_counter() - t0)\n"
-               "print('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+               # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork
+               # and exec, so a child of a big parent would report the parent's peak
+               "print('__RSS__', next(int(l.split()[1]) * 1024 for l in open('/proc/self/status')"
+               " if l.startswith('VmHWM')))\n")
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
     if out.returncode != 0:

@@ -207,8 +207,10 @@ def fill_blob(blob, array: np.ndarray, legacy: bool):
 
 
 _V1_TYPES = {"Convolution": "CONVOLUTION", "Pooling": "POOLING", "InnerProduct": "INNER_PRODUCT",
-             "ReLU": "RELU", "Dropout": "DROPOUT", "Softmax": "SOFTMAX"}
-_PARAMS = ("convolution_param", "pooling_param", "inner_product_param", "dropout_param")
+             "ReLU": "RELU", "Dropout": "DROPOUT", "Softmax": "SOFTMAX", "LRN": "LRN", "Concat": "CONCAT",
+             "Eltwise": "ELTWISE"}
+_PARAMS = ("convolution_param", "pooling_param", "inner_product_param", "dropout_param", "lrn_param",
+           "concat_param", "eltwise_param", "relu_param")
 
 
 def to_v1(layer):
@@ -261,3 +263,31 @@ def write_caffemodel(prototxt_text: str, path: Path, shapes: dict[str, list[tupl
             if keep and arrays:
                 written[layer.name] = arrays
     return written
+
+
+#: The blob shapes of the Places365 AlexNet (CaffeNet) deploy prototxt, written out by hand from
+#: the network's definition: conv2, conv4 and conv5 are grouped (group 2: half the input channels
+#: per filter); fc6 reads pool5's 256×6×6.
+ALEXNET_SHAPES: dict[str, list[tuple[int, ...]]] = {
+    "conv1": [(96, 3, 11, 11), (96,)], "conv2": [(256, 48, 5, 5), (256,)], "conv3": [(384, 256, 3, 3), (384,)],
+    "conv4": [(384, 192, 3, 3), (384,)], "conv5": [(256, 192, 3, 3), (256,)],
+    "fc6": [(4096, 9216), (4096,)], "fc7": [(4096, 4096), (4096,)], "fc8": [(365, 4096), (365,)],
+}
+
+
+def write_blobs(prototxt_text: str, path: Path, blobs: dict[str, list[np.ndarray]], *,
+                encoding: str = "layer") -> None:
+    """A caffemodel holding exactly ``blobs`` (layer → arrays, any count and shape) for every
+    prototxt layer (layers not in ``blobs`` are written without blobs, as Caffe does)."""
+    net = schema.parse_prototxt(prototxt_text)
+    out_net = schema.message("NetParameter")(name=net.name)
+    for layer in net.layer:
+        if encoding == "layer":
+            out = out_net.layer.add()
+            out.CopyFrom(layer)
+        else:
+            out = out_net.layers.add()
+            out.CopyFrom(to_v1(layer))
+        for array in blobs.get(layer.name, []):
+            fill_blob(out.blobs.add(), np.asarray(array, np.float32), legacy=encoding == "layers")
+    Path(path).write_bytes(out_net.SerializeToString())

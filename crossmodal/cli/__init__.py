@@ -23,6 +23,9 @@ COMMANDS = {
     "fetch": "crossmodal.cli.fetch:fetch",
     "baseline": "crossmodal.cli.baseline:baseline",
     "retrieval": "crossmodal.cli.retrieval:retrieval",
+    "probe": "crossmodal.cli.probe:probe",
+    "predict": "crossmodal.cli.predict:predict",
+    "explain": "crossmodal.cli.explain:explain",
 }
 
 

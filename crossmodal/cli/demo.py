@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.options import handle_errors, step_printer
+from crossmodal.errors import InputError
 
 SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
@@ -71,8 +72,11 @@ LAYOUTS = ["named", "torchvision", "csail", "dataparallel", "safetensors", "rele
 @click.command("demo")
 @click.option("--out-dir", "-o", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--arch", type=click.Choice(sorted(DEMO_ARCHS)), default="vgg16", show_default=True,
-              help="Network to demo, its checkpoint written as released (VGG: see --layout, --model).")
+@click.option("--arch", default="vgg16", show_default=True,
+              help="Network to demo: vgg16 (see --layout, --model); the PyTorch zoo as released: alexnet, "
+                   "resnet18, resnet50, wideresnet18, densenet161; a Caffe network from its real deploy "
+                   "prototxt with a random caffemodel: alexnet-caffe, googlenet-caffe, resnet152-caffe, "
+                   "vgg16-caffe, ….")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Checkpoint layout to write. VGG: named (default, the authors' dissection conversion), "
                    "torchvision, csail, dataparallel, safetensors; other archs: released (default), "
@@ -83,8 +87,10 @@ LAYOUTS = ["named", "torchvision", "csail", "dataparallel", "safetensors", "rele
               help="Images to verify on (default: ../shared/data/images when present, else random).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="categories_places365.txt (default: ../shared/data/places365/ when present).")
+@click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With a Caffe --arch: its deploy prototxt (default: $CROSSMODAL_SHARED_DATA/places365/).")
 @handle_errors
-def demo(out_dir, seed, arch, layout, model_name, images, labels):
+def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     """Write a full-size Places365 network (VGG16 by default; --arch) with SEEDED RANDOM weights in
     the published checkpoint layout, convert it to the IR, Keras 3 and ONNX, verify every layer on
     every engine against the checkpoint loaded independently (a plain torchvision-layout module),
@@ -97,6 +103,12 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels):
     from crossmodal.io.atomic import write_text_atomic
 
     step = step_printer()
+    from crossmodal.models.caffe_zoo import CAFFE_ARCHS
+    if arch in CAFFE_ARCHS:  # the Caffe networks: crossmodal.cli.demo_caffe
+        from crossmodal.cli.demo_caffe import caffe_demo
+        return caffe_demo(arch, out_dir, seed, prototxt, images, labels, step)
+    if arch not in DEMO_ARCHS:
+        raise InputError(f"unknown --arch {arch!r}; PyTorch: {sorted(DEMO_ARCHS)}, Caffe: {sorted(CAFFE_ARCHS)}")
     click.echo("NOTE: this demo uses RANDOM weights (seed %d), not the trained Places365 network: "
                "its predictions mean nothing; the conversion and verification are real." % seed)
     writer = DEMO_ARCHS[arch]

@@ -16,6 +16,7 @@ _CHECK_TEXT = {
     "sha256-prefix": "verified against the known SHA-256 prefix",
     "none": "not verified (no known hash; computed only)",
 }
+RECORD_SUFFIX = ".sha256"  # DEST/<file>.sha256: the hash computed where the card knows none
 
 
 @click.command("fetch")
@@ -43,7 +44,9 @@ def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, f
     resumes (HTTP Range) on the next run, a file whose SHA-256 does not match the card's
     is deleted, and a file already there that checks out is not fetched again. For each
     file the path, size and SHA-256 are printed, and whether the hash was verified
-    against a known one or only computed.
+    against a known one or only computed. A hash only computed (the card knows none, e.g.
+    the Places365 caffemodels) is recorded in DEST/<file name>.sha256; later runs check
+    the file against that record (--force: fetch again and record anew).
 
     \b
     crossmodal fetch --list
@@ -76,6 +79,9 @@ def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, f
             if expected and given != expected:
                 raise InputError(f"--sha256 {given} differs from the SHA-256 card {card.name} records ({expected})")
             expected = given
+        record = dest / (f.file + RECORD_SUFFIX)
+        recorded = _read_record(record) if not expected and not f.sha256_prefix and not force else None
+        expected = expected or recorded
         source = url or (_rebase(f.url, base_url) if base_url else f.url)
         result = download(source, dest / f.file, sha256=expected, sha256_prefix=f.sha256_prefix,
                           progress=not no_progress, timeout=timeout, retries=retries, size=f.size,
@@ -84,12 +90,27 @@ def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, f
         row = {"card": card.name, "file": f.file, "kind": f.kind, "path": str(result.path), "url": source,
                "bytes": result.bytes, "sha256": result.sha256, "check": result.check,
                "verified": result.verified, "action": action, "preprocess": f.preprocess, "labels": f.labels}
+        check_text = _CHECK_TEXT[result.check]
+        if result.check == "none":  # record it: later runs check the file against it
+            from crossmodal.io.atomic import write_text_atomic
+            write_text_atomic(record, f"{result.sha256}  {f.file}\n")
+            row["recorded"], check_text = str(record), f"{check_text}, recorded in {record.name}"
+        elif recorded:
+            row["check"], check_text = "recorded", f"verified against the SHA-256 recorded in {record.name}"
         rows.append(row)
         if not as_json:
-            click.echo(f"{result.path}  {_human(result.bytes)}  sha256 {result.sha256}  "
-                       f"{_CHECK_TEXT[result.check]}; {action}")
+            click.echo(f"{result.path}  {_human(result.bytes)}  sha256 {result.sha256}  {check_text}; {action}")
     if as_json:
         echo_json(rows)
+
+
+def _read_record(path: Path) -> str | None:
+    """The hash an earlier fetch computed and recorded (``HEX  name``, as sha256sum writes), or None."""
+    try:
+        text = path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0] if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) else None
 
 
 def _rebase(url: str, base_url: str) -> str:

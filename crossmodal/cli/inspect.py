@@ -36,12 +36,21 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     click.echo(f"{s.path} ({s.format})")
     if s.weights_description:
         click.echo(f"weights: {s.weights_description}")
-    width = max([22, *(len(r.name) for r in s.layers)])  # DenseNet's module paths run to ~45
-    click.echo(f"{'layer':<{width}} {'kind':<17} {'output shape':<22} {'parameters':>14}")
+    width = max([22, *(len(r.name) for r in s.layers)])
+    click.echo(f"{'layer':<{width}} {'kind':<17} {'output shape':<18} {'parameters':>12}  dag")
+    previous = "input"
     for r in s.layers:
         shape = "×".join(str(d) for d in r.output_shape)
-        click.echo(f"{r.name:<{width}} {r.kind:<17} {shape:<22} {r.parameters:>14,}")
-    click.echo(f"{'total':<{width + 41}} {s.parameters:>14,}")
+        dag = []
+        if r.inputs and r.inputs != [previous]:  # not simply the row above: say where it reads from
+            dag.append(("merge ← " if len(r.inputs) > 1 else "← ") + ", ".join(r.inputs))
+        if r.readers > 1:
+            dag.append(f"branch → {r.readers} readers")
+        click.echo(f"{r.name:<{width}} {r.kind:<17} {shape:<18} {r.parameters:>12,}  {'; '.join(dag)}".rstrip())
+        previous = r.name
+    stats = (f" (learned {s.parameters - s.statistics:,} + BatchNorm statistics {s.statistics:,})"
+             if s.statistics else "")
+    click.echo(f"total parameters: {s.parameters:,}{stats}; {len(s.layers)} layers")
     click.echo(f"input: {s.input}")
     if s.outputs:
         click.echo(f"outputs: {', '.join(s.outputs)}")

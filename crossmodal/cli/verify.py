@@ -30,9 +30,9 @@ from crossmodal.io.atomic import write_text_atomic
 @click.option("--batch-size", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--layers", default="all", show_default=True,
               help="'all' or comma-separated layer/blob names (fc7, prob, pool5, conv5_3, …); "
-                   "logits and fc7 are always compared.")
+                   "logits and the network's feature blob (fc7, pool5) are always compared.")
 @click.option("--tolerance", type=float, default=None,
-              help="Limit on max|Δ|/max|ref| for logits and fc7 [default: 1e-5; 1e-2 with --precision fp16/bf16].")
+              help="Limit on max|Δ|/max|ref| for logits and the feature blob [default: 1e-5; 1e-2 with --precision fp16/bf16].")
 @click.option("--max-top1-disagreements", type=click.IntRange(0), default=None,
               help="How many inputs may get a different top-1 class than the reference [default: 0; with "
                    "--precision fp16/bf16, 1 % of the inputs (top-1 agreement ≥ 99 %)].")

@@ -1,6 +1,10 @@
 """Describe a model file as a layer table: IR folder, checkpoint, Caffe prototxt, .onnx or .keras.
 
-Returns plain data (:class:`ModelSummary`), printed by ``crossmodal inspect``.
+Returns plain data (:class:`ModelSummary`), printed by ``crossmodal inspect``. For an IR
+graph (an IR folder, a checkpoint, a prototxt) each row also names the layer's inputs and
+how many layers read its output, so the DAG's branch points (read by several layers:
+an Inception module's input, a residual block's shortcut) and merge points (``concat``,
+``eltwise``) show in the table.
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ class LayerRow:
     kind: str
     output_shape: list
     parameters: int
+    inputs: list[str] = field(default_factory=list)   # IR graphs only
+    readers: int = 0                                   # layers reading this output (IR graphs only)
+    statistics: int = 0                                # of ``parameters``: BatchNorm means and variances
 
 
 @dataclass
@@ -38,10 +45,16 @@ class ModelSummary:
 
     @property
     def parameters(self) -> int:
+        """Every stored value: weights, biases, and BatchNorm statistics."""
         return sum(r.parameters for r in self.layers)
 
+    @property
+    def statistics(self) -> int:
+        """BatchNorm means and variances (stored, not learned by gradient)."""
+        return sum(r.statistics for r in self.layers)
+
     def to_json(self) -> dict:
-        return {**asdict(self), "parameters": self.parameters}
+        return {**asdict(self), "parameters": self.parameters, "statistics": self.statistics}
 
 
 def summarize(path: Path, **read_options) -> ModelSummary:
@@ -53,12 +66,22 @@ def summarize(path: Path, **read_options) -> ModelSummary:
     from crossmodal.convert.ir import infer_shapes
     from crossmodal.convert.pipeline import read_source
 
-    model = read_source(path, **read_options)
-    g = model.graph
+    if path.suffix == ".prototxt" and read_options.get("caffemodel") is None:  # the graph alone
+        from crossmodal.convert.readers.from_caffe import read_prototxt
+        g = read_prototxt(path).graph
+    else:
+        g = read_source(path, **read_options).graph
     shapes = infer_shapes(g)
-    rows = [LayerRow(l.name, l.kind, ["N", *shapes[l.name]],
-                     sum(int(np.prod(t.shape)) for t in l.tensors.values())) for l in g.layers]
-    fmt = "ir" if (path / "model.json").is_file() else g.provenance.source_format
+    readers: dict[str, int] = {}
+    for layer in g.layers:
+        for src in dict.fromkeys(layer.inputs):
+            readers[src] = readers.get(src, 0) + 1
+    rows = [LayerRow(l.name, l.kind, ["N", *shapes[l.name]], sum(int(np.prod(t.shape)) for t in l.tensors.values()),
+                     list(l.inputs), readers.get(l.name, 0),
+                     sum(int(np.prod(t.shape)) for r, t in l.tensors.items()
+                         if l.kind == "batch_norm" and r in ("mean", "var")))
+            for l in g.layers]
+    fmt = "ir" if (path / "model.json").is_file() else g.provenance.source_format or "caffe prototxt, no weights"
     ident = g.provenance.weights_identity or \
         identity.resolve(read_options.get("caffemodel") or path, g.provenance.source_sha256)
     return ModelSummary(str(path), fmt, rows, {"shape": ["N", *g.input.shape], "layout": g.input.layout,

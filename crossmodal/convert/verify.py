@@ -7,8 +7,9 @@ a PyTorch checkpoint in a plain torchvision VGG, a Caffe net without the RGB fol
 else the IR's NumPy evaluator in float64. Statistics are accumulated batch by batch,
 so memory stays bounded whatever the number of images.
 
-Gates (defaults): on the logits and the network's feature blob (``graph.feature_blob``: fc7
-for VGG/AlexNet, the pooled features ``avgpool`` for ResNet/DenseNet), max|Δ| / max|ref| ≤ ``tolerance``
+Gates (defaults): on the logits and the network's feature blob (``graph.feature_blob``:
+fc7 for VGG/AlexNet, pool5 for the Caffe GoogLeNet/ResNet, avgpool for the PyTorch
+ResNet/DenseNet), max|Δ| / max|ref| ≤ ``tolerance``
 (1e-5), and at most ``max_top1_disagreements`` (0) top-1 disagreements. A non-finite
 output where the reference is finite is an infinite error. Every requested engine
 must observe the gated layers, or its gate fails with the reason. Every other layer
@@ -39,7 +40,12 @@ from crossmodal.convert.engines import Engine
 from crossmodal.convert.ir import IRModel
 from crossmodal.errors import InputError
 
-GATED_BLOBS = ("logits", "fc7")
+GATED_BLOBS = ("logits", "fc7")  # a VGG's; a run gates gated_blobs(graph.feature_blob)
+
+
+def gated_blobs(feature_blob: str = "fc7") -> tuple[str, ...]:
+    """The public blobs whose comparison gates a run: the logits and the network's feature blob."""
+    return tuple(dict.fromkeys(("logits", feature_blob)))
 OPTIONAL_ENGINES = ("tf2onnx",)  # a cross-check: its failures are reported, never fatal
 
 
@@ -150,7 +156,7 @@ class VerifyReport:
     environment: dict = field(default_factory=dict)
     max_top1_disagreements: int = 0
     allow_tf32: bool = False
-    gated_blobs: tuple[str, ...] = GATED_BLOBS  # the logits and the network's feature blob
+    feature_blob: str = "fc7"
     precision: str = "fp32"
     skipped: dict[str, str] = field(default_factory=dict)  # engines left out at this precision
     #: The weights' identity (:mod:`crossmodal.convert.identity`), as ``model.json`` records it.
@@ -159,7 +165,8 @@ class VerifyReport:
     def gates(self) -> list[dict]:
         """One row per engine and check; an engine that cannot observe a gated layer fails, with a reason."""
         rows = []
-        gated = {self.blobs.get(b, b): b for b in self.gated_blobs if self.blobs.get(b, b) in self.layers}
+        gated = {self.blobs.get(b, b): b for b in gated_blobs(self.feature_blob)
+                 if self.blobs.get(b, b) in self.layers}
         logits = self.blobs.get("logits", "logits")
         for engine, layers in self.comparisons.items():
             for layer, blob in gated.items():
@@ -219,7 +226,7 @@ class VerifyReport:
             "banner": banner(self.weights),
             "reference": self.reference,
             "tolerance": {"rel": self.tolerance, "top1_disagreements": self.max_top1_disagreements,
-                          "gated": list(self.gated_blobs)},
+                          "gated": list(gated_blobs(self.feature_blob))},
             "allow_tf32": self.allow_tf32,
             "precision": self.precision,
             "skipped_engines": self.skipped,
@@ -417,14 +424,13 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     check_consistency(graph, model_dir)
     names = E.available(engines)
     check_input_size(model)
-    gated_blobs = ("logits", graph.feature_blob)
     if max_top1_disagreements is not None and max_top1_disagreements < 0:
         raise InputError(f"the top-1 disagreement limit must be ≥ 0, not {max_top1_disagreements}")
     if layers == "all" or layers == ["all"]:
         wanted = [l.name for l in graph.layers]
     else:
         wanted = list(dict.fromkeys(graph.resolve(l) for l in layers))
-        for blob in gated_blobs:
+        for blob in gated_blobs(graph.feature_blob):
             if blob in graph.blobs and graph.blobs[blob] not in wanted:
                 wanted.append(graph.blobs[blob])
         wanted.sort(key=[l.name for l in graph.layers].index)
@@ -448,7 +454,7 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
     else:
         reference = E.ir_engine(model)
         ref_label = "ir (NumPy reference evaluator, float64)"
-    gated = [graph.blobs.get(b, b) for b in gated_blobs if graph.blobs.get(b, b) in wanted]
+    gated = [graph.blobs.get(b, b) for b in gated_blobs(graph.feature_blob) if graph.blobs.get(b, b) in wanted]
     blind = [l for l in gated if l not in reference.observable]
     if blind:
         raise InputError(f"the reference {reference.name} cannot observe the gated layer(s) {blind}")
@@ -502,8 +508,8 @@ def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "ker
                         comparisons=comparisons, classifier=classifier, errors=errors,
                         environment=environment(seed if images is None else None),
                         max_top1_disagreements=max_top1_disagreements, allow_tf32=allow_tf32,
-                        precision=precision, skipped=skipped, weights=identity(graph),
-                        gated_blobs=gated_blobs)
+                        feature_blob=graph.feature_blob, precision=precision, skipped=skipped,
+                        weights=identity(graph))
 
 
 def _need(path: Path) -> Path:

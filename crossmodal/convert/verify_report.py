@@ -71,11 +71,12 @@ def markdown(report: VerifyReport) -> str:
     lines = [f"# crossmodal verify: {verdict}", "", *markdown_lines(report.weights),
              f"Reference: {report.reference}. Inputs: {data['inputs']['count']} "
              f"({data['inputs']['kind']}). Tolerance: max|Δ|/max|ref| ≤ {report.tolerance:g} on "
-             f"{' and '.join(report.gated_blobs)}, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
+             f"logits and {report.feature_blob}, at most {report.max_top1_disagreements} top-1 disagreement(s).", "",
              f"Precision: {_precision(report)}.", ""]
     if report.precision != "fp32":
         lines += [f"Reduced-precision gate ({report.precision}): max|Δ|/max|ref| ≤ {report.tolerance:g} on "
-                        f"logits and fc7, at most {report.max_top1_disagreements} top-1 disagreement(s) "
+                        f"logits and {report.feature_blob}, at most {report.max_top1_disagreements} "
+                        "top-1 disagreement(s) "
                         f"(defaults: top-1 agreement ≥ 99 % of the {data['inputs']['count']} inputs).", ""]
     lines += ["## Gates", "", "| engine | check | value | limit | result |", "|---|---|---|---|---|"]
     for g in data["gates"]:
@@ -135,10 +136,10 @@ def console(report: VerifyReport) -> str:
     out.append(f"weights: {describe(report.weights)}")
     out.append(f"reference: {report.reference}; {data['inputs']['count']} inputs ({data['inputs']['kind']})")
     out.append(f"precision: {_precision(report)}")
-    feature = report.gated_blobs[-1]
-    out.append(f"{'engine':<10} {'logits rel':>11} {feature + ' rel':>11} {'worst rel':>11} {'top-1':>7} "
+    feature = f"{report.feature_blob} rel"
+    out.append(f"{'engine':<10} {'logits rel':>11} {feature:>11} {'worst rel':>11} {'top-1':>7} "
                f"{'top-5':>7} {'flips':>5}  first divergence")
-    logits, fc7 = report.blobs.get("logits"), report.blobs.get(feature, feature)
+    logits, fc7 = report.blobs.get("logits"), report.blobs.get(report.feature_blob)
     for e, layers in report.comparisons.items():
         c = data["classifier"].get(e, {})
         worst = max((_rank(s.rel) for s in layers.values()), default=0.0)

@@ -47,7 +47,9 @@ from crossmodal.convert.ir_io import load_graph
 from crossmodal.errors import InputError
 from crossmodal.evaluate import reports
 from crossmodal.evaluate.datasets import Dataset, modality_names, resolve_modality
-from crossmodal.evaluate.labels import LabelMapping, build_mapping, load_aliases, merge_aliases, score
+from crossmodal.evaluate.labels import (
+    LabelMapping, applicable_aliases, build_mapping, load_aliases, merge_aliases, score,
+)
 from crossmodal.evaluate.metrics import ClassificationMetrics, classification_metrics, muted_softmax, wilson_interval
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
 from crossmodal.io.runs import RunRecord, staged, utc_now
@@ -311,11 +313,11 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
     check_consistency(graph, model_dir)
-    model_labels(graph, model_dir)
+    source_labels = model_labels(graph, model_dir)
     layers = list(dict.fromkeys(["logits", *(features if features is not None else [graph.feature_blob])]))
     for name in layers:
         graph.resolve(name)  # unknown feature names fail here, before any work
-    aliases = load_aliases()
+    aliases = applicable_aliases(load_aliases(), source_labels)
     user_aliases = load_aliases(label_map) if label_map is not None else {}
     aliases = merge_aliases(aliases, user_aliases)
     cache_dir = run_cache_dir(cache_dir, out_dir)

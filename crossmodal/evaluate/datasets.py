@@ -79,6 +79,8 @@ class Dataset:
     missing: list[tuple[Path, str]] = field(default_factory=list)
     layout: str = ""
     origin: str = ""
+    #: the files read: ``{"list": Path, "categories": Path}`` (those that were used)
+    files: dict[str, Path] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -371,9 +373,11 @@ def resolve_modality(name: str, *, data_root: str | os.PathLike | None = None,
             raise InputError("a list file needs a categories file (lines 'name index')", lst)
         records, missing = read_label_list(lst, root, cats)
         return Dataset(modality, root, cats, records, missing, "label-list",
-                       "; ".join(origin + [f"list {lst}", f"categories {cat_file}"]))
+                       "; ".join(origin + [f"list {lst}", f"categories {cat_file}"]),
+                       {"list": Path(lst), "categories": Path(cat_file)})
     cats, records = scan_class_folders(root, cats)
     if not records:
         raise InputError(f"no images found for modality {modality!r} (class-folder layout)", root)
     return Dataset(modality, root, cats, records, [], "class-folders",
-                   "; ".join(origin + ([f"categories {cat_file}"] if cat_file else [])))
+                   "; ".join(origin + ([f"categories {cat_file}"] if cat_file else [])),
+                   {"categories": Path(cat_file)} if cat_file else {})

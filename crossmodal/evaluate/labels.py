@@ -107,6 +107,19 @@ def load_aliases(path: str | Path | None = None) -> Aliases:
     return parse_aliases(text, path)
 
 
+def applicable_aliases(aliases: Mapping[str, str | None], source_labels: Sequence[str]) -> Aliases:
+    """The entries of the *packaged* table that apply to a model with ``source_labels``: those whose
+    target is not itself a label of the model and whose source label the model has (or None).
+
+    The packaged table renames Places205 categories to Places365 labels; a model whose
+    labels are the data set's own categories (``crossmodal probe``'s adjusted network)
+    matches them by name and must not be sent to Places365 names it lacks. A user's
+    ``--label-map`` is not filtered (its mistakes are errors).
+    """
+    names = {normalise(s) for s in source_labels}
+    return {t: s for t, s in aliases.items() if t not in names and (s is None or normalise(s) in names)}
+
+
 def merge_aliases(base: Mapping[str, str | None], override: Mapping[str, str | None]) -> Aliases:
     """``base`` with ``override``'s entries added or replacing (user map over packaged table)."""
     return {**base, **override}

@@ -118,7 +118,8 @@ def save_png(fig, path: Path, dpi: int = 150) -> Path:
     return Path(path)
 
 
-def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], title: str = "") -> Path:
+def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], title: str = "",
+                   xlabel: str = "predicted category (muted top-1)") -> Path:
     """Row-normalised confusion matrix (each true class sums to 1), classes in category order.
 
     Up to 250 classes every class is labelled, with a font sized to the row spacing
@@ -141,7 +142,7 @@ def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], titl
     ax.set_yticks(ticks)
     ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=font)
     ax.set_yticklabels([names[i] for i in ticks], fontsize=font)
-    ax.set_xlabel("predicted category (muted top-1)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("true category")
     ax.set_title(title or f"Confusion matrix ({c} classes, rows normalised)", fontsize=10)
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)

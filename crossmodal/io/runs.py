@@ -21,7 +21,7 @@ from typing import Iterator
 from crossmodal.errors import CrossmodalError
 
 #: Files moved into place last (the machine-readable summaries readers look for first).
-LAST = ("metrics.json", "retrieval.json", "comparison.json")
+LAST = ("metrics.json", "retrieval.json", "comparison.json", "explain.json", "explain.md")
 
 
 def utc_now() -> str:

@@ -1,4 +1,4 @@
-"""The part of Caffe's ``caffe.proto`` (proto2, package ``caffe``) that VGG-style nets use.
+"""The part of Caffe's ``caffe.proto`` (proto2, package ``caffe``) that the Places365 nets use.
 
 The message classes are built at import time from a table in this module (no
 ``protoc``, no generated ``_pb2`` file, no Caffe install). Field numbers, types,
@@ -11,7 +11,8 @@ Covered: ``NetParameter`` (``layer`` = 100, legacy ``layers`` = 2, ``input``,
 (type as an enum, ``blobs`` = 6), ``BlobProto`` (``shape`` = 7, packed ``data`` = 5,
 legacy ``num``/``channels``/``height``/``width`` = 1–4, ``double_data`` = 8),
 ``BlobShape`` (packed ``dim`` = 1) and the parameters of Convolution, Pooling,
-InnerProduct, Dropout, ReLU, Softmax, Input, Data and ImageData (``transform_param``,
+InnerProduct, Dropout, ReLU, Softmax, LRN, Concat, Eltwise, BatchNorm, Scale (the
+last two have no V1 form), Input, Data and ImageData (``transform_param``,
 ``data_param``, ``image_data_param``), Accuracy and loss layers, with ``ParamSpec``, ``FillerParameter``
 and ``NetStateRule`` (``include``/``exclude``) so that deploy and train_val
 prototxts parse as written.
@@ -42,6 +43,8 @@ ENUMS: dict[str, list[tuple[str, int]]] = {
     "PoolingParameter.RoundMode": [("CEIL", 0), ("FLOOR", 1)],
     "DataParameter.DB": [("LEVELDB", 0), ("LMDB", 1)],
     "LossParameter.NormalizationMode": [("FULL", 0), ("VALID", 1), ("BATCH_SIZE", 2), ("NONE", 3)],
+    "LRNParameter.NormRegion": [("ACROSS_CHANNELS", 0), ("WITHIN_CHANNEL", 1)],
+    "EltwiseParameter.EltwiseOp": [("PROD", 0), ("SUM", 1), ("MAX", 2)],
     "V1LayerParameter.LayerType": [
         ("NONE", 0), ("ABSVAL", 35), ("ACCURACY", 1), ("ARGMAX", 30), ("BNLL", 2), ("CONCAT", 3),
         ("CONTRASTIVE_LOSS", 37), ("CONVOLUTION", 4), ("DATA", 5), ("DECONVOLUTION", 39),
@@ -165,6 +168,26 @@ MESSAGES: dict[str, list[tuple]] = {
     "SoftmaxParameter": [
         ("optional", "enum:Engine", "engine", 1, "DEFAULT"), ("optional", "int32", "axis", 2, "1"),
     ],
+    "LRNParameter": [
+        ("optional", "uint32", "local_size", 1, "5"), ("optional", "float", "alpha", 2, "1"),
+        ("optional", "float", "beta", 3, "0.75"),
+        ("optional", "enum:LRNParameter.NormRegion", "norm_region", 4, "ACROSS_CHANNELS"),
+        ("optional", "float", "k", 5, "1"), ("optional", "enum:Engine", "engine", 6, "DEFAULT"),
+    ],
+    "ConcatParameter": [("optional", "int32", "axis", 2, "1"), ("optional", "uint32", "concat_dim", 1, "1")],
+    "EltwiseParameter": [
+        ("optional", "enum:EltwiseParameter.EltwiseOp", "operation", 1, "SUM"),
+        ("repeated", "float", "coeff", 2), ("optional", "bool", "stable_prod_grad", 3, "true"),
+    ],
+    "BatchNormParameter": [
+        ("optional", "bool", "use_global_stats", 1), ("optional", "float", "moving_average_fraction", 2, "0.999"),
+        ("optional", "float", "eps", 3, "1e-05"),
+    ],
+    "ScaleParameter": [
+        ("optional", "int32", "axis", 1, "1"), ("optional", "int32", "num_axes", 2, "1"),
+        ("optional", "FillerParameter", "filler", 3), ("optional", "bool", "bias_term", 4, "false"),
+        ("optional", "FillerParameter", "bias_filler", 5),
+    ],
     "LayerParameter": [
         ("optional", "string", "name", 1), ("optional", "string", "type", 2),
         ("repeated", "string", "bottom", 3), ("repeated", "string", "top", 4),
@@ -175,15 +198,20 @@ MESSAGES: dict[str, list[tuple]] = {
         ("optional", "TransformationParameter", "transform_param", 100),
         ("optional", "LossParameter", "loss_param", 101),
         ("optional", "AccuracyParameter", "accuracy_param", 102),
+        ("optional", "BatchNormParameter", "batch_norm_param", 139),
+        ("optional", "ConcatParameter", "concat_param", 104),
         ("optional", "ConvolutionParameter", "convolution_param", 106),
         ("optional", "DataParameter", "data_param", 107),
         ("optional", "DropoutParameter", "dropout_param", 108),
+        ("optional", "EltwiseParameter", "eltwise_param", 110),
         ("optional", "FlattenParameter", "flatten_param", 135),
         ("optional", "ImageDataParameter", "image_data_param", 115),
         ("optional", "InnerProductParameter", "inner_product_param", 117),
         ("optional", "InputParameter", "input_param", 143),
+        ("optional", "LRNParameter", "lrn_param", 118),
         ("optional", "PoolingParameter", "pooling_param", 121),
         ("optional", "ReLUParameter", "relu_param", 123),
+        ("optional", "ScaleParameter", "scale_param", 142),
         ("optional", "SoftmaxParameter", "softmax_param", 125),
     ],
     "V1LayerParameter": [
@@ -196,9 +224,12 @@ MESSAGES: dict[str, list[tuple]] = {
         ("repeated", "float", "blobs_lr", 7), ("repeated", "float", "weight_decay", 8),
         ("repeated", "float", "loss_weight", 35),
         ("optional", "AccuracyParameter", "accuracy_param", 27),
+        ("optional", "ConcatParameter", "concat_param", 9),
         ("optional", "ConvolutionParameter", "convolution_param", 10),
         ("optional", "DataParameter", "data_param", 11),
         ("optional", "DropoutParameter", "dropout_param", 12),
+        ("optional", "EltwiseParameter", "eltwise_param", 24),
+        ("optional", "LRNParameter", "lrn_param", 18),
         ("optional", "ImageDataParameter", "image_data_param", 15),
         ("optional", "InnerProductParameter", "inner_product_param", 17),
         ("optional", "PoolingParameter", "pooling_param", 19),

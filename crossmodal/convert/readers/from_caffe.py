@@ -1,4 +1,4 @@
-"""Caffe VGG-style networks (deploy ``.prototxt`` + ``.caffemodel``) → IR, without Caffe.
+"""Caffe networks (deploy ``.prototxt`` + ``.caffemodel``) → IR, without Caffe.
 
 The prototxt gives the graph, the caffemodel (a binary ``NetParameter``) the weights,
 matched by layer name; see :mod:`caffe_schema` for the messages. Both encodings of
@@ -6,13 +6,13 @@ a caffemodel are read: ``layer`` (LayerParameter, blob shapes as ``BlobShape``) 
 the legacy ``layers`` (V1LayerParameter, blob shapes as num/channels/height/width;
 InnerProduct weights stored 1×1×out×in are reshaped to (out, in)).
 
-Layers: Convolution (group 1, no dilation) → ``conv2d`` (weights OIHW, as Caffe
-stores them); Pooling MAX/AVE → ``max_pool2d``/``avg_pool2d`` with ``ceil_mode``
-(Caffe rounds up unless ``round_mode: FLOOR``); InnerProduct → ``dense`` (out, in)
-with an IR ``flatten`` recording (C, H, W) before the first one (Caffe flattens
-channel-first, as the IR does); ReLU, Dropout, Softmax, Flatten; Input layers,
-``input``/``input_shape``/``input_dim``. Anything else is listed, all at once, in
-one :class:`UnsupportedError`.
+The graph is read generically, one converter per Caffe layer type
+(:mod:`caffe_layers`: Convolution with group/dilation/bias_term, Pooling MAX/AVE with
+Caffe's ceil rounding and global pooling, LRN, ReLU, Dropout, Concat, Eltwise,
+BatchNorm, Scale, InnerProduct, Flatten, Softmax, Split, in-place layers; Input layers,
+``input``/``input_shape``/``input_dim``), so any network built from these types reads,
+the six official Places365 ones included. Anything else is listed, all at once, in one
+:class:`UnsupportedError`; a prototxt whose shapes do not add up fails naming the layer.
 
 train_val prototxts are read as Caffe's TEST net: layers whose include/exclude
 rules leave them out of phase TEST are dropped, the Data/ImageData layer becomes the
@@ -28,8 +28,9 @@ blob's final value at inference, so with in-place ReLU ``fc7`` is ``relu7`` (an
 in-place Dropout is the identity and does not take the name, which keeps the blob
 addressable in engines without dropout layers, such as Keras). ``logits`` is the
 last InnerProduct, ``prob`` the last softmax; IR ``outputs`` are [logits, prob]. A net
-without a ``pool5`` blob (a smaller VGG) gets ``pool5`` for the map its classifier
-flattens, as the PyTorch reader names it.
+without a ``pool5`` blob (a smaller VGG, GoogLeNet's ``pool5/7x7_s1``) gets ``pool5`` for
+the map its classifier flattens, as the PyTorch reader names it. ``graph.feature_blob`` is
+the blob the classifier reads (``fc7`` in AlexNet/VGG, ``pool5`` in GoogLeNet/ResNet).
 
 Weights are float32 NumPy views of the caffemodel's bytes, read once into a
 writable buffer (no per-tensor copy; a full VGG16 reads in ~0.6 s at ~0.55 GB peak).
@@ -52,10 +53,10 @@ from pathlib import Path
 import numpy as np
 
 from crossmodal.convert.ir import (
-    PREPROCESS_PRESETS, TENSOR_LAYOUTS, Graph, InputSpec, IRModel, Layer, Preprocess, Provenance,
-    TensorSpec, pool_output_size, validate,
+    PREPROCESS_PRESETS, Graph, InputSpec, IRModel, Layer, Preprocess, Provenance, validate,
 )
 from crossmodal.convert.readers import caffe_schema as schema
+from crossmodal.convert.readers.caffe_layers import CONVERTERS, LIMITS, MULTI_BOTTOM, SCALE_FACTOR, NetBuilder
 from crossmodal.convert.readers.caffe_preprocess import (  # noqa: F401  (read_mean_file: public here too)
     MEAN_MODES, caffe_preprocessing, read_mean_file, rgb_conv as _rgb_conv,
 )
@@ -64,23 +65,24 @@ from crossmodal.errors import InputError, UnsupportedError
 _TEST = 1  # caffe.Phase.TEST
 _DATA_TYPES = ("Data", "ImageData")
 _SKIPPED_TYPES = ("Accuracy", "Silence")
-_SUPPORTED = {"Input", "Convolution", "Pooling", "InnerProduct", "ReLU", "Dropout", "Softmax",
-              "Flatten", "Split", "SoftmaxWithLoss", *_DATA_TYPES, *_SKIPPED_TYPES}
+_SUPPORTED = {"Input", "SoftmaxWithLoss", *CONVERTERS, *_DATA_TYPES, *_SKIPPED_TYPES}
 
 
 @dataclass
 class CaffeNet:
     """A prototxt read into an IR graph (tensor specs, no weights).
 
-    ``expected``: Caffe layer → [(IR tensor name, role, shape as the caffemodel stores
-    it)]; ``transposed``: InnerProduct layers with ``transpose: true`` (stored (in, out));
-    ``no_bias``: layers with ``bias_term: false`` (the IR gets a zero bias).
+    ``expected``: Caffe layer → [(IR tensor name or None, role, shape as the caffemodel
+    stores it)]; ``transposed``: InnerProduct layers with ``transpose: true`` (stored (in, out));
+    ``no_bias``: InnerProduct layers with ``bias_term: false`` (the IR gets a zero bias);
+    ``batch_norms``: BatchNorm layers (mean and var divided by the scale-factor blob).
     """
 
     graph: Graph
-    expected: dict[str, list[tuple[str, str, tuple[int, ...]]]]
+    expected: dict[str, list[tuple[str | None, str, tuple[int, ...]]]]
     transposed: set[str] = field(default_factory=set)
     no_bias: set[str] = field(default_factory=set)
+    batch_norms: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     sha256: str = ""
     data_mean: tuple[float, float, float] | None = None  # a train_val Data layer's mean_value (BGR)
@@ -102,7 +104,8 @@ class _CLayer:
         return schema.message(_PARAM_TYPES[name])()
 
 
-_PARAM_TYPES = {"input_param": "InputParameter", "flatten_param": "FlattenParameter"}  # absent from V1
+_PARAM_TYPES = {"input_param": "InputParameter", "flatten_param": "FlattenParameter",  # absent from V1
+                "batch_norm_param": "BatchNormParameter", "scale_param": "ScaleParameter"}
 
 
 # --- prototxt ----------------------------------------------------------------------------------
@@ -176,32 +179,10 @@ def _included(msg) -> bool:
 
 
 def _unsupported_reason(layer: _CLayer) -> str | None:
-    t = layer.type
-    if t not in _SUPPORTED:
+    if layer.type not in _SUPPORTED:
         return ""
-    if t == "Convolution":
-        p = layer.param("convolution_param")
-        if p.group != 1:
-            return f"group {p.group}"
-        if any(d != 1 for d in p.dilation):
-            return f"dilation {list(p.dilation)}"
-        if p.axis != 1:
-            return f"axis {p.axis}"
-    elif t == "Pooling":
-        p = layer.param("pooling_param")
-        if p.pool not in (0, 1):
-            return "stochastic pooling"
-    elif t == "InnerProduct" and layer.param("inner_product_param").axis != 1:
-        return f"axis {layer.param('inner_product_param').axis}"
-    elif t == "ReLU" and layer.param("relu_param").negative_slope != 0:
-        return f"negative_slope {layer.param('relu_param').negative_slope:g}"
-    elif t == "Softmax" and layer.param("softmax_param").axis != 1:
-        return f"axis {layer.param('softmax_param').axis}"
-    elif t == "Flatten":
-        p = layer.param("flatten_param")
-        if p.axis != 1 or p.end_axis != -1:
-            return f"axis {p.axis}..{p.end_axis}"
-    return None
+    limit = LIMITS.get(layer.type)
+    return limit(layer) if limit else None
 
 
 def _check_supported(layers: list[_CLayer], path: Path, suffix: str = "") -> None:
@@ -212,20 +193,6 @@ def _check_supported(layers: list[_CLayer], path: Path, suffix: str = "") -> Non
             bad.append(f"{layer.name} ({layer.type}{': ' + reason if reason else ''})")
     if bad:
         raise UnsupportedError(f"{len(bad)} unsupported Caffe layer(s): {', '.join(bad)}{suffix}", path)
-
-
-def _pair(values, h_field, w_field, msg, default, what: str, path: Path) -> tuple[int, int]:
-    """Caffe's ``x_h``/``x_w`` override ``x`` (repeated: one value for both, or h then w)."""
-    if msg.HasField(h_field) or msg.HasField(w_field):
-        return int(getattr(msg, h_field)), int(getattr(msg, w_field))
-    values = [int(v) for v in values]
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    if not values and default is not None:
-        return default
-    raise InputError(f"{what}: needs 1 or 2 values, has {values}", path)
 
 
 def _data_layer(layer: _CLayer, path: Path, notes: list[str]) -> tuple[tuple[int, int], tuple | None]:
@@ -270,44 +237,16 @@ def _data_layer(layer: _CLayer, path: Path, notes: list[str]) -> tuple[tuple[int
 
 def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
     notes: list[str] = []
-    shapes: dict[str, tuple[int, ...]] = {}   # Caffe blob → per-sample shape
-    wire: dict[str, str] = {}                 # Caffe blob → IR layer that last wrote it
-    value: dict[str, str] = {}                # … ignoring in-place dropout (graph.blobs)
-    public: list[str] = []                    # Caffe blobs to expose, in order
-    ir: list[Layer] = []
-    expected: dict[str, list] = {}
-    result = CaffeNet(Graph("", InputSpec(), [], []), expected)
-    taken = {l.name for l in layers} | {"input"}
+    b = NetBuilder(path, taken={l.name for l in layers} | {"input"})
+    result = CaffeNet(Graph("", InputSpec(), [], []), b.expected)
 
     def set_input(blob: str, dims, what: str) -> None:
         dims = [int(d) for d in dims]
-        if "input" in wire.values():
+        if "input" in b.ir_shapes:
             raise UnsupportedError(f"more than one network input ({what})", path)
         if len(dims) != 4 or min(dims[1:]) < 1:
             raise InputError(f"{what}: input shape {dims} is not N×C×H×W", path)
-        shapes[blob], wire[blob], value[blob] = tuple(dims[1:]), "input", "input"
-
-    def fresh(name: str) -> str:
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        return name
-
-    def add(layer: Layer, top: str, shape: tuple[int, ...], same_as: str | None = None,
-            *, expose: bool = True) -> None:
-        """Append ``layer``, which writes blob ``top``; ``same_as``: the IR layer whose
-        value the blob then holds, when not the new layer's (in-place dropout)."""
-        ir.append(layer)
-        wire[top], shapes[top], value[top] = layer.name, shape, same_as or layer.name
-        if expose and top not in public:
-            public.append(top)
-
-    def alias(top: str, bottom: str) -> None:  # a layer with no effect at inference
-        wire[top], shapes[top], value[top] = wire[bottom], shapes[bottom], value[bottom]
-
-    def tensors(name: str, kind: str, wshape: tuple[int, ...], out: int) -> dict[str, TensorSpec]:
-        return {"weight": TensorSpec(f"{name}.weight", wshape, TENSOR_LAYOUTS[(kind, "weight")]),
-                "bias": TensorSpec(f"{name}.bias", (out,), TENSOR_LAYOUTS[(kind, "bias")])}
+        b.set_input(blob, tuple(dims[1:]))
 
     if len(net.input):
         if len(net.input) > 1:
@@ -334,116 +273,71 @@ def _build(net, layers: list[_CLayer], path: Path) -> CaffeNet:
             continue
         if not layer.bottom:
             raise InputError(f"layer {name} ({t}) has no bottom blob", path)
-        bottom = layer.bottom[0]
-        if bottom not in wire:
-            raise InputError(f"layer {name} reads blob {bottom!r}, which no earlier layer writes", path)
-        n_bottom = 2 if t == "SoftmaxWithLoss" else 1
-        if len(layer.bottom) != n_bottom or (t != "Split" and len(layer.top) != 1):
-            raise InputError(f"layer {name} ({t}) has {len(layer.bottom)} bottom and {len(layer.top)} top "
-                             "blobs; VGG-style layers have one of each", path)
-        top, src, shape = layer.top[0], wire[bottom], shapes[bottom]
-        if t in ("Convolution", "Pooling") and len(shape) != 3:
-            raise InputError(f"layer {name} ({t}) needs a C×H×W map, gets shape {shape}", path)
-        if t == "Convolution":
-            p = layer.param("convolution_param")
-            kernel = _pair(p.kernel_size, "kernel_h", "kernel_w", p, None, f"layer {name} kernel", path)
-            stride = _pair(p.stride, "stride_h", "stride_w", p, (1, 1), f"layer {name} stride", path)
-            pad = _pair(p.pad, "pad_h", "pad_w", p, (0, 0), f"layer {name} pad", path)
-            out_hw = [(s + 2 * pd - k) // st + 1 if st > 0 else 0
-                      for s, k, st, pd in zip(shape[1:], kernel, stride, pad)]
-            if not p.num_output or min(out_hw) < 1 or min(kernel) < 1:
-                raise InputError(f"layer {name}: kernel {kernel} stride {stride} pad {pad} num_output "
-                                 f"{p.num_output} do not fit a {shape} map", path)
-            o, i = int(p.num_output), shape[0]
-            add(Layer(name, "conv2d", [src], {"kernel": kernel, "stride": stride, "pad": pad,
-                                              "in_channels": i, "out_channels": o},
-                      tensors(name, "conv2d", (o, i, *kernel), o)), top, (o, *out_hw))
-            expected[name] = [(f"{name}.weight", "weight", (o, i, *kernel))]
-            if p.bias_term:
-                expected[name].append((f"{name}.bias", "bias", (o,)))
-            else:
-                result.no_bias.add(name)
-        elif t == "Pooling":
-            p = layer.param("pooling_param")
-            if p.global_pooling:
-                kernel, stride, pad = tuple(shape[1:]), (1, 1), (0, 0)
-            else:
-                kernel = _pair([p.kernel_size] if p.HasField("kernel_size") else [], "kernel_h", "kernel_w", p,
-                               None, f"layer {name} kernel", path)
-                stride = _pair([p.stride], "stride_h", "stride_w", p, None, f"layer {name} stride", path)
-                pad = _pair([p.pad], "pad_h", "pad_w", p, None, f"layer {name} pad", path)
-            ceil = p.round_mode == 0
-            out_hw = [pool_output_size(s, k, st, pd, ceil) if st > 0 else 0
-                      for s, k, st, pd in zip(shape[1:], kernel, stride, pad)]
-            if ceil and not any(pad) and min(stride) > 0 and any(
-                    o != -(-(s - k) // st) + 1 for o, s, k, st in zip(out_hw, shape[1:], kernel, stride)):
-                # Caffe drops a last window that starts past the input only when padded
-                raise UnsupportedError(f"layer {name}: pooling kernel {kernel} stride {stride} without pad on "
-                                       f"a {shape} map: Caffe's ceil rounding adds a window outside the input",
-                                       path)
-            if min(out_hw) < 1 or min(kernel) < 1 or any(pd >= k for pd, k in zip(pad, kernel)):
-                raise InputError(f"layer {name}: pooling kernel {kernel} stride {stride} pad {pad} does not "
-                                 f"fit a {shape} map", path)
-            kind = "max_pool2d" if p.pool == 0 else "avg_pool2d"
-            add(Layer(name, kind, [src], {"kernel": kernel, "stride": stride, "pad": pad, "ceil_mode": ceil}),
-                top, (shape[0], *out_hw))
-        elif t == "Flatten":
-            if len(shape) == 3:
-                add(Layer(name, "flatten", [src], {"shape": shape}), top, (int(np.prod(shape)),))
-            else:  # already a vector: nothing to do
-                alias(top, bottom)
-        elif t == "InnerProduct":
-            if len(shape) == 3:  # Caffe flattens C, H, W implicitly; the IR says so
-                flat = fresh("flatten")
-                ir.append(Layer(flat, "flatten", [src], {"shape": shape}))
-                src, shape = flat, (int(np.prod(shape)),)
-            p = layer.param("inner_product_param")
-            o, i = int(p.num_output), shape[0]
-            if not o:
-                raise InputError(f"layer {name}: InnerProduct without num_output", path)
-            add(Layer(name, "dense", [src], {"in_features": i, "out_features": o},
-                      tensors(name, "dense", (o, i), o)), top, (o,))
-            expected[name] = [(f"{name}.weight", "weight", (i, o) if p.transpose else (o, i))]
-            if p.transpose:
-                result.transposed.add(name)
-            if p.bias_term:
-                expected[name].append((f"{name}.bias", "bias", (o,)))
-            else:
-                result.no_bias.add(name)
-        elif t == "ReLU":
-            add(Layer(name, "relu", [src]), top, shape)
-        elif t == "Dropout":  # identity at inference: the blob keeps its value's name
-            add(Layer(name, "dropout", [src], {"rate": float(layer.param("dropout_param").dropout_ratio)}),
-                top, shape, value[bottom])
-        elif t == "Softmax":
-            add(Layer(name, "softmax", [src], {"axis": 1}), top, shape)
+        unknown = [x for x in layer.bottom if x not in b.wire]
+        if unknown and not (t == "SoftmaxWithLoss" and layer.bottom[0] in b.wire):
+            raise InputError(f"layer {name} reads blob {unknown[0]!r}, which no earlier layer writes", path)
+        n_bottom, n_top = len(layer.bottom), len(layer.top)
+        if t in MULTI_BOTTOM:
+            ok, want = n_bottom >= 2 and n_top == 1, "two or more bottom blobs and one top"
         elif t == "SoftmaxWithLoss":
-            ir_name = fresh("prob")
-            add(Layer(ir_name, "softmax", [src], {"axis": 1}), top, shape, expose=False)
+            ok, want = n_bottom == 2 and n_top == 1, "two bottom blobs (scores, label) and one top"
+        else:
+            ok, want = n_bottom == 1 and (t == "Split" or n_top == 1), "one bottom and one top blob"
+        if not ok:
+            raise InputError(f"layer {name} ({t}) has {n_bottom} bottom and {n_top} top blobs; {t} takes {want}",
+                             path)
+        if t == "SoftmaxWithLoss":
+            ir_name = b.fresh("prob")
+            b.add(Layer(ir_name, "softmax", [b.src(layer.bottom[0])], {"axis": 1}), layer.top[0], expose=False)
             notes.append(f"train_val: SoftmaxWithLoss {name!r} became the inference softmax {ir_name!r}")
-        elif t == "Split":
-            for extra in layer.top:
-                alias(extra, bottom)
+            continue
+        CONVERTERS[t](b, layer)
 
-    if "input" not in wire.values():
+    if "input" not in b.ir_shapes:
         raise InputError("declares no input (input/input_dim, an Input layer or a Data layer)", path)
+    ir = b.layers
     dense = [l.name for l in ir if l.kind == "dense"]
     if not dense:
         raise UnsupportedError("has no InnerProduct layer; the IR holds classification networks", path)
     softmax = [l.name for l in ir if l.kind == "softmax"]
-    blobs = {blob: value[blob] for blob in public}
+    blobs = {blob: b.value[blob] for blob in b.public}
     blobs.update({"logits": dense[-1], **({"prob": softmax[-1]} if softmax else {})})
     flat = next((l for l in ir if l.kind == "flatten"), None)
     if flat is not None:  # the map before the classifier, named as the PyTorch reader names it
-        blobs.setdefault("pool5", flat.inputs[0])
+        blobs.setdefault("pool5", _through_dropout(ir, flat.inputs[0]))
     pre = PREPROCESS_PRESETS["caffe"]
     result.graph = Graph(
         name=net.name or path.stem,
-        input=InputSpec(shape=shapes[next(b for b, w in wire.items() if w == "input")],
-                        channel_order=pre.channel_order, value_range=pre.value_range),
-        layers=ir, outputs=[dense[-1]] + softmax[-1:], preprocess=pre, blobs=blobs)
-    result.notes = notes
+        input=InputSpec(shape=b.ir_shapes["input"], channel_order=pre.channel_order, value_range=pre.value_range),
+        layers=ir, outputs=[dense[-1]] + softmax[-1:], preprocess=pre, blobs=blobs,
+        feature_blob=_feature_blob(ir, blobs, dense[-1]))
+    result.notes, result.transposed, result.no_bias = notes, b.transposed, b.zero_bias
+    result.batch_norms = b.batch_norms
     return result
+
+
+def _through_dropout(ir: list[Layer], name: str) -> str:
+    """The layer whose value ``name`` passes on (dropout is the identity at inference)."""
+    by_name = {l.name: l for l in ir}
+    while name in by_name and by_name[name].kind == "dropout":
+        name = by_name[name].inputs[0]
+    return name
+
+
+def _feature_blob(ir: list[Layer], blobs: dict[str, str], classifier: str) -> str:
+    """The public blob the classifier (the last InnerProduct) reads: ``fc7`` in AlexNet and VGG,
+    the pooled map in GoogLeNet and ResNet (``pool5``, through the flatten Caffe does implicitly)."""
+    src = _through_dropout(ir, next(l for l in ir if l.name == classifier).inputs[0])
+    layer = next((l for l in ir if l.name == src), None)
+    if layer is not None and layer.kind == "flatten":
+        src = _through_dropout(ir, layer.inputs[0])
+    names = [blob for blob, target in blobs.items() if target == src and blob not in ("logits", "prob")]
+    if "pool5" in names:
+        return "pool5"
+    if names:
+        return names[-1]
+    blobs["features"] = src
+    return "features"
 
 
 # --- caffemodel ----------------------------------------------------------------------------------
@@ -466,24 +360,29 @@ def read_file_sha256(path: Path, chunk: int = 1 << 24) -> tuple[bytearray, str]:
 
 
 def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``array`` as ``shape``, allowing the legacy 4-D padding with leading 1s; else None."""
+    """``array`` as ``shape``, allowing the legacy 4-D padding with 1s (1×1×out×in, 1×C×1×1);
+    else None."""
     if tuple(array.shape) == tuple(shape):
         return array
 
     def core(s):
-        s = list(s)
-        while s and s[0] == 1:
-            s.pop(0)
-        return s
+        return [d for d in s if d != 1]
     return array.reshape(shape) if core(array.shape) == core(shape) else None
+
+
+def _scale_factor(array: np.ndarray) -> np.float32:
+    """Caffe's BatchNorm factor: 1 / the stored moving-average sum, or 0 when that is 0."""
+    f = np.float32(array.reshape(-1)[0])
+    return np.float32(0) if f == 0 else np.float32(1) / f
 
 
 def load_weights(net: CaffeNet, caffemodel: Path, prototxt_name: str) -> tuple[dict[str, np.ndarray], str, str]:
     """Decode ``caffemodel`` and match its blobs to ``net`` by layer name.
 
     Returns (IR tensor name → float32 array, the file's SHA-256, the encoding).
-    Every missing layer and every blob whose shape disagrees with the prototxt is
-    listed in one :class:`InputError`.
+    Every missing layer, wrong blob count and blob whose shape disagrees with the
+    prototxt is listed in one :class:`InputError`. BatchNorm means and variances come
+    out divided by the layer's scale factor (0 → 0, as Caffe does).
     """
     if not caffemodel.is_file():
         raise InputError("no such file", caffemodel)
@@ -502,18 +401,25 @@ def load_weights(net: CaffeNet, caffemodel: Path, prototxt_name: str) -> tuple[d
             missing.append(name)
             continue
         if len(arrays) != len(wanted):
-            roles = " and ".join(role for _, role, _ in wanted)
+            roles = ", ".join(role for _, role, _ in wanted)
             problems.append(f"{name} has {len(arrays)} blob(s), the prototxt needs {len(wanted)} ({roles})")
             continue
+        fitted = {}
         for (tensor, role, shape), array in zip(wanted, arrays):
-            fitted = _fit(array, shape)
-            if fitted is None:
+            fit = _fit(array, shape)
+            if fit is None:
                 problems.append(f"{name} {role} is {'x'.join(map(str, array.shape)) or 'empty'}, "
                                 f"the prototxt needs {'x'.join(map(str, shape))}")
             elif name in net.transposed and role == "weight":
-                weights[tensor] = np.ascontiguousarray(fitted.T)
+                fitted[role] = np.ascontiguousarray(fit.T)
             else:
-                weights[tensor] = fitted
+                fitted[role] = fit
+        if len(fitted) != len(wanted):
+            continue
+        if name in net.batch_norms:
+            factor = _scale_factor(fitted.pop(SCALE_FACTOR))
+            fitted = {role: (a * factor).astype(np.float32) for role, a in fitted.items()}
+        weights.update({tensor: fitted[role] for tensor, role, _ in wanted if tensor is not None})
     if missing:
         problems.insert(0, f"layer(s) missing from the caffemodel: {', '.join(missing)}")
     if problems:

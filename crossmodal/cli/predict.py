@@ -1,0 +1,97 @@
+"""``crossmodal predict``: top-k scenes, indoor/outdoor and scene attributes per image."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from crossmodal.cli.explain import Progress
+from crossmodal.cli.options import echo_json, handle_errors, json_option
+
+
+@click.command("predict")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="A converted model folder (model.json + weights.h5, model.onnx / model.keras).")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-k", "k", type=click.IntRange(1), default=5, show_default=True, help="How many classes per image.")
+@click.option("--attributes", "attributes_path", type=click.Path(path_type=Path),
+              help="Scene-attribute matrix (A × F .npy, e.g. W_sceneattribute_wideresnet18.npy): W · features, "
+                   "top 9. F must be the width of the features feeding the last dense layer.")
+@click.option("--attribute-names", type=click.Path(path_type=Path),
+              help="One attribute name per row of --attributes (labels_sunattribute.txt).")
+@click.option("--cam", is_flag=True, help="Also write each image's map and overlay for its top-1 class "
+                                           "(explain's default method and files) into --out.")
+@click.option("--out", "cam_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predict-cam"),
+              show_default=True, help="Folder for --cam: cams.npz, overlays/, explain.md.")
+@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
+@click.option("--no-draft", is_flag=True,
+              help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+@handle_errors
+def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir, backend, device, batch_size, threads,
+            no_draft, quiet, as_json):
+    """Classify images (files or folders): the top-k scenes with probabilities, the
+    indoor/outdoor vote when the model carries IO labels, and SUN scene attributes with
+    --attributes. Images that do not decode are skipped, counted and listed.
+
+    \b
+    Example:
+      crossmodal predict --model models/vgg16-pt photo.jpg sketches/ -k 5
+    """
+    from crossmodal.api import IO_RULE, load_attributes, load_model
+    from crossmodal.errors import InputError
+    from crossmodal.explain.job import run_explain, run_predict
+
+    if (attributes_path is None) != (attribute_names is None):
+        raise InputError("--attributes and --attribute-names go together")
+    attrs = load_attributes(attributes_path, attribute_names) if attributes_path else None
+    model = load_model(model_dir, backend=backend, device=device, threads=threads, draft=not no_draft)
+    model.check_attributes(attrs)
+    if cam:
+        from crossmodal.io.atomic import check_output_dir
+        check_output_dir(cam_dir)
+        model.explain_setup()  # refuse a model that cannot be explained before any work
+    from crossmodal.convert.identity import banner
+    bar = Progress("predict", disable=quiet or as_json)
+
+    def progress(done, total):
+        if bar.bar is None and banner(model.graph) and not quiet:  # once the input has passed its checks
+            click.echo(f"*** {banner(model.graph).upper()} ***", err=True)
+        bar.update(done, total)
+
+    def show(r):
+        if as_json:
+            return
+        lines = [r["path"]] + [f"  {t['prob']:.3f} -> {t['label']}" for t in r["top"]]
+        if r["io"]:
+            lines.append(f"  environment: {r['io']} (mean IO label {r['io_mean']:.2f})")
+        if r["attributes"]:
+            lines.append("  attributes: " + ", ".join(a["label"] for a in r["attributes"]))
+        bar.write("\n".join(lines))
+
+    try:
+        with model:
+            results, failures = run_predict(model, inputs, k=k, attributes=attrs, batch_size=batch_size,
+                                            on_progress=progress, on_result=show)
+            bar.close()
+            if cam:
+                model.close_backend()
+                run_explain(model, [r["path"] for r in results], cam_dir, top=1, batch_size=min(batch_size, 8))
+    finally:
+        bar.close()
+    if as_json:
+        echo_json(results)
+    else:
+        if model.io_labels:
+            click.echo(f"indoor/outdoor rule: {IO_RULE}")
+        if cam:
+            click.echo(f"maps: {cam_dir / 'explain.md'}")
+    if failures:
+        click.echo(f"{len(failures)} image(s) skipped (did not decode):", err=True)
+        for p, reason in failures:
+            click.echo(f"  {p}: {reason}", err=True)
