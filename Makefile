@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity parity-caffe bench
+.PHONY: install demo test test-fast parity parity-caffe parity-torch bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -35,6 +35,16 @@ parity-caffe: install
 	  start=$$(date +%s); \
 	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
 	  echo "== parity $$a: $$(( $$(date +%s) - start )) s"; \
+	done
+
+# The Places365 PyTorch zoo at full size, each in its released layout (random weights), converted
+# and verified on every engine; prints each network's time.
+ZOO_ARCHS ?= alexnet resnet18 resnet50 wideresnet18 densenet161
+parity-torch: install
+	@for a in $(ZOO_ARCHS); do \
+	  start=$$(date +%s); \
+	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
+	  echo "parity-torch $$a: $$(( $$(date +%s) - start )) s"; \
 	done
 
 bench: install

@@ -286,7 +286,7 @@ def _bad_checkpoints(tmp_path, tiny_spec):
     return {
         "truncated": (truncated, "truncated or corrupt"),
         "resnet": (save("resnet.pth", {"conv1.weight": np.zeros((4, 3, 7, 7), np.float32),
-                                       "fc.weight": np.zeros((365, 4), np.float32)}), "not a VGG checkpoint"),
+                                       "fc.weight": np.zeros((365, 4), np.float32)}), "keys match no known architecture"),
         "missing": (save("missing.pth", {k: v for k, v in state.items() if k != "classifier.3.bias"}),
                     "missing keys: classifier.3.bias"),
         "missing-layer": (save("gap.pth", {k: v for k, v in state.items() if not k.startswith("features.0.")}),

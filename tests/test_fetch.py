@@ -328,7 +328,15 @@ def test_card_registry():
     names = [c.name for c in list_cards()]
     assert names == sorted(names) and set(names) >= {
         "vgg16-places365-caffe", "vgg16-hybrid1365-caffe", "vgg16-places365-pytorch",
-        "places365-labels", "hybrid1365-labels", "places365-mean"}
+        "places365-labels", "hybrid1365-labels", "places365-mean", "alexnet-places365-pytorch",
+        "resnet18-places365-pytorch", "resnet50-places365-pytorch", "wideresnet18-places365-pytorch",
+        "densenet161-places365-pytorch", "wideresnet18-sceneattribute"}
+    site = "http://places2.csail.mit.edu/models_places365/"
+    for arch in ("alexnet", "resnet18", "resnet50", "wideresnet18", "densenet161"):
+        (zoo,) = get_card(f"{arch}-places365-pytorch").files
+        assert (zoo.url, zoo.sha256, zoo.preprocess) == (f"{site}{arch}_places365.pth.tar", None, "places365")
+        assert find_card_for_file(f"w/{arch}_places365.pth.tar").name == f"{arch}-places365-pytorch"
+    assert get_card("wideresnet18-sceneattribute").files[0].url == site + "W_sceneattribute_wideresnet18.npy"
     pt = get_card("vgg16-places365-pytorch")
     (f,) = pt.files
     assert f.url == "https://dissect.csail.mit.edu/models/vgg16_places365-0bafbc55.pth"

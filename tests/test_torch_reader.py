@@ -234,11 +234,21 @@ def test_a_missing_layer_of_a_full_vgg16_names_its_keys():
 
 
 def test_another_architecture_is_refused_with_its_keys(tmp_path):
+    path = tmp_path / "googlenet.pth"
+    _save(path, {"conv1.conv.weight": np.zeros((4, 3, 7, 7), np.float32),
+                 "inception3a.branch1.conv.weight": np.zeros((4, 4, 1, 1), np.float32),
+                 "fc.weight": np.zeros((365, 4), np.float32)})
+    with pytest.raises(InputError, match=r"keys match no known architecture \(tried resnet, densenet, alexnet, "
+                                         r"vgg\); first keys: conv1.conv.weight, fc.weight"):
+        read_torch_checkpoint(path)
+
+
+def test_a_resnet_fragment_names_the_missing_keys(tmp_path):
     path = tmp_path / "resnet.pth"
     _save(path, {"conv1.weight": np.zeros((4, 3, 7, 7), np.float32),
                  "layer1.0.conv1.weight": np.zeros((4, 4, 3, 3), np.float32),
                  "fc.weight": np.zeros((365, 4), np.float32)})
-    with pytest.raises(InputError, match=r"not a VGG checkpoint.*conv1.weight"):
+    with pytest.raises(InputError, match=r"does not fit resnet-custom-basic .*missing keys: bn1.weight"):
         read_torch_checkpoint(path)
 
 

@@ -41,8 +41,10 @@ from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_er
               help="CSV target_category,source_label[,note] adding to / overriding the packaged alias table.")
 @click.option("--unmapped", type=click.Choice(["exclude", "keep"]), default="exclude", show_default=True,
               help="Images of categories without a model label: left out, or scored as errors.")
-@click.option("--features", default="fc7", show_default=True,
-              help="Feature layers cached beside the logits (comma-separated: fc7, pool5, fc6) for `retrieval`.")
+@click.option("--features", default=None,
+              help="Feature layers cached beside the logits (comma-separated: fc7, pool5, fc6, avgpool …) for "
+                   "`retrieval` [default: the network's feature blob: fc7 for VGG/AlexNet, avgpool for "
+                   "ResNet/DenseNet].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("baseline-out"),
               show_default=True, help="Output folder (one sub-folder per modality when several).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -71,7 +73,7 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
         run = run_baseline(model_dir, modality, out_dir=out_dir, data_root=data_root, config=config, split=split,
                            images=images, list_file=list_file, categories=categories, backend=backend,
                            device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
-                           label_map=label_map, unmapped=unmapped, features=csv_list(features),
+                           label_map=label_map, unmapped=unmapped, features=None if features is None else csv_list(features),
                            cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt,
                            on_step=step_printer(quiet_all),
                            on_start=bars.start, on_batch=bars.update)

@@ -13,7 +13,8 @@ from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_siz
 @click.option("--out-dir", "-o", required=True, type=click.Path(path_type=Path),
               help="Folder for model.json, weights.h5, model.keras, model.weights.h5, model.onnx.")
 @click.option("--to", "targets", default="ir,keras,onnx", show_default=True,
-              help="Comma-separated targets: ir, keras, onnx.")
+              help="Comma-separated targets: ir, keras, onnx, torch (model.pth: a state dict in "
+                   "today's torchvision key names).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Class names, lines '/a/airfield 0' (categories_places365.txt).")
 @click.option("--io-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -37,13 +38,16 @@ from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_siz
               help="Extra ONNX outputs after logits and prob (blob or layer names; 'none' for none). "
                    "Default: the network's feature blob (fc7 for VGG16).")
 @input_size_option
+@click.option("--arch", default=None,
+              help="Architecture of a PyTorch checkpoint (resnet18, wideresnet18, densenet161, alexnet, vgg16, …); "
+                   "default: inferred from the keys, wideresnet18 from the file name or the checkpoint's arch entry.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow unpickling a whole pickled model. Runs code from the file: only for trusted files.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @json_option
 @handle_errors
 def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel, mean_file, mean_mode,
-            rgb_input, opset, onnx_outputs, input_size, trust_pickle, quiet, as_json):
+            rgb_input, opset, onnx_outputs, input_size, arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
     from crossmodal.convert.identity import describe
@@ -52,6 +56,8 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     extra = (None if onnx_outputs is None else [] if onnx_outputs.strip().lower() == "none"
              else csv_list(onnx_outputs))
     options = dict(trust_pickle=trust_pickle, input_size=input_size, preprocess=preprocess)
+    if arch is not None:
+        options["arch"] = arch
     if weights.suffix == ".prototxt":
         options.update(caffemodel=caffemodel, mean_file=mean_file, mean_mode=mean_mode, rgb_input=rgb_input)
     elif caffemodel or mean_file or rgb_input:
@@ -66,6 +72,9 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
                f"input {'×'.join(map(str, g.input.shape))} {g.preprocess.channel_order} "
                f"{g.preprocess.value_range} (preprocess: {g.preprocess.name})")
     click.echo(f"weights: {describe(g)}")
+    for note in g.provenance.notes:
+        if note.startswith("architecture"):
+            click.echo(f"note: {note}")
     for a in result.artifacts:
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
     click.echo(f"done in {result.timings['total']:.1f} s")

@@ -17,8 +17,9 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 @click.option("--target", "targets", help="Target modality (several comma-separated) [default: the queries].")
 @click.option("--all", "all_pairs", is_flag=True,
               help="Every query × target pair over the image modalities present in the data.")
-@click.option("--layer", type=click.Choice(["fc7", "fc6", "pool5"]), default="fc7", show_default=True,
-              help="Feature layer (pool5 is flattened channel-first).")
+@click.option("--layer", default=None,
+              help="Feature layer: a public blob of the network (fc7, fc6, pool5 for VGG; avgpool for "
+                   "ResNet/DenseNet; pool5 is flattened channel-first) [default: the network's feature blob].")
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
 @click.option("-k", "--k", "k", type=click.IntRange(1), default=10, show_default=True,
               help="Cut-off of P@k and R@k (the papers report P@10).")

@@ -130,7 +130,7 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
     import keras
     import tensorflow as tf
 
-    from crossmodal.convert.emitters.to_keras import keras_outputs
+    from crossmodal.convert.emitters.to_keras import keras_outputs, through_dropout
 
     tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
     gpus = tf_gpus(tf)
@@ -160,7 +160,7 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
             outs = sub(np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32), training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         by_k = {k: np.asarray(o, dtype=np.float32) for k, o in zip(knames, outs)}
-        return {l: _to_ir_layout(by_k[mapping[l]], graph.layer(l)) for l in wanted}
+        return {l: _to_ir_layout(by_k[mapping[l]], through_dropout(graph, graph.layer(l))) for l in wanted}
     where = "gpu" if tf_dev.startswith("/GPU") else "cpu"
     return Engine("keras", run, set(mapping), where,
                   {"keras": keras.__version__, "tensorflow": tf.__version__, "allow_tf32": allow_tf32,

@@ -28,7 +28,9 @@ from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
 from crossmodal.io.hashing import file_sha256
 
-TARGETS = ("ir", "keras", "onnx")
+TARGETS = ("ir", "keras", "onnx", "torch")
+#: What a plain ``convert`` writes (``torch``: a torchvision-keyed state dict, on request).
+DEFAULT_TARGETS = ("ir", "keras", "onnx")
 
 
 @dataclass
@@ -87,7 +89,7 @@ def resolve_preprocess(value: str | Preprocess | None, default: str = "torchvisi
 def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: bool = False,
                 input_size: tuple[int, int] | None = None, preprocess: str | Preprocess | None = None,
                 mean_file: Path | None = None, mean_mode: str = "channel",
-                rgb_input: bool = False) -> IRModel:
+                rgb_input: bool = False, arch: str | None = None) -> IRModel:
     """Read any supported source into an IR model."""
     source = Path(source)
     given = None if preprocess is None else resolve_preprocess(preprocess)
@@ -97,13 +99,15 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
             set_preprocess(model, given)
         return model
     if source.suffix == ".prototxt":
+        if arch is not None:
+            raise InputError("--arch goes with a PyTorch checkpoint, not a Caffe .prototxt")
         from crossmodal.convert.readers.from_caffe import read_caffe
         return read_caffe(source, caffemodel, mean_file=mean_file, mean_mode=mean_mode,
                           preprocess=given, rgb_input=rgb_input)  # checks a given spec's crop itself
     if source.is_dir():
         raise InputError("is a folder without an IR (model.json); give a checkpoint file or an IR folder", source)
     from crossmodal.convert.readers.from_torch import read_torch_checkpoint
-    model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size,
+    model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size, arch=arch,
                                   preprocess=given or resolve_preprocess(None, _default_preset(source)))
     if given is not None:
         _check_mean_image(model, given)
@@ -207,7 +211,7 @@ def remove_created(created: list[Path]) -> None:
             return
 
 
-def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = TARGETS,
+def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = DEFAULT_TARGETS,
             labels: Path | None = None, io_labels: Path | None = None,
             opset: int | None = None, onnx_outputs: Iterable[str] | None = None,
             on_step: Callable[[str], None] | None = None, **read_options) -> ConvertResult:
@@ -263,6 +267,9 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     if "keras" in targets:  # refuse inexpressible layers before any file is written
         from crossmodal.convert.emitters.to_keras import check_keras
         check_keras(model.graph)
+    if "torch" in targets:  # refuse a network without a torchvision layout before any file is written
+        from crossmodal.models.registry import torchvision_keys_for
+        torchvision_keys_for(model.graph)
     timings["read"] = time.perf_counter() - t0
 
     staging = out_dir / f".crossmodal-staging-{os.getpid()}"
@@ -283,6 +290,12 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
                         for p in save_onnx(proto, staging / "model.onnx", arrays=arrays)]
             del proto, arrays
             timings["onnx"] = time.perf_counter() - t
+        if "torch" in targets:
+            from crossmodal.convert.emitters.torch_state import save_torch_state
+            t = time.perf_counter()
+            step("writing a torchvision-keyed state dict (model.pth)")
+            written.append(("torch", save_torch_state(model, staging / "model.pth")))
+            timings["torch"] = time.perf_counter() - t
         if "keras" in targets:
             t = time.perf_counter()
             step("emitting Keras 3 (.keras + .weights.h5)")

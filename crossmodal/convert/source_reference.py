@@ -36,16 +36,17 @@ def load_raw_state(path: Path, *, trust_pickle: bool = False) -> dict:
     """The checkpoint's tensors as saved: key → ``torch.Tensor`` (keys not yet normalised).
 
     Read by the reader's file loader (:func:`~crossmodal.convert.readers.from_torch.load_raw`:
-    format sniffed from the bytes, ``weights_only`` unless ``trust_pickle``, training
-    checkpoints unwrapped); what makes this reference independent starts after that —
-    no renaming to IR names, no layout change, no IR.
+    format sniffed from the bytes, always through ``torch.load`` — ``weights_only`` unless
+    ``trust_pickle`` — never the reader's torch-free unpickler; training checkpoints
+    unwrapped); what makes this reference independent starts after that — no renaming to
+    IR names, no layout change, no IR.
     """
     import torch
 
     from crossmodal.convert.readers.from_torch import load_raw
 
     out = {}
-    for key, value in load_raw(path, trust_pickle=trust_pickle).items():
+    for key, value in load_raw(path, trust_pickle=trust_pickle, with_torch=True).items():
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(value)
         if not isinstance(value, torch.Tensor):
@@ -98,8 +99,12 @@ def torch_source_engine(model: IRModel, source: Path, *, device: str = "cpu", al
     """
     import torch
 
+    from crossmodal.convert import source_reference_zoo as zoo
     from crossmodal.models.vgg import build_torch_module
 
+    if zoo.family_of(model.graph.name):  # ResNet, DenseNet, AlexNet: their own plain modules
+        return zoo.torch_zoo_source_engine(model, source, device=device, allow_tf32=allow_tf32,
+                                           trust_pickle=trust_pickle)
     h, w = model.graph.input.shape[1:]
     spec, state = torchvision_state(load_raw_state(source, trust_pickle=trust_pickle), (h, w), source)
     module = build_torch_module(spec)

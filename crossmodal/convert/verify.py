@@ -8,7 +8,8 @@ else the IR's NumPy evaluator in float64. Statistics are accumulated batch by ba
 so memory stays bounded whatever the number of images.
 
 Gates (defaults): on the logits and the network's feature blob (``graph.feature_blob``:
-fc7 for VGG/AlexNet, pool5 for GoogLeNet/ResNet), max|Δ| / max|ref| ≤ ``tolerance``
+fc7 for VGG/AlexNet, pool5 for the Caffe GoogLeNet/ResNet, avgpool for the PyTorch
+ResNet/DenseNet), max|Δ| / max|ref| ≤ ``tolerance``
 (1e-5), and at most ``max_top1_disagreements`` (0) top-1 disagreements. A non-finite
 output where the reference is finite is an infinite error. Every requested engine
 must observe the gated layers, or its gate fails with the reason. Every other layer
@@ -386,7 +387,9 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
 
 def _reference_label(engine: Engine, source: Path) -> str:
     if engine.name == "torch-source":
-        return f"torch-source ({source.name} in a plain torchvision VGG, loaded without the reader's IR)"
+        module = engine.info.get("module", "")
+        what = module.split(",")[0] if "layout" in module else "plain torchvision VGG"
+        return f"torch-source ({source.name} in a {what}, loaded without the reader's IR)"
     return f"caffe-source ({source.name}: Caffe's own BGR network, NumPy float64)"
 
 

@@ -372,12 +372,13 @@ class TorchBackend(Backend):
 _CLASSES = {"onnx": OnnxBackend, "keras": KerasBackend, "torch": TorchBackend}
 
 
-def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] = ("logits", "fc7"), *,
+def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] | None = None, *,
                  device: str = "auto", graph: Graph | None = None, threads: int | None = None,
                  allow_tf32: bool = False, precision: str = "fp32", **options) -> Backend:
     """Open backend ``name`` (``onnx``, ``keras``, ``torch``) on a converted model folder.
 
-    ``layers``: feature names to return from :meth:`Backend.run`. ``graph``: the
+    ``layers``: feature names to return from :meth:`Backend.run` (default: the logits and the
+    network's feature blob, ``graph.feature_blob``). ``graph``: the
     folder's graph when already loaded. ``options``: backend-specific
     (onnx: ``io_binding`` forces I/O binding on or off, ``spinning`` lets idle
     intra-op threads busy-wait, ``trt`` TensorRT first, ``cache_dir`` for the fp16 model
@@ -389,6 +390,7 @@ def open_backend(name: str, model_dir: str | os.PathLike, layers: Sequence[str] 
     device = check_device(device)
     model_dir = Path(model_dir)
     graph = graph if graph is not None else load_graph(model_dir)
+    layers = layers if layers is not None else ("logits", graph.feature_blob)
     if name != "onnx":
         onnx_only = sorted(k for k, v in options.items() if k not in ("log", "cache_dir", "max_batch") and v)
         if onnx_only:

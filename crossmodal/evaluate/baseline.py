@@ -267,7 +267,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                  images=None, list_file=None, categories=None, backend: str = "onnx", device: str = "auto",
                  batch_size: int = 32, workers: int | None = None, threads: int | None = None,
                  limit: int | None = None, label_map=None, unmapped: str = "exclude",
-                 features: Sequence[str] = ("fc7",), cache_dir=None, draft: bool = True,
+                 features: Sequence[str] | None = None, cache_dir=None, draft: bool = True,
                  backend_options: dict | None = None, precision: str = "fp32", trt: bool = False,
                  on_step: Callable[[str], None] | None = None,
                  on_start: Callable[[str, int, int], None] | None = None,
@@ -314,7 +314,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     graph = load_graph(model_dir)
     check_consistency(graph, model_dir)
     source_labels = model_labels(graph, model_dir)
-    layers = list(dict.fromkeys(["logits", *features]))
+    layers = list(dict.fromkeys(["logits", *(features if features is not None else [graph.feature_blob])]))
     for name in layers:
         graph.resolve(name)  # unknown feature names fail here, before any work
     aliases = applicable_aliases(load_aliases(), source_labels)

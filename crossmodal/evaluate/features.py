@@ -370,7 +370,7 @@ def _read_cache(f, layers: Sequence[str]) -> tuple[np.ndarray, list[str], dict[s
 
 # --------------------------------------------------------------------------- extraction
 def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="onnx",
-                     layers: Sequence[str] = ("fc7",), *, device: str = "auto", batch_size: int = 32,
+                     layers: Sequence[str] | None = None, *, device: str = "auto", batch_size: int = 32,
                      workers: int | None = None, cache_dir: str | os.PathLike | None = None,
                      draft: bool = True, threads: int | None = None,
                      on_start: Callable[[int, int], None] | None = None,
@@ -414,7 +414,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     model_dir = Path(model_dir)
     graph = load_graph(model_dir)
     check_consistency(graph, model_dir)
-    layers = list(dict.fromkeys(layers))
+    layers = list(dict.fromkeys(layers if layers is not None else [graph.feature_blob]))
     if not layers:
         raise InputError("no feature layers asked for")
     if read is not None and not set(read) <= set(layers):

@@ -1,7 +1,7 @@
 """The retrieval job: do a photo-trained network's features put a sketch near photos of its scene?
 
 For each modality: resolve the data set (as ``baseline`` does) → features of one
-layer (``fc7`` by default) from the feature cache, extracted on demand with the
+layer (the network's feature blob by default: ``fc7``, ``avgpool`` …) from the feature cache, extracted on demand with the
 same machinery (:func:`~crossmodal.evaluate.features.extract_features`; a cache
 that ``baseline`` filled is reused, since the cache key does not depend on the
 command) → for every (query, target) pair of modalities, category-level
@@ -48,6 +48,8 @@ from crossmodal.io.atomic import check_output_dir
 from crossmodal.io.runs import RunRecord, staged, utc_now
 
 FORMAT = "crossmodal-retrieval"
+#: VGG's feature blobs; any public blob of the graph (``Graph.blobs``) is accepted, the default
+#: being the network's ``feature_blob`` (``fc7`` for VGG/AlexNet, ``avgpool`` for ResNet/DenseNet).
 LAYERS: tuple[str, ...] = ("fc7", "fc6", "pool5")
 
 
@@ -159,7 +161,7 @@ class RetrievalRun:
 
 def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | None = None,
                   targets: str | Sequence[str] | None = None, *, all_pairs: bool = False, out_dir,
-                  layer: str = "fc7", metric: str = "cosine", k: int = 10, data_root=None, config=None,
+                  layer: str | None = None, metric: str = "cosine", k: int = 10, data_root=None, config=None,
                   split: str = "val", backend: str = "onnx", device: str = "auto", batch_size: int = 32,
                   workers: int | None = None, threads: int | None = None, limit: int | None = None,
                   cache_dir=None, draft: bool = True, show: int = 0, show_query: str = "0",
@@ -191,8 +193,6 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     t_start = time.perf_counter()
     started = utc_now()
     step = on_step or (lambda msg: None)
-    if layer not in LAYERS:
-        raise InputError(f"unknown feature layer {layer!r}; choose from {', '.join(LAYERS)}")
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if k < 1:
@@ -201,6 +201,10 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     model_dir, out_dir = Path(model_dir), check_output_dir(Path(out_dir))
     graph = load_graph(model_dir)
     check_consistency(graph, model_dir)
+    layer = layer or graph.feature_blob
+    choices = [b for b in graph.blobs if b not in ("logits", "prob")] or list(LAYERS)
+    if layer not in choices and layer not in LAYERS:
+        raise InputError(f"unknown feature layer {layer!r}; choose from {', '.join(choices)}")
     graph.resolve(layer)
     if all_pairs:
         if queries or targets:

@@ -21,7 +21,7 @@ def keras_namer(fn: Callable) -> Callable:
 def keras_names_for(graph) -> dict[str, str]:
     """The Keras layer names of ``graph``'s architecture ({} when no family claims it:
     the emitter then keeps the IR names)."""
-    from crossmodal.models import vgg  # noqa: F401  (registers its namer)
+    from crossmodal.models import densenet, resnet, vgg  # noqa: F401  (register their namers)
     for namer in KERAS_NAMERS:
         names = namer(graph)
         if names is not None:

@@ -315,3 +315,23 @@ def build_torch_module(spec: VGGSpec):
             return self.classifier(self.features(x).flatten(1))
 
     return VGG()
+
+
+def torchvision_keys_for_graph(graph: Graph) -> dict[str, str] | None:
+    """IR tensor → torchvision key for a VGG graph (``conv1_1`` … three dense layers), read from
+    a checkpoint or from Caffe; None for any other graph."""
+    cfg: list[int | str] = []
+    dense = [l for l in graph.layers if l.kind == "dense"]
+    for layer in graph.layers:
+        if layer.kind == "conv2d":
+            cfg.append(int(layer.attrs["out_channels"]))
+        elif layer.kind == "max_pool2d":
+            cfg.append("M")
+    names = [l.name for l in graph.layers if l.kind in ("conv2d", "max_pool2d")]
+    if len(dense) != 3 or not cfg or names != [n for n, _, _ in conv_names(cfg)]:
+        return None
+    if [l.name for l in dense[:2]] != ["fc6", "fc7"]:
+        return None
+    keys = torchvision_keys(VGGSpec("vgg", tuple(cfg), final_name=dense[2].name))
+    owned = {t.name for l in graph.layers for t in l.tensors.values()}
+    return keys if set(keys) == owned else None

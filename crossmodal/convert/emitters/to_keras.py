@@ -320,10 +320,18 @@ def _flatten(ctx, layer, x):
     return keras.layers.Flatten(name=ctx.names[layer.name])(x)
 
 
+def through_dropout(graph: Graph, layer: Layer) -> Layer:
+    """``layer``, or the layer a chain of dropouts (identities, no Keras layer) starts from:
+    AlexNet's classifier drops out between the flatten and fc6."""
+    while layer.kind == "dropout":
+        layer = graph.layer(layer.inputs[0])
+    return layer
+
+
 @converter("dense", "keras")
 def _dense(ctx, layer, x):
     import keras
-    w, src = ctx.model.tensor(layer, "weight"), ctx.model.graph.layer(layer.inputs[0])
+    w, src = ctx.model.tensor(layer, "weight"), through_dropout(ctx.model.graph, ctx.model.graph.layer(layer.inputs[0]))
     if src.kind == "flatten":  # channel-first flatten in the IR, channel-last in Keras
         kernel = layouts.dense_chw_oi_to_hwc_io(w, tuple(src.attrs["shape"]))
     else:

@@ -1,7 +1,8 @@
 """IR → PyTorch ``nn.Module``: one module per IR layer, in graph order.
 
-Weights are copied bit for bit (``state_dict`` keys ``{layer}.weight``), so
-``module.state_dict()`` round-trips the IR tensors exactly. The module takes the
+Weights are copied bit for bit (``state_dict`` keys ``layers.{layer}.weight``, a ``.`` in a
+layer name written ``__``: torch module names cannot hold dots), so ``module.state_dict()``
+round-trips the IR tensors exactly. The module takes the
 preprocessed batch (N, C, H, W) and returns the logits; :func:`run_layers` returns
 any layers' outputs. Serves the ``torch`` backend and ``verify``.
 """
@@ -170,6 +171,11 @@ def _softmax(model, layer):
     return nn.Softmax(dim=int(layer.attrs.get("axis", 1)))
 
 
+def module_key(layer_name: str) -> str:
+    """The ModuleDict key of an IR layer (``layer1.0.conv1`` → ``layer1__0__conv1``)."""
+    return layer_name.replace(".", "__")
+
+
 def build_torch(model: IRModel):
     """An ``nn.Module`` (eval mode) computing the IR's logits from an NCHW batch."""
     import torch.nn as nn
@@ -181,12 +187,12 @@ def build_torch(model: IRModel):
     class IRModule(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = nn.ModuleDict({l.name: lookup(l.kind, "torch")(model, l) for l in graph.layers})
+            self.layers = nn.ModuleDict({module_key(l.name): lookup(l.kind, "torch")(model, l) for l in graph.layers})
 
         def forward_layers(self, x, wanted: set[str] | None = None, stop: str | None = None):
             values, out = {graph.input.name: x}, {}
             for layer in graph.layers:
-                values[layer.name] = self.layers[layer.name](*(values[src] for src in layer.inputs))
+                values[layer.name] = self.layers[module_key(layer.name)](*(values[src] for src in layer.inputs))
                 if wanted is None or layer.name in wanted:
                     out[layer.name] = values[layer.name]
                 if layer.name == stop:
@@ -211,4 +217,8 @@ def run_layers(module, x: np.ndarray, names: Iterable[str]) -> dict[str, np.ndar
 
 def state_dict_to_ir_weights(state) -> dict[str, np.ndarray]:
     """``module.state_dict()`` keys ``layers.{name}.{role}`` → IR tensor names ``{name}.{role}``."""
-    return {k[len("layers."):]: v.detach().cpu().numpy() for k, v in state.items()}
+    out = {}
+    for k, v in state.items():
+        layer, _, role = k[len("layers."):].rpartition(".")
+        out[f"{layer.replace('__', '.')}.{role}"] = v.detach().cpu().numpy()
+    return out

@@ -26,7 +26,7 @@ import numpy as np
 from crossmodal.convert.ir import IRModel, Preprocess, Provenance
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.io.hashing import file_sha256
-from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, named_keys, torchvision_keys
+from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, create_spec, named_keys, torchvision_keys
 
 _TV_FEATURE = re.compile(r"^features\.(\d+)\.(weight|bias)$")
 _TV_CLASSIFIER = re.compile(r"^classifier\.(\d+)\.(weight|bias)$")
@@ -89,11 +89,23 @@ def load_state_dict(path: Path, *, trust_pickle: bool = False) -> dict[str, np.n
     return _to_arrays(load_raw(path, trust_pickle=trust_pickle), path)
 
 
-def load_raw(path: Path, *, trust_pickle: bool = False) -> Mapping:
+def load_raw(path: Path, *, trust_pickle: bool = False, with_torch: bool = False) -> Mapping:
     """A checkpoint's state dict as saved: key (not normalised) → ``torch.Tensor`` (or NumPy
     array, from safetensors). The format is sniffed from the file's first bytes, not its
     suffix; a training checkpoint ``{'state_dict': …}`` (or ``model_state_dict``, ``model``)
     is unwrapped; a pickled whole model (only with ``trust_pickle``) gives its ``state_dict()``.
+    """
+    return load_checkpoint(path, trust_pickle=trust_pickle, with_torch=with_torch)[0]
+
+
+def load_checkpoint(path: Path, *, trust_pickle: bool = False, with_torch: bool = False) -> tuple[Mapping, object]:
+    """:func:`load_raw`, and the training checkpoint's ``arch`` entry (None when it has none).
+
+    Python 2 pickles (the Places365 releases: strings pickled as byte strings) are read
+    with ``encoding="latin1"``, which leaves every ASCII name as it was. A ``torch.save``
+    file is read without torch (:mod:`~crossmodal.convert.readers.torch_pickle`, tensors as
+    NumPy arrays) where that reader knows everything in it, else with
+    ``torch.load(weights_only=True)``; ``with_torch`` always asks torch (verify's reference).
     """
     path = Path(path)
     if not path.is_file():
@@ -102,13 +114,22 @@ def load_raw(path: Path, *, trust_pickle: bool = False) -> Mapping:
     if kind == "safetensors":
         raw = _safetensors_load(path)
     elif kind in ("zip", "pickle"):
-        raw = _torch_load(path, trust_pickle)
+        raw = None
+        if not (trust_pickle or with_torch):
+            from crossmodal.convert.readers import torch_pickle
+            try:
+                raw = torch_pickle.load(path, kind)
+            except torch_pickle.NotWeightsOnly:
+                raw = None
+        if raw is None:
+            raw = _torch_load(path, trust_pickle)
     elif path.suffix == ".safetensors" and kind == "unknown":
         raise InputError("not a readable safetensors file (it does not start with an 8-byte header length "
                          "and a JSON header)", path)
     else:
         raise _not_a_checkpoint(path, kind)
-    return _unwrap(raw, path)
+    arch = raw.get("arch") if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping) else None
+    return _unwrap(raw, path), arch
 
 
 def _safetensors_load(path: Path):
@@ -123,15 +144,18 @@ def _safetensors_load(path: Path):
 
 def _torch_load(path: Path, trust_pickle: bool):
     import pickle
+    import warnings
 
     import torch
 
     try:
-        if path.suffix == ".safetensors":  # torch.load would hand a path so named to safetensors
-            with open(path, "rb") as f:
-                obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle)
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # torch warns that encoding is ignored; it does reach the unpickler
+            warnings.filterwarnings("ignore", message="pickle_load_args only works")
+            if path.suffix == ".safetensors":  # torch.load would hand a path so named to safetensors
+                with open(path, "rb") as f:
+                    obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, encoding="latin1")
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
@@ -336,21 +360,41 @@ def to_ir(state: Mapping[str, np.ndarray], spec: VGGSpec, layout: str, *,
 
 
 def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess: Preprocess | None = None,
-                          input_size: tuple[int, int] | None = None) -> IRModel:
-    """Read a checkpoint file into an IR model with provenance filled in."""
+                          input_size: tuple[int, int] | None = None, arch: str | None = None) -> IRModel:
+    """Read a checkpoint file into an IR model with provenance filled in.
+
+    The zoo's families (ResNet, DenseNet, AlexNet: :mod:`~crossmodal.convert.readers.torch_zoo`)
+    are tried first, then VGG; ``arch`` (``--arch``) names the architecture instead.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
+    from crossmodal.convert.readers import torch_zoo
 
     path = Path(path)
+    notes = []
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash the file while torch reads it
         source_sha256 = pool.submit(file_sha256, path) if path.is_file() else None
-        state = load_state_dict(path, trust_pickle=trust_pickle)
-        spec, layout = infer_spec(state, input_size=input_size, source=path)
-        model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
+        raw, checkpoint_arch = load_checkpoint(path, trust_pickle=trust_pickle)
+        state = _to_arrays(raw, path)
+        del raw
+        canonical = torch_zoo.canonical_state(state)
+        found = torch_zoo.detect(canonical, arch=arch, file_name=path.name, checkpoint_arch=checkpoint_arch)
+        if found is not None:
+            fam, spec, notes = found
+            model = torch_zoo.to_ir(canonical, fam, spec, input_size=input_size, preprocess=preprocess, source=path)
+            layout = f"{fam}, torchvision"
+        else:
+            try:
+                spec, layout = infer_spec(state, input_size=input_size, source=path)
+            except InputError as exc:
+                if arch is None and "not a VGG checkpoint" in str(exc):
+                    raise torch_zoo.unknown_layout(state, path) from None
+                raise
+            if arch is not None and arch != spec.arch and create_spec(arch).cfg != spec.cfg:
+                raise InputError(f"--arch {arch}, but the keys are a {spec.arch}'s", path)
+            model = to_ir(state, spec, layout, preprocess=preprocess, source=path)
         source_sha256 = source_sha256.result()
     kind = sniff_format(path)
-    notes = []
     if (kind == "safetensors") != (path.suffix == ".safetensors"):
         notes.append(f"a {'safetensors' if kind == 'safetensors' else 'torch.save'} file named {path.suffix!r}: "
                      "read by its content")
@@ -358,6 +402,15 @@ def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess:
         source_file=path.name, source_sha256=source_sha256,
         source_format="safetensors" if kind == "safetensors" else "pytorch",
         reader=f"crossmodal.convert.readers.from_torch ({layout} keys)",
-        framework_versions={"torch": torch.__version__}, notes=notes,
+        framework_versions=_torch_version(), notes=list(notes),
     )
     return model
+
+
+def _torch_version() -> dict[str, str]:
+    """torch's installed version from its metadata (the reader may not have imported it)."""
+    import importlib.metadata
+    try:
+        return {"torch": importlib.metadata.version("torch")}
+    except importlib.metadata.PackageNotFoundError:
+        return {}
