@@ -52,6 +52,9 @@ class _Tensor:
         arr = self.storage.array
         if arr is None:
             raise NotWeightsOnly("a storage without data")
+        if (self.offset < 0 or len(self.size) != len(self.stride) or any(n < 0 for n in self.size)
+                or any(st < 0 for st in self.stride)):
+            raise NotWeightsOnly("a tensor with a negative offset, size or stride")  # as_strided must stay inside
         need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
         if need > len(arr):
             raise NotWeightsOnly("a tensor beyond its storage")
@@ -147,18 +150,34 @@ def _load_zip(path: Path):
             return _Unpickler(f, {}, lambda key: zf.read(f"{prefix}data/{key}")).load()
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """For the legacy format's header pickles (numbers, a dict, a list of keys): no globals at all."""
+
+    def __init__(self, file) -> None:
+        super().__init__(file, encoding="latin1")
+
+    def find_class(self, module: str, name: str):
+        raise NotWeightsOnly(f"{module}.{name} in a header")
+
+    def persistent_load(self, pid):
+        raise NotWeightsOnly("a persistent id in a header")
+
+
 def _load_legacy(path: Path):
     with open(path, "rb") as f:
-        if pickle.load(f, encoding="latin1") != MAGIC_NUMBER:
+        plain = lambda: _PlainUnpickler(f).load()  # noqa: E731
+        if plain() != MAGIC_NUMBER:
             raise NotWeightsOnly("no torch magic number")
-        pickle.load(f, encoding="latin1")  # protocol version
-        info = pickle.load(f, encoding="latin1")  # system info: endianness
+        plain()  # protocol version
+        info = plain()  # system info: endianness
         if isinstance(info, dict) and not info.get("little_endian", True):
             raise NotWeightsOnly("a big-endian file")
         storages: dict = {}
         obj = _Unpickler(f, storages).load()
-        keys = pickle.load(f, encoding="latin1")
+        keys = plain()
         for key in keys:
+            if key not in storages:
+                raise NotWeightsOnly("a storage key the object does not use")
             storage = storages[key]
             numel = int.from_bytes(f.read(8), "little")
             data = f.read(numel * storage.dtype.itemsize)
