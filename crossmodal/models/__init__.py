@@ -6,7 +6,34 @@ kinds only; they ask this package for architecture facts through the functions b
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import Callable, Generic, TypeVar
+
+Spec = TypeVar("Spec")
+
+
+class SpecRegistry(Generic[Spec]):
+    """A family's named specs (timm style): ``@registry.register`` on a factory named after the
+    model; ``create(name, **overrides)`` builds one (dataclass fields replaced)."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, Callable[[], Spec]] = {}
+
+    def register(self, fn: Callable[[], Spec]) -> Callable[[], Spec]:
+        if fn.__name__ in self._factories:
+            raise ValueError(f"model {fn.__name__!r} registered twice")
+        self._factories[fn.__name__] = fn
+        return fn
+
+    def create(self, name: str, **overrides) -> Spec:
+        if name not in self._factories:
+            raise KeyError(f"unknown model {name!r}; known: {sorted(self._factories)}")
+        spec = self._factories[name]()
+        return replace(spec, **overrides) if overrides else spec
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
 
 #: Functions graph → {IR layer: Keras layer name}, or None when the graph is not theirs;
 #: the first that answers names a graph that carries no ``keras_names`` yet.

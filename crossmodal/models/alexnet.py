@@ -21,9 +21,10 @@ fc8         classifier.6        classifier.6
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
+from crossmodal.models import SpecRegistry
 from crossmodal.convert.ir import Graph, Preprocess, infer_shapes
 from crossmodal.errors import InputError
 from crossmodal.models.common import GraphBuilder
@@ -45,25 +46,8 @@ class AlexNetSpec:
     pool_size: int = 6  # AdaptiveAvgPool2d((6, 6)): must be an identity here
 
 
-_REGISTRY: dict[str, Callable[[], AlexNetSpec]] = {}
-
-
-def register_model(fn: Callable[[], AlexNetSpec]) -> Callable[[], AlexNetSpec]:
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model {fn.__name__!r} registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def create_spec(name: str, **overrides) -> AlexNetSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}")
-    spec = _REGISTRY[name]()
-    return replace(spec, **overrides) if overrides else spec
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+_SPECS: SpecRegistry[AlexNetSpec] = SpecRegistry()
+register_model, create_spec, list_models = _SPECS.register, _SPECS.create, _SPECS.names
 
 
 @register_model

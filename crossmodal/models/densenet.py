@@ -16,11 +16,11 @@ a DataParallel ``module.`` prefix is stripped by the reader for every family.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 from crossmodal.convert.ir import Graph, Preprocess
-from crossmodal.models import keras_namer
+from crossmodal.models import SpecRegistry, keras_namer
 from crossmodal.models.common import GraphBuilder, torchvision_keys_of
 
 #: name → (growth, blocks, initial features); bn_size is 4 for all.
@@ -54,25 +54,8 @@ class DenseNetSpec:
         return nf
 
 
-_REGISTRY: dict[str, Callable[[], DenseNetSpec]] = {}
-
-
-def register_model(fn: Callable[[], DenseNetSpec]) -> Callable[[], DenseNetSpec]:
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model {fn.__name__!r} registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def create_spec(name: str, **overrides) -> DenseNetSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}")
-    spec = _REGISTRY[name]()
-    return replace(spec, **overrides) if overrides else spec
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+_SPECS: SpecRegistry[DenseNetSpec] = SpecRegistry()
+register_model, create_spec, list_models = _SPECS.register, _SPECS.create, _SPECS.names
 
 
 def _cfg(name: str) -> DenseNetSpec:

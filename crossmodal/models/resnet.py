@@ -24,11 +24,11 @@ resnet18's. Here that pool is a global average, and the graph builder asserts th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from typing import Mapping
 
 from crossmodal.convert.ir import Graph, Preprocess, infer_shapes
 from crossmodal.errors import InputError
-from crossmodal.models import keras_namer
+from crossmodal.models import SpecRegistry, keras_namer
 from crossmodal.models.common import GraphBuilder, torchvision_keys_of
 
 #: (block kind, blocks per stage) of each depth.
@@ -61,25 +61,8 @@ class ResNetSpec:
         return self.width * 8 * EXPANSION[self.block]
 
 
-_REGISTRY: dict[str, Callable[[], ResNetSpec]] = {}
-
-
-def register_model(fn: Callable[[], ResNetSpec]) -> Callable[[], ResNetSpec]:
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model {fn.__name__!r} registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def create_spec(name: str, **overrides) -> ResNetSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}")
-    spec = _REGISTRY[name]()
-    return replace(spec, **overrides) if overrides else spec
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+_SPECS: SpecRegistry[ResNetSpec] = SpecRegistry()
+register_model, create_spec, list_models = _SPECS.register, _SPECS.create, _SPECS.names
 
 
 def _depth(name: str) -> ResNetSpec:

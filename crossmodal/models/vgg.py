@@ -17,13 +17,13 @@ fc8 / fc8a  classifier.6         classifier.fc8a             predictions
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from crossmodal.convert.ir import (
     TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec,
 )
-from crossmodal.models import keras_namer
+from crossmodal.models import SpecRegistry, keras_namer
 
 CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -75,25 +75,8 @@ class VGGSpec:
         return total
 
 
-_REGISTRY: dict[str, Callable[..., VGGSpec]] = {}
-
-
-def register_model(fn: Callable[..., VGGSpec]) -> Callable[..., VGGSpec]:
-    """Register a spec factory under its function name (timm style)."""
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model {fn.__name__!r} registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def create_spec(name: str, **overrides) -> VGGSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_REGISTRY)}")
-    return replace(_REGISTRY[name](), **overrides) if overrides else _REGISTRY[name]()
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+_SPECS: SpecRegistry[VGGSpec] = SpecRegistry()
+register_model, create_spec, list_models = _SPECS.register, _SPECS.create, _SPECS.names
 
 
 @register_model
