@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from crossmodal.errors import InputError
+from crossmodal.io.protowire import len_field
 
 
 @dataclass(frozen=True)
@@ -105,20 +106,11 @@ def random_blobs(net, seed: int = 0):
     return out
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def fill_blob(blob, array: np.ndarray, legacy: bool) -> None:
     """BlobProto ``blob`` ← ``array``: packed float ``data`` (merged as raw bytes, at memcpy
     speed) and ``shape``, or for ``legacy`` the 4-D num/channels/height/width."""
     raw = np.ascontiguousarray(array, dtype="<f4")
-    blob.MergeFromString(b"".join([b"\x2a", _varint(raw.nbytes), memoryview(raw).cast("B")]))
+    blob.MergeFromString(b"".join([len_field(5, raw.nbytes), memoryview(raw).cast("B")]))  # BlobProto.data = 5
     if legacy:
         if array.ndim > 4:
             raise ValueError(f"a {array.ndim}-D blob has no legacy 4-D form")

@@ -20,6 +20,7 @@ from crossmodal import __version__
 from crossmodal.convert.ir import IRModel, Layer, infer_shapes, pool_output_size
 from crossmodal.convert.registry import check_supported, converter, lookup
 from crossmodal.errors import InputError
+from crossmodal.io.protowire import len_field
 
 DEFAULT_OPSET = 21
 HELPER = "crossmodal: part of a layer"  # doc_string of nodes that are not a whole IR layer
@@ -334,20 +335,6 @@ def _le_float32(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype="<f4")
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _len_field(number: int, length: int) -> bytes:
-    """Protobuf tag (wire type 2, length-delimited) and length prefix."""
-    return _varint(number << 3 | 2) + _varint(length)
-
-
 _RAW_DATA, _INITIALIZER, _GRAPH = 9, 5, 7  # TensorProto.raw_data, GraphProto.initializer, ModelProto.graph
 
 
@@ -369,12 +356,12 @@ def _write_inline(proto, arrays: dict[str, np.ndarray], f) -> None:
     records, graph_len = [], len(graph.SerializeToString())
     for t in inits:
         data = _le_float32(arrays[t.name])
-        head = t.SerializeToString() + _len_field(_RAW_DATA, data.nbytes)
+        head = t.SerializeToString() + len_field(_RAW_DATA, data.nbytes)
         size = len(head) + data.nbytes
-        records.append((_len_field(_INITIALIZER, size) + head, data))
+        records.append((len_field(_INITIALIZER, size) + head, data))
         graph_len += len(records[-1][0]) + data.nbytes
     f.write(model.SerializeToString())
-    f.write(_len_field(_GRAPH, graph_len))
+    f.write(len_field(_GRAPH, graph_len))
     f.write(graph.SerializeToString())
     for head, data in records:
         f.write(head)
