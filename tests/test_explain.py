@@ -511,3 +511,38 @@ def test_a_failed_explain_leaves_names_sizes_and_mtimes_as_they_were(quadrant_mo
     _refused(cli("explain", "--model", quadrant_model, bad, "--out", out, "--device", "cpu", "-q"),
              "nothing was written")
     assert _tree(out) == before
+
+
+def test_cam_on_the_zoos_resnet_equals_the_hand_computation(tmp_path):
+    """A ResNet of the zoo (tiny variant, the real builder): its head is found from the graph
+    (layer4 → avgpool → fc) and CAM is Σ_k w_ck A^k of layer4's output, from the dense weights."""
+    import torch
+
+    import crossmodal
+    from crossmodal.convert import reference
+    from crossmodal.convert.ir import IRModel, Labels, Preprocess
+    from crossmodal.explain.cam import compute_maps
+    from crossmodal.models import resnet
+    from crossmodal.models.synthetic_zoo import random_ir_weights
+
+    spec = resnet.create_spec("resnet_tiny")
+    graph = resnet.build_graph(spec, Preprocess(resize=(64, 64), crop=(64, 64), name="tiny"))
+    graph.labels = Labels([f"/c/class_{i}" for i in range(spec.num_classes)])
+    ir = IRModel(graph, random_ir_weights("resnet", spec, seed=3))
+    out = tmp_path / "resnet"
+    out.mkdir()
+    save_ir(ir, out)
+    model = crossmodal.load_model(out, backend="torch", device="cpu")
+    method, layer, head = model.explain_setup()
+    fc = graph.resolve("logits")
+    assert method == "cam" and head is not None and graph.layer(fc).kind == "dense"
+    x = np.random.default_rng(2).normal(0, 1, (2, 3, 64, 64)).astype(np.float32)
+    ref = reference.run(ir, x, [layer, fc])
+    A, logits = ref[layer], ref[fc]
+    assert A.ndim == 4 and A.shape[1] == ir.weights[f"{fc}.weight"].shape[1]
+    top1 = logits.argmax(axis=1)
+    hand = np.einsum("bc,bchw->bhw", ir.weights[f"{fc}.weight"].astype(np.float64)[top1], A)
+    mod, _ = model.torch_module()
+    raw, targets, _ = compute_maps(mod, model.graph, torch.from_numpy(x), layer, "cam", top=1, head=head)
+    np.testing.assert_array_equal(np.asarray(targets).reshape(-1), top1)
+    np.testing.assert_allclose(np.asarray(raw).reshape(hand.shape), hand, rtol=1e-4, atol=1e-5)
