@@ -29,7 +29,7 @@ parity: install
 
 # Every Caffe network from its real deploy prototxt (random caffemodel), verified on every engine;
 # each step's time is printed.
-CAFFE_ARCHS ?= alexnet-caffe googlenet-caffe resnet152-caffe vgg16-caffe
+CAFFE_ARCHS ?= alexnet-caffe googlenet-caffe resnet152-caffe vgg16-caffe resnet152-hybrid1365-caffe vgg16-hybrid1365-caffe
 parity-caffe: install
 	for a in $(CAFFE_ARCHS); do \
 	  start=$$(date +%s); \
