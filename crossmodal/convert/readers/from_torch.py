@@ -24,6 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from crossmodal.convert.ir import IRModel, Preprocess, Provenance
+from crossmodal.convert.readers.state_match import match_state, some
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.io.hashing import file_sha256
 from crossmodal.models.vgg import CFGS, VGGSpec, arch_of, build_graph, create_spec, named_keys, torchvision_keys
@@ -236,7 +237,7 @@ def infer_spec(state: Mapping[str, np.ndarray], *, input_size: tuple[int, int] |
     if not known:
         unexpected = sorted(set(state), key=_natural)
         raise InputError("not a VGG checkpoint: no features.N / classifier.N or "
-                         f"features.convB_I keys; found {_some(unexpected)}", source)
+                         f"features.convB_I keys; found {some(unexpected)}", source)
     if layout == "torchvision":
         bn = [k for k in state if _TV_FEATURE.match(k) and state[k].ndim == 1 and k.endswith(".weight")]
         if bn or any(k.endswith(("running_mean", "running_var")) for k in state):
@@ -265,7 +266,7 @@ def infer_spec(state: Mapping[str, np.ndarray], *, input_size: tuple[int, int] |
         first_conv = f"features.conv{convs[0][0]}_{convs[0][1]}.weight" if convs else ""
     missing = [k for k in [first_conv] + [f"{v}.weight" for v in fc_keys.values()] if k not in state]
     if missing or not widths:
-        raise InputError(f"missing keys: {_some(missing or ['features.*'])}", source)
+        raise InputError(f"missing keys: {some(missing or ['features.*'])}", source)
     arch, cfg = arch_of(widths, pools)
     fc6 = state[f"{fc_keys[0]}.weight"]
     hidden, num_classes = fc6.shape[0], state[f"{fc_keys[6]}.weight"].shape[0]
@@ -321,17 +322,11 @@ def _check_conv_keys(state: Mapping[str, np.ndarray], layers: list[str], layout:
         return
     layers = sorted(set(layers) | set(gap), key=_natural)
     missing = [f"{p}.{role}" for p in layers for role in ("weight", "bias") if f"{p}.{role}" not in state]
-    raise InputError(f"missing keys: {_some(missing)}{like}", source)
+    raise InputError(f"missing keys: {some(missing)}{like}", source)
 
 
 def _natural(key: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
-
-
-def _some(keys, limit: int = 8) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def to_ir(state: Mapping[str, np.ndarray], spec: VGGSpec, layout: str, *,
@@ -339,24 +334,8 @@ def to_ir(state: Mapping[str, np.ndarray], spec: VGGSpec, layout: str, *,
     """Rename checkpoint keys onto the IR, checking missing/unexpected keys and shapes."""
     graph = build_graph(spec, preprocess, name=spec.arch)
     key_of = torchvision_keys(spec) if layout == "torchvision" else named_keys(spec)
-    missing = [k for k in key_of.values() if k not in state]
     unexpected = sorted(set(state) - set(key_of.values()), key=_natural)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_some(unexpected)}")
-    weights: dict[str, np.ndarray] = {}
-    for layer in graph.layers:
-        for t in layer.tensors.values():
-            key = key_of[t.name]
-            if key in state:
-                if tuple(state[key].shape) != tuple(t.shape):
-                    problems.append(f"{key} has shape {tuple(state[key].shape)}, expected {t.shape}")
-                weights[t.name] = np.ascontiguousarray(state[key])
-    if problems:
-        raise InputError(f"does not fit {spec.arch} ({layout} layout): " + "; ".join(problems), source)
-    return IRModel(graph, weights)
+    return match_state(graph, key_of, state, unexpected, what=f"{spec.arch} ({layout} layout)", source=source)
 
 
 def read_torch_checkpoint(path: Path, *, trust_pickle: bool = False, preprocess: Preprocess | None = None,

@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from crossmodal.convert.ir import IRModel, Preprocess
+from crossmodal.convert.readers.state_match import match_state, some
 from crossmodal.errors import InputError
 from crossmodal.models import registry
 
@@ -31,12 +32,6 @@ def detect(state: Mapping[str, np.ndarray], *, arch: str | None = None, file_nam
     return registry.detect(shapes, arch=arch, file_name=file_name, checkpoint_arch=checkpoint_arch)
 
 
-def _some(keys, limit: int = 6) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def to_ir(state: Mapping[str, np.ndarray], fam: str, spec, *, input_size: tuple[int, int] | None = None,
           preprocess: Preprocess | None = None, source: object = None) -> IRModel:
     """Match a canonical state dict to ``spec``'s graph; every problem named in one InputError."""
@@ -45,34 +40,12 @@ def to_ir(state: Mapping[str, np.ndarray], fam: str, spec, *, input_size: tuple[
         spec = dataclasses.replace(spec, input_shape=(spec.input_shape[0], *input_size))
     graph = module.build_graph(spec, preprocess, name=spec.arch)
     key_of = module.torchvision_keys(spec)
-    wanted = set(key_of.values())
-    missing = [k for k in key_of.values() if k not in state]
-    unexpected = registry.unmatched_keys(set(state) - wanted)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_some(unexpected)}")
-    weights: dict[str, np.ndarray] = {}
-    for layer in graph.layers:
-        for role, t in layer.tensors.items():
-            key = key_of[t.name]
-            if key not in state:
-                continue
-            arr = state[key]
-            if tuple(arr.shape) != tuple(t.shape):
-                problems.append(f"{key} has shape {tuple(arr.shape)}, expected {tuple(t.shape)}")
-                continue
-            if layer.kind == "batch_norm" and role == "var" and arr.size and float(arr.min()) < 0:
-                problems.append(f"{key} holds negative variances (min {float(arr.min()):.3g}): not batch-norm "
-                                "statistics")
-            weights[t.name] = np.ascontiguousarray(arr)
-    if problems:
-        raise InputError(f"does not fit {spec.arch} (torchvision layout): " + "; ".join(problems), source)
-    return IRModel(graph, weights)
+    unexpected = registry.unmatched_keys(set(state) - set(key_of.values()))
+    return match_state(graph, key_of, state, unexpected, what=f"{spec.arch} (torchvision layout)", source=source,
+                       limit=6)
 
 
 def unknown_layout(state: Mapping[str, np.ndarray], source: object = None) -> InputError:
     """The error for keys no family claims: the first keys and the architectures tried."""
     return InputError(f"keys match no known architecture (tried {', '.join(registry.TRIED)}); first keys: "
-                      f"{_some(registry.unmatched_keys(state))}", source)
+                      f"{some(registry.unmatched_keys(state), 6)}", source)
