@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """``crossmodal predict``: top-k scenes, indoor/outdoor and scene attributes per image."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click

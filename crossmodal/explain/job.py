@@ -29,7 +29,6 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 
 from crossmodal.convert import identity
 from crossmodal.errors import InputError
