@@ -35,6 +35,7 @@ parity-caffe: install
 	  start=$$(date +%s); \
 	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
 	  echo "== parity $$a: $$(( $$(date +%s) - start )) s"; \
+	  if [ -n "$${PARITY_CLEAN:-}" ]; then rm -rf "$${PARITY_DIR:-parity-out}/$$a"; fi; \
 	done
 
 # The Places365 PyTorch zoo at full size, each in its released layout (random weights), converted
@@ -45,6 +46,7 @@ parity-torch: install
 	  start=$$(date +%s); \
 	  $(VENV)/bin/crossmodal demo --arch $$a --out-dir "$${PARITY_DIR:-parity-out}/$$a" || exit 1; \
 	  echo "parity-torch $$a: $$(( $$(date +%s) - start )) s"; \
+	  if [ -n "$${PARITY_CLEAN:-}" ]; then rm -rf "$${PARITY_DIR:-parity-out}/$$a"; fi; \
 	done
 
 bench: install
