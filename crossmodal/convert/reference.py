@@ -113,6 +113,17 @@ def lrn(x, layer, model, dtype):
     return x / (float(a.get("k", 1.0)) + float(a["alpha"]) / size * window) ** float(a["beta"])
 
 
+def _per_channel_affine(x, layer, model, dtype):
+    """x · the layer's ``weight`` + its ``bias``, per channel (axis 1), each only when the
+    layer owns that tensor; maps or vectors."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if "weight" in layer.tensors:
+        x = x * model.tensor(layer, "weight").astype(dtype).reshape(shape)
+    if "bias" in layer.tensors:
+        x = x + model.tensor(layer, "bias").astype(dtype).reshape(shape)
+    return x
+
+
 @reference_op("batch_norm")
 def batch_norm(x, layer, model, dtype):
     """(x − mean) / sqrt(var + eps) · weight + bias, per channel (axis 1); maps or vectors."""
@@ -120,21 +131,13 @@ def batch_norm(x, layer, model, dtype):
     mean = model.tensor(layer, "mean").astype(dtype).reshape(shape)
     var = model.tensor(layer, "var").astype(dtype).reshape(shape)
     y = (x - mean) / np.sqrt(var + float(layer.attrs.get("eps", 1e-5)))
-    if "weight" in layer.tensors:
-        y = y * model.tensor(layer, "weight").astype(dtype).reshape(shape)
-    if "bias" in layer.tensors:
-        y = y + model.tensor(layer, "bias").astype(dtype).reshape(shape)
-    return y
+    return _per_channel_affine(y, layer, model, dtype)
 
 
 @reference_op("scale")
 def scale(x, layer, model, dtype):
-    """x · weight (+ bias), per channel (axis 1)."""
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = x * model.tensor(layer, "weight").astype(dtype).reshape(shape)
-    if "bias" in layer.tensors:
-        y = y + model.tensor(layer, "bias").astype(dtype).reshape(shape)
-    return y
+    """x · weight (+ bias), per channel (axis 1): Caffe's Scale, the affine half of a batch norm."""
+    return _per_channel_affine(x, layer, model, dtype)
 
 
 @reference_op("eltwise")
