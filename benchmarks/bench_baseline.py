@@ -6,7 +6,7 @@ writes a random VGG16-Places365 checkpoint and converts it (IR + ONNX, the
 one run, interleaved over ``--rounds`` rounds (best round kept, since other
 processes may share the CPU):
 
-* **end to end**: :func:`crossmodal.evaluate.baseline.run_baseline` with a fresh
+* **end to end**: :func:`crossmodal.evaluate.baseline.job.run_baseline` with a fresh
   cache — decoding on worker threads overlapping ONNX Runtime, cache writes,
   metrics, CSVs, plots. Reported as the images/s of the feature pass (what
   ``metrics.json`` records; the model is already loaded) and of the whole job
@@ -79,7 +79,7 @@ def setup(work: Path, n: int, size: tuple[int, int]) -> tuple[Path, Path]:
 
 
 def end_to_end(model: Path, images: Path, work: Path, **kw) -> dict:
-    from crossmodal.evaluate.baseline import run_baseline
+    from crossmodal.evaluate.baseline.job import run_baseline
     out = Path(tempfile.mkdtemp(dir=work, prefix="e2e-"))
     try:
         t = time.perf_counter()
@@ -92,7 +92,7 @@ def end_to_end(model: Path, images: Path, work: Path, **kw) -> dict:
 
 
 def bare_onnx(model: Path, x: np.ndarray, batch_size: int, threads: int | None, spinning: bool = False) -> float:
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
     with open_backend("onnx", model, ("logits", "fc7"), device="cpu", threads=threads, spinning=spinning) as b:
         b.run(x[:batch_size])  # warm-up
         t = time.perf_counter()
@@ -106,8 +106,8 @@ def naive_loop(model: Path, paths: list[Path]) -> float:
     import torch
     from PIL import Image
 
-    from crossmodal.convert.emitters.to_torch import build_torch
-    from crossmodal.convert.ir_io import load_ir
+    from crossmodal.emitters.to_torch import build_torch
+    from crossmodal.ir.store import load_ir
 
     module = build_torch(load_ir(model))
     mean = np.array([0.485, 0.456, 0.406], np.float32)
@@ -144,8 +144,8 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from crossmodal.convert.ir_io import load_graph
-    from crossmodal.evaluate.images import list_images, load_batch
+    from crossmodal.ir.store import load_graph
+    from crossmodal.data.images import list_images, load_batch
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -98,15 +98,15 @@ def main() -> None:
                 "from crossmodal.convert.pipeline import convert\n"
                 f"convert({str(pth)!r}, {str(tmp / 'torch')!r}, input_size=None, targets=['ir', 'keras', 'onnx'])"),
             "read caffe → IR (zero-copy decoding)": (
-                "from crossmodal.convert.readers.from_caffe import read_caffe\n"
+                "from crossmodal.readers.from_caffe import read_caffe\n"
                 f"m = read_caffe({proto!r}, {str(caffemodel)!r})"),
             "read caffe → IR (protobuf ParseFromString)": (
-                "from crossmodal.convert.readers import caffe_schema as s\n"
+                "from crossmodal.readers import caffe_schema as s\n"
                 "s.decode_caffemodel = lambda buf: s.decode_caffemodel_protobuf(bytes(buf))\n"
-                "from crossmodal.convert.readers.from_caffe import read_caffe\n"
+                "from crossmodal.readers.from_caffe import read_caffe\n"
                 f"m = read_caffe({proto!r}, {str(caffemodel)!r})"),
             "read pytorch → IR": (
-                "from crossmodal.convert.readers.from_torch import read_torch_checkpoint\n"
+                "from crossmodal.readers.from_torch import read_torch_checkpoint\n"
                 f"m = read_torch_checkpoint({str(pth)!r})"),
         }
         best: dict[str, tuple[float, int]] = {}

@@ -52,7 +52,7 @@ def onnx_images_per_second(path: Path, shape, batch: int = 8) -> float:
 
 
 def verify_rows(model_dir: Path, caffemodel: Path, prototxt: Path):
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
 
     report = run_verify(model_dir, engines=("torch", "ir", "keras", "onnx"), source=caffemodel, prototxt=prototxt,
                         random=2, seed=0)
@@ -76,7 +76,7 @@ def bench(arch: str, tmp: Path) -> dict:
     # the same call timed alone, as the export is: imports and the one-time opset probe first
     _, _, out = measure("import time, onnx, onnxruntime\n"
                         "from crossmodal.convert.pipeline import convert\n"
-                        "from crossmodal.convert.emitters.to_onnx import max_opset\n"
+                        "from crossmodal.emitters.to_onnx import max_opset\n"
                         "max_opset()\n"
                         "t0 = time.perf_counter()\n"
                         f"convert({str(proto)!r}, {str(tmp / (arch + '-onnx-call'))!r}, caffemodel={str(caffemodel)!r}, "
@@ -85,8 +85,8 @@ def bench(arch: str, tmp: Path) -> dict:
     call_s = float(out.split("CONVERT")[1].split()[0])
     torch_code = (
         "import time, torch\n"
-        "from crossmodal.convert.readers.from_caffe import read_caffe\n"
-        "from crossmodal.convert.emitters.to_torch import build_torch\n"
+        "from crossmodal.readers.from_caffe import read_caffe\n"
+        "from crossmodal.emitters.to_torch import build_torch\n"
         f"model = read_caffe({str(proto)!r}, {str(caffemodel)!r})\n"
         "m = build_torch(model)\n"
         "shape = (1, *model.graph.input.shape)\n"
@@ -99,7 +99,7 @@ def bench(arch: str, tmp: Path) -> dict:
     export_s = float(out.split("EXPORT")[1].split()[0])
     whole = measure(f"from crossmodal.convert.pipeline import convert\n"
                     f"convert({str(proto)!r}, {str(tmp / arch)!r}, caffemodel={str(caffemodel)!r})")
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.store import load_graph
     shape = load_graph(tmp / arch).input.shape
     ips = onnx_images_per_second(tmp / arch / "model.onnx", shape)
     t0 = time.perf_counter()

@@ -71,7 +71,7 @@ def make_images(work: Path, n: int) -> Path:
 FORWARD = """
 import time, numpy as np, torch
 import crossmodal
-from crossmodal.evaluate.images import list_images
+from crossmodal.data.images import list_images
 m = crossmodal.load_model({model!r}, backend="torch", device="cpu", draft=True)
 mod, _ = m.torch_module()
 paths = list_images({images!r})

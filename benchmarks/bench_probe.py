@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from crossmodal.evaluate import probe_fit as pf
+from crossmodal.evaluate.probe import fit as pf
 
 
 def make_features(classes: int, per_class: int, dim: int, rng: np.random.Generator,

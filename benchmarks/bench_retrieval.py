@@ -21,7 +21,7 @@ import tracemalloc
 
 import numpy as np
 
-from crossmodal.evaluate.retrieval_metrics import (
+from crossmodal.evaluate.retrieval.metrics import (
     BYTES_PER_PAIR, chance_map, default_chunk_size, mean_average_precision, retrieval_scores,
 )
 

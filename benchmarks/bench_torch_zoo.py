@@ -23,14 +23,14 @@ REPEATS = 2
 
 _PLAIN = (
     "import torch\n"
-    "from crossmodal.convert.source_reference_zoo import build_module, rename\n"
+    "from crossmodal.verify.source_reference_zoo import build_module, rename\n"
     "sd = rename(torch.load({ckpt!r}, weights_only=True, encoding='latin1')['state_dict'])\n"
     "m = build_module({arch!r}, 365, 3, {{k: tuple(v.shape) for k, v in sd.items()}}).eval()\n"
     "m.load_state_dict(sd)\n")
 
 _SPEED = _PLAIN + (
     "import time, numpy as np\n"
-    "from crossmodal.convert.engines import onnx_session\n"
+    "from crossmodal.runtime.engines import onnx_session\n"
     "x = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)\n"
     "sess, _ = onnx_session({onnx!r})\n"
     "name = sess.get_inputs()[0].name\n"

@@ -12,7 +12,7 @@ Prints, and writes as JSON (``gpu_check.json``) and Markdown (``gpu_check.md``) 
    torch eager (autocast, channels-last), torch compiled (``torch.compile``) and
    TensorFlow (Keras mixed policy) — preprocessed batches from host memory, outputs
    (logits + fc7) back on the host; with the fraction of the GPU's dense fp16 peak that
-   the FLOPs counted from the IR (:mod:`crossmodal.convert.flops`) make;
+   the FLOPs counted from the IR (:mod:`crossmodal.ir.flops`) make;
 2. the same for each other network of the zoo (``crossmodal.models.vgg.list_models``),
    ORT-CUDA only (torch eager where onnxruntime has no CUDA provider), at the largest batch;
 3. **decode alone**: images/s of the toolkit's JPEG decode + preprocessing on the
@@ -118,7 +118,7 @@ def ort_cuda() -> bool:
 def make_model(name: str, work: Path) -> tuple[Path, Path]:
     """A seeded random checkpoint of zoo network ``name``, converted (IR, ONNX, and Keras when
     TensorFlow is installed): (model dir, checkpoint)."""
-    from crossmodal.convert.ir import Preprocess
+    from crossmodal.ir.graph import Preprocess
     from crossmodal.convert.pipeline import convert
     from crossmodal.models.synthetic import write_checkpoint
     from crossmodal.models.vgg import create_spec
@@ -154,7 +154,7 @@ def make_jpegs(folder: Path, n: int, size: int) -> list[Path]:
 
 
 def dataset_of(paths: list[Path]):
-    from crossmodal.evaluate.datasets import Dataset, ImageRecord
+    from crossmodal.data.datasets import Dataset, ImageRecord
     return Dataset(name="gpucheck", root=paths[0].parent, categories=["synthetic"],
                    records=[ImageRecord(p, 0, "synthetic") for p in paths])
 
@@ -166,9 +166,9 @@ class TorchCompiled:
     def __init__(self, model_dir: Path, precision: str, device: str, compile_mode: str | None) -> None:
         import torch
 
-        from crossmodal.convert.emitters.to_torch import build_torch
-        from crossmodal.convert.engines import set_torch_precision
-        from crossmodal.convert.ir_io import load_ir
+        from crossmodal.emitters.to_torch import build_torch
+        from crossmodal.runtime.engines import set_torch_precision
+        from crossmodal.ir.store import load_ir
 
         set_torch_precision(False)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
@@ -190,7 +190,7 @@ class TorchCompiled:
                      "compile_mode": compile_mode, "memory_format": "channels_last"}
 
     def run(self, batch: np.ndarray) -> dict:
-        from crossmodal.convert.precision import torch_autocast
+        from crossmodal.runtime.precision import torch_autocast
         torch = self.torch
         with torch.inference_mode(), torch_autocast(torch.device(self.device).type, self.precision):
             x = torch.from_numpy(batch).to(self.device, non_blocking=True).contiguous(
@@ -207,7 +207,7 @@ class TorchCompiled:
 
 def open_runner(engine: str, model_dir: Path, precision: str, device: str, cache: Path, max_batch: int):
     """An object with ``run(batch) → {logits, fc7}``, ``describe()``, ``close()`` for ``engine``."""
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
 
     layers = ["logits", "fc7"]
     if engine == "ort-cuda":
@@ -249,7 +249,7 @@ def throughput(runner, batch: np.ndarray, seconds: float, min_batches: int = 3) 
 
 # --------------------------------------------------------------------------- sections
 def section_network(args, model_dir, flops, peak, budget, results) -> None:
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.store import load_graph
 
     graph = load_graph(model_dir)
     c, h, w = graph.input.shape
@@ -299,8 +299,8 @@ def section_network(args, model_dir, flops, peak, budget, results) -> None:
 
 
 def section_zoo(args, budget, peak) -> list[dict]:
-    from crossmodal.convert.flops import count_flops
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.flops import count_flops
+    from crossmodal.ir.store import load_graph
     from crossmodal.models.vgg import list_models
 
     rows = []
@@ -342,9 +342,9 @@ def section_zoo(args, budget, peak) -> list[dict]:
 def section_decode(args, paths, spec_dir) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.store import load_graph
     from crossmodal.evaluate.features import read_mean_image
-    from crossmodal.evaluate.images import load_batch
+    from crossmodal.data.images import load_batch
 
     graph = load_graph(spec_dir)
     spec, mean = graph.preprocess, read_mean_image(spec_dir, graph)
@@ -385,7 +385,7 @@ def section_decode(args, paths, spec_dir) -> dict:
 def section_end_to_end(args, model_dir, paths, budget) -> list[dict]:
     from crossmodal.evaluate.features import extract_features
 
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.store import load_graph
 
     ds = dataset_of(paths)
     shape = tuple(load_graph(model_dir).input.shape)
@@ -421,8 +421,8 @@ def section_end_to_end(args, model_dir, paths, budget) -> list[dict]:
 
 
 def section_verify(args, model_dir, ckpt, out: Path | None) -> dict:
-    from crossmodal.convert.verify import run_verify
-    from crossmodal.convert.verify_report import console, markdown
+    from crossmodal.verify.job import run_verify
+    from crossmodal.verify.report import console, markdown
 
     result = {}
     for precision in ("fp32", "fp16"):
@@ -495,8 +495,8 @@ def main(argv=None) -> dict:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
 
-    from crossmodal.convert.flops import count_flops
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.flops import count_flops
+    from crossmodal.ir.store import load_graph
 
     peak, peak_source = fp16_peak(env.get("gpu"), args.peak_tflops)
     log(f"# crossmodal GPU check{' (smoke)' if args.smoke else ''}: device {args.device}, "
@@ -507,7 +507,7 @@ def main(argv=None) -> dict:
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     t0 = time.perf_counter()
     model_dir, ckpt = make_model(args.network, args.work)
-    from crossmodal.convert.precision import fp16_onnx
+    from crossmodal.runtime.precision import fp16_onnx
     t1 = time.perf_counter()
     try:
         fp16_onnx(model_dir)

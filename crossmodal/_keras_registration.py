@@ -13,8 +13,8 @@ import sys
 
 
 def register() -> None:
-    """Import (and so register) :mod:`crossmodal.convert.emitters.keras_layers`."""
-    import crossmodal.convert.emitters.keras_layers  # noqa: F401
+    """Import (and so register) :mod:`crossmodal.emitters.keras_layers`."""
+    import crossmodal.emitters.keras_layers  # noqa: F401
 
 
 class _AfterKerasImport(importlib.abc.MetaPathFinder):

@@ -10,9 +10,9 @@ and explain images from a notebook, without a subprocess.
 Inputs (``images``): one item or a list of items, each a file path, a ``PIL.Image``,
 an ``(H, W, 3)`` uint8 array (an image, preprocessed here), a preprocessed float32
 ``(3, H, W)`` sample or a ``(B, 3, H, W)`` batch (used as given). Paths are decoded
-and preprocessed exactly as ``baseline`` does (:mod:`crossmodal.evaluate.images`,
+and preprocessed exactly as ``baseline`` does (:mod:`crossmodal.data.images`,
 the preprocessing recorded in the model). A file that does not decode raises
-:class:`~crossmodal.evaluate.images.ImageDecodeError`, or with ``on_error="skip"``
+:class:`~crossmodal.data.images.ImageDecodeError`, or with ``on_error="skip"``
 is left out and listed in :attr:`Batch.failures`.
 
 Classification and features run on the chosen backend (``onnx`` default,
@@ -29,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from crossmodal.convert.ir import Graph
-from crossmodal.convert.ir_io import load_graph
+from crossmodal.ir.graph import Graph
+from crossmodal.ir.store import load_graph
 from crossmodal.errors import InputError
 
 #: The demo's indoor/outdoor rule, printed with every vote.
@@ -81,7 +81,7 @@ def io_vote(probs: np.ndarray, io_labels: Sequence[int]) -> tuple[str, float]:
 
 def normalise_label(name: str) -> str:
     """``/b/bedroom`` → ``bedroom``; ``/s/stadium/baseball`` → ``stadium_baseball``."""
-    from crossmodal.evaluate.labels import normalise
+    from crossmodal.data.labels import normalise
     return normalise(name)
 
 
@@ -124,7 +124,7 @@ class Model:
 
     def __init__(self, model_dir: str | os.PathLike, backend: str = "onnx", device: str = "auto", *,
                  threads: int | None = None, draft: bool = False, workers: int | None = None) -> None:
-        from crossmodal.evaluate.backends import BACKENDS, check_device
+        from crossmodal.runtime.backends import BACKENDS, check_device
         from crossmodal.evaluate.features import read_mean_image
 
         if backend not in BACKENDS:
@@ -198,7 +198,7 @@ class Model:
         """One path / PIL image / (H, W, 3) uint8 array → float32 ``(3, H, W)``."""
         from PIL import Image
 
-        from crossmodal.evaluate.images import load_image, preprocess
+        from crossmodal.data.images import load_image, preprocess
         if isinstance(image, (str, os.PathLike)):
             return load_image(image, self.graph.preprocess, self.mean_image, self.draft)
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
@@ -210,7 +210,7 @@ class Model:
 
     def load(self, images: Any, on_error: str = "raise") -> Batch:
         """Any accepted input(s) → a :class:`Batch` (paths decoded on a thread pool)."""
-        from crossmodal.evaluate.images import ImageDecodeError, load_batch
+        from crossmodal.data.images import ImageDecodeError, load_batch
         if on_error not in ("raise", "skip"):
             raise InputError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         items = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -252,7 +252,7 @@ class Model:
         spec = self.graph.preprocess
         x = np.asarray(x, np.float32) * np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
         if self.mean_image is not None:
-            from crossmodal.evaluate.images import crop_mean_image
+            from crossmodal.data.images import crop_mean_image
             x = x + crop_mean_image(self.mean_image, tuple(spec.crop))[None]
         else:
             x = x + np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
@@ -265,7 +265,7 @@ class Model:
     # ------------------------------------------------------------------ backend
     def backend(self, layers: Sequence[str]):
         """The inference backend, (re)opened when it lacks one of ``layers``."""
-        from crossmodal.evaluate.backends import open_backend
+        from crossmodal.runtime.backends import open_backend
         if self._backend is None or not set(layers) <= set(self._backend.layers):
             wanted = list(dict.fromkeys([*(self._backend.layers if self._backend else ()), *layers]))
             self.close_backend()
@@ -329,9 +329,9 @@ class Model:
         if self._torch is None:
             import torch
 
-            from crossmodal.convert.emitters.to_torch import build_torch
-            from crossmodal.convert.engines import set_torch_precision, torch_device
-            from crossmodal.convert.ir_io import load_ir
+            from crossmodal.emitters.to_torch import build_torch
+            from crossmodal.runtime.engines import set_torch_precision, torch_device
+            from crossmodal.ir.store import load_ir
 
             set_torch_precision(False)
             if self.threads:

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from crossmodal.convert.readers import caffe_schema as schema
+from crossmodal.readers import caffe_schema as schema
 
 #: 3×20×28 input; three 2×2/2 max pools, the last on a 5×7 map where Caffe's ceil
 #: rounding gives 3×4 (floor: 2×3). Pre-fc map (C, H, W) = (2, 3, 4), all distinct.

@@ -141,7 +141,7 @@ def test_class_folders_give_the_same_numbers(model, tree, list_run, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "keras"])
 def test_every_backend_gives_the_same_result(backend, model, tree, list_run, tmp_path):
-    from crossmodal.evaluate.baseline import run_baseline
+    from crossmodal.evaluate.baseline.job import run_baseline
     run = run_baseline(model, "sketch", out_dir=tmp_path, images=tree["list"], list_file=tree["list"] / "val.txt",
                        categories=tree["list"] / "categories.txt", backend=backend, device="cpu", batch_size=8)
     m, ref = run.results[0].metrics, _metrics(list_run[0])
@@ -155,7 +155,7 @@ def test_every_backend_gives_the_same_result(backend, model, tree, list_run, tmp
 
 
 def test_unmapped_keep_scores_them_as_errors(model, tree, expected, tmp_path):
-    from crossmodal.evaluate.baseline import run_baseline
+    from crossmodal.evaluate.baseline.job import run_baseline
     run = run_baseline(model, "sketch", out_dir=tmp_path, images=tree["list"], list_file=tree["list"] / "val.txt",
                        categories=tree["list"] / "categories.txt", unmapped="keep", device="cpu",
                        cache_dir=tmp_path / "c")
@@ -191,7 +191,7 @@ def test_several_modalities_write_a_comparison(model, tree, tmp_path):
 
 
 def test_interrupted_run_writes_no_metrics_and_resumes(model, tree, list_run, tmp_path):
-    from crossmodal.evaluate.baseline import run_baseline
+    from crossmodal.evaluate.baseline.job import run_baseline
     kwargs = dict(out_dir=tmp_path, images=tree["list"], list_file=tree["list"] / "val.txt",
                   categories=tree["list"] / "categories.txt", device="cpu", batch_size=4)
 
@@ -285,7 +285,7 @@ def test_help_names_the_options():
 
 def test_keras_backend_returns_ir_layouts(model):
     """pool5 comes back NCHW and fc7/logits equal ONNX Runtime's, though Keras runs NHWC."""
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
     x = np.random.default_rng(3).standard_normal((5, 3, 20, 28)).astype(np.float32)
     layers = ("logits", "fc7", "pool5")
     with open_backend("keras", model, layers, device="cpu") as k, \
@@ -329,7 +329,7 @@ def test_relabelled_list_reuses_the_cache_with_its_new_labels(model, tree, list_
 
 
 def test_fp16_run_states_precision_and_providers(model, tree, list_run, tmp_path):
-    from crossmodal.evaluate.baseline import run_baseline
+    from crossmodal.evaluate.baseline.job import run_baseline
     run = run_baseline(model, "sketch", out_dir=tmp_path, images=tree["list"], list_file=tree["list"] / "val.txt",
                        categories=tree["list"] / "categories.txt", device="cpu", precision="fp16",
                        cache_dir=tmp_path / "c")

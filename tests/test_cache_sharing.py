@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys, time
 import numpy as np
-from crossmodal.evaluate.datasets import resolve_modality
+from crossmodal.data.datasets import resolve_modality
 from crossmodal.evaluate.features import extract_features
 model, data, cache, out, delay = sys.argv[1:]
 logs = []
@@ -49,7 +49,7 @@ def data(tmp_path_factory):
 
 
 def _single_run(model, data, cache):
-    from crossmodal.evaluate.datasets import resolve_modality
+    from crossmodal.data.datasets import resolve_modality
     from crossmodal.evaluate.features import extract_features
     return extract_features(model, resolve_modality("natural", data_root=data), "onnx", ["logits", "fc7"],
                             device="cpu", batch_size=2, workers=1, threads=1, cache_dir=cache)
@@ -100,7 +100,7 @@ def test_a_file_being_created_by_another_run_is_not_deleted(model, data, tmp_pat
     logs, result = [], {}
 
     def run():
-        from crossmodal.evaluate.datasets import resolve_modality
+        from crossmodal.data.datasets import resolve_modality
         from crossmodal.evaluate.features import extract_features
         result["fs"] = extract_features(model, resolve_modality("natural", data_root=data), "onnx",
                                         ["logits", "fc7"], device="cpu", batch_size=2, workers=1, threads=1,

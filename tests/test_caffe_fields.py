@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
-from crossmodal.convert.readers import caffe_schema as schema
+from crossmodal.readers import caffe_schema as schema
 
 #: (upstream line, message, label, type, field, number[, "packed"]); type: a scalar, a message,
 #: or "enum:<Enum path>" (Caffe nests most enums in their message, e.g. each parameter's Engine).

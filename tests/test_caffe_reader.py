@@ -14,10 +14,10 @@ from caffe_fixtures import (
     IMAGE_DATA, ODD_INPUT, ODD_POOLS, TRAIN_VAL_DATA, random_blobs, tiny_prototxt, tiny_shapes, tiny_train_val,
     to_v1, vgg16_shapes, write_caffemodel,
 )
-from crossmodal.convert import reference
-from crossmodal.convert.ir import PREPROCESS_PRESETS, infer_shapes
-from crossmodal.convert.readers import caffe_schema as schema
-from crossmodal.convert.readers.from_caffe import read_caffe, read_mean_file, read_prototxt
+from crossmodal.ir import reference
+from crossmodal.ir.graph import PREPROCESS_PRESETS, infer_shapes
+from crossmodal.readers import caffe_schema as schema
+from crossmodal.readers.from_caffe import read_caffe, read_mean_file, read_prototxt
 from crossmodal.errors import InputError, UnsupportedError
 from helpers import rel_err, shared_file
 
@@ -304,7 +304,7 @@ def test_convert_emits_onnx_and_keras_that_match_the_reference(tiny, batch, tmp_
     import keras
     import onnxruntime as ort
 
-    from crossmodal.convert.ir_io import load_ir
+    from crossmodal.ir.store import load_ir
     from crossmodal.convert.pipeline import convert
     proto, caffemodel, _ = tiny["layer"]
     result = convert(proto, tmp_path, caffemodel=caffemodel, targets=["ir", "keras", "onnx"])
@@ -322,7 +322,7 @@ def test_convert_emits_onnx_and_keras_that_match_the_reference(tiny, batch, tmp_
 
 def test_verify_uses_the_caffemodel_as_its_reference(tiny, tmp_path):
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     proto, caffemodel, _ = tiny["layers"]
     convert(proto, tmp_path, caffemodel=caffemodel, targets=["ir", "onnx"], rgb_input=True)
     report = run_verify(tmp_path, engines=("ir", "onnx"), source=caffemodel, prototxt=proto, random=2)
@@ -585,7 +585,7 @@ def test_cli_verify_takes_the_caffemodel_as_the_reference(tiny, tmp_path, rgb):
 
 
 def test_real_hybrid1365_labels_name_a_converted_1365_class_net(tmp_path):
-    from crossmodal.convert.ir_io import load_ir
+    from crossmodal.ir.store import load_ir
     from crossmodal.convert.pipeline import convert
     labels = places_file("categories_hybrid1365.txt")
     assert read_prototxt(places_file("deploy_vgg16_hybrid1365.prototxt")).graph.num_classes == 1365

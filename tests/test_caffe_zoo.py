@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from caffe_fixtures import ALEXNET_SHAPES, write_blobs, write_caffemodel
-from crossmodal.convert import reference
-from crossmodal.convert.ir import infer_shapes
-from crossmodal.convert.readers.from_caffe import read_caffe, read_prototxt
+from crossmodal.ir import reference
+from crossmodal.ir.graph import infer_shapes
+from crossmodal.readers.from_caffe import read_caffe, read_prototxt
 from crossmodal.errors import InputError, UnsupportedError
 from helpers import require_shared
 
@@ -49,8 +49,8 @@ def outputs(model, x: np.ndarray, layer: str) -> dict[str, np.ndarray]:
     import onnx
     import onnxruntime as ort
 
-    from crossmodal.convert.emitters.to_onnx import build_onnx
-    from crossmodal.convert.emitters.to_torch import build_torch, run_layers
+    from crossmodal.emitters.to_onnx import build_onnx
+    from crossmodal.emitters.to_torch import build_torch, run_layers
 
     out = {"reference": reference.run(model, x, [layer])[layer],
            "torch": run_layers(build_torch(model), x, [layer])[layer]}
@@ -361,7 +361,7 @@ def test_demo_names_a_missing_prototxt(tmp_path, monkeypatch):
 # --- full size (slow) ----------------------------------------------------------------------------------
 def convert_and_verify(tmp_path: Path, proto: Path, caffemodel: Path, **read_options):
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     out = tmp_path / "model"
     convert(proto, out, caffemodel=caffemodel, **read_options)
     report = run_verify(out, engines=("torch", "ir", "keras", "onnx"), source=caffemodel, prototxt=proto, random=1)
@@ -372,7 +372,7 @@ def convert_and_verify(tmp_path: Path, proto: Path, caffemodel: Path, **read_opt
 
 
 def report_graph(out: Path):
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir.store import load_graph
     return load_graph(out)
 
 

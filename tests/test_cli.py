@@ -110,7 +110,7 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(runner, tmp_path, tin
 
 def test_failure_midway_leaves_the_output_folder_as_it_was(tmp_path, tiny_ckpt, monkeypatch):
     from crossmodal.convert import pipeline
-    from crossmodal.convert.emitters import to_keras
+    from crossmodal.emitters import to_keras
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -125,7 +125,7 @@ def test_failure_midway_leaves_the_output_folder_as_it_was(tmp_path, tiny_ckpt, 
 
 def test_failure_into_a_fresh_path_removes_every_folder_it_created(tmp_path, tiny_ckpt, monkeypatch):
     from crossmodal.convert import pipeline
-    from crossmodal.convert.emitters import to_keras
+    from crossmodal.emitters import to_keras
 
     def broken(model):
         raise RuntimeError("disk full")
@@ -137,7 +137,7 @@ def test_failure_into_a_fresh_path_removes_every_folder_it_created(tmp_path, tin
 
 def test_real_label_files_are_read(tmp_path):
     from helpers import shared_file
-    from crossmodal.convert.label_files import read_labels
+    from crossmodal.readers.label_files import read_labels
     labels = read_labels(shared_file("places365", "categories_places365.txt"),
                          shared_file("places365", "IO_places365.txt"), 365)
     assert labels.names[0] == "/a/airfield" and labels.names[-1] == "/z/zen_garden"
@@ -171,7 +171,7 @@ def test_running_with_no_arguments_still_shows_help(runner):
 
 
 def test_opset_outside_the_supported_range_exits_2_with_the_range(runner, tmp_path, tiny_ckpt):
-    from crossmodal.convert.emitters.to_onnx import MIN_OPSET, max_opset
+    from crossmodal.emitters.to_onnx import MIN_OPSET, max_opset
     out = tmp_path / "out"
     for opset in (7, max_opset()[0] + 1, 99):
         line = _one_error_line(runner.invoke(main, ["convert", str(tiny_ckpt[0]), "-o", str(out), "--input-size",
@@ -245,14 +245,14 @@ def test_an_unreadable_io_label_file_is_named(runner, tmp_path, tiny_ckpt):
 
 
 def test_label_names_may_hold_spaces(tmp_path):
-    from crossmodal.convert.label_files import parse_categories
+    from crossmodal.readers.label_files import parse_categories
     assert parse_categories("n01440764 tench, Tinca tinca 1\n/a/airfield 0\n") == [
         "/a/airfield", "n01440764 tench, Tinca tinca"]
 
 
 def test_real_hybrid1365_labels_are_read():
     from helpers import shared_file
-    from crossmodal.convert.label_files import read_labels
+    from crossmodal.readers.label_files import read_labels
     labels = read_labels(shared_file("places365", "categories_hybrid1365.txt"), num_classes=1365)
     assert labels.names[0] == "n01440764 tench, Tinca tinca"
     assert labels.names[1000] == "/a/airfield" and labels.names[-1] == "/z/zen_garden"

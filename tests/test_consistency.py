@@ -50,8 +50,8 @@ def test_a_first_convolution_the_preprocessing_cannot_feed_is_refused(ckpts, tmp
 
 
 def test_a_grayscale_spec_makes_a_one_channel_model_convertible(ckpts, tmp_path):
-    from crossmodal.convert.ir_io import load_graph
-    from crossmodal.evaluate.images import load_batch
+    from crossmodal.ir.store import load_graph
+    from crossmodal.data.images import load_batch
     out = tmp_path / "gray"
     result = CliRunner().invoke(main, ["convert", str(ckpts[1]), "-o", str(out), "--input-size", "20x28",
                                        "--to", "ir,onnx", "--preprocess", json.dumps(GRAY), "-q"])
@@ -70,7 +70,7 @@ def test_a_grayscale_spec_makes_a_one_channel_model_convertible(ckpts, tmp_path)
                   - (rgb @ [0.299, 0.587, 0.114])).max() <= 1.0  # PIL's L is the ITU-R 601-2 luma
     np.testing.assert_allclose(batch[0, 0], (luma / 255.0 - 0.5) / 0.25, rtol=0, atol=1e-6)
     # and the model runs on them
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
     backend = open_backend("onnx", out, ["logits"], device="cpu", graph=g)
     try:
         assert backend.run(batch)["logits"].shape == (1, 10)
@@ -110,7 +110,7 @@ def test_verify_baseline_and_retrieval_refuse_an_inconsistent_ir_folder(hand_edi
 
 
 def _graph(first_layers, input_channels=3, preprocess=None, tensors=None):
-    from crossmodal.convert.ir import Graph, InputSpec, Layer, Preprocess, TensorSpec
+    from crossmodal.ir.graph import Graph, InputSpec, Layer, Preprocess, TensorSpec
     layers = []
     for name, cin in first_layers:
         layers.append(Layer(name, "conv2d", ["input"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1),
@@ -123,7 +123,7 @@ def _graph(first_layers, input_channels=3, preprocess=None, tensors=None):
 
 
 def test_every_layer_reading_the_input_is_checked_whatever_its_name():
-    from crossmodal.convert.consistency import check, first_layers
+    from crossmodal.ir.consistency import check, first_layers
     g = _graph([("stem_a", 3), ("branch_b", 2)])  # two consumers of the input, as in a DAG
     assert [l.name for l in first_layers(g)] == ["stem_a", "branch_b"]
     with pytest.raises(InputError, match="layer 'branch_b' \\(conv2d, the first layer\\) takes 2 input channels"):
@@ -132,8 +132,8 @@ def test_every_layer_reading_the_input_is_checked_whatever_its_name():
 
 
 def test_the_input_spec_and_the_mean_image_must_agree_too():
-    from crossmodal.convert.consistency import check
-    from crossmodal.convert.ir import Preprocess, TensorSpec
+    from crossmodal.ir.consistency import check
+    from crossmodal.ir.graph import Preprocess, TensorSpec
     with pytest.raises(InputError, match="input spec says 1"):
         check(_graph([("c", 3)], input_channels=1))
     spec = Preprocess(resize=(8, 8), crop=(8, 8), mean_image="mean", value_range="0-255", std=(1, 1, 1))
@@ -143,7 +143,7 @@ def test_the_input_spec_and_the_mean_image_must_agree_too():
 
 
 def test_preprocess_takes_one_value_for_grayscale_and_refuses_mixtures():
-    from crossmodal.convert.ir import Preprocess
+    from crossmodal.ir.graph import Preprocess
     spec = Preprocess.from_dict({"mean": [0.5], "std": [0.2]})
     assert spec.channel_order == "L" and spec.channels == 1
     with pytest.raises(InputError, match="mean and std need one value each"):

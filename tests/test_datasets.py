@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from crossmodal.errors import InputError
-from crossmodal.evaluate.datasets import (
+from crossmodal.data.datasets import (
     Dataset, ImageRecord, load_config, read_categories, read_label_list, resolve_modality,
     scan_class_folders,
 )

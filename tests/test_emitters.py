@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from crossmodal.convert import reference
-from crossmodal.convert.emitters import to_onnx
-from crossmodal.convert.ir import LAYER_KINDS, Labels, Layer
-from crossmodal.convert.ir_io import load_ir
-from crossmodal.convert.registry import TARGETS, check_supported, converter, coverage
+from crossmodal.ir import reference
+from crossmodal.emitters import to_onnx
+from crossmodal.ir.graph import LAYER_KINDS, Labels, Layer
+from crossmodal.ir.store import load_ir
+from crossmodal.emitters.registry import TARGETS, check_supported, converter, coverage
 from crossmodal.errors import InputError, UnsupportedError
 from helpers import rel_err
 
@@ -80,8 +80,8 @@ def test_keras_weights_file_loads_into_a_rebuilt_model_by_name(tiny_converted, b
 
 def test_keras_without_the_fc6_permutation_would_be_wrong(tiny_ir, batch, ref, monkeypatch):
     """The permutation is what makes a 3×5×7 map right: skipping it must break the output."""
-    from crossmodal.convert import layouts
-    from crossmodal.convert.emitters.to_keras import build_keras
+    from crossmodal.ir import layouts
+    from crossmodal.emitters.to_keras import build_keras
     monkeypatch.setattr(layouts, "dense_chw_oi_to_hwc_io", lambda w, chw: layouts.dense_oi_to_io(w))
     model, _ = build_keras(tiny_ir)
     assert rel_err(model(batch.transpose(0, 2, 3, 1)).numpy(), ref["logits"]) > 1e-2
@@ -162,7 +162,7 @@ def test_onnx_producer_is_recorded(tiny_ir):
 
 def test_torch_emitter_round_trips_weights_bit_for_bit(tiny_ir, batch, ref):
     import torch
-    from crossmodal.convert.emitters.to_torch import build_torch, run_layers, state_dict_to_ir_weights
+    from crossmodal.emitters.to_torch import build_torch, run_layers, state_dict_to_ir_weights
     module = build_torch(tiny_ir)
     back = state_dict_to_ir_weights(module.state_dict())
     assert set(back) == {t.name for l in tiny_ir.graph.layers for t in l.tensors.values()}
@@ -177,7 +177,7 @@ def test_torch_emitter_round_trips_weights_bit_for_bit(tiny_ir, batch, ref):
 # --------------------------------------------------------------------------- Keras pooling
 def _pool_net(kind="max_pool2d", k=3, s=3, p=0, ceil=True, relu=True, hw=(13, 14), pools=1, cin=2):
     """input cin×H×W → conv 3×3 (pad 1) [→ relu] → ``pools`` × pooling → flatten → dense(4)."""
-    from crossmodal.convert.ir import Graph, InputSpec, IRModel, Preprocess, TensorSpec, infer_shapes
+    from crossmodal.ir.graph import Graph, InputSpec, IRModel, Preprocess, TensorSpec, infer_shapes
     rng = np.random.default_rng(5)
     conv = {"weight": TensorSpec("conv1.weight", (3, cin, 3, 3), "OIHW"), "bias": TensorSpec("conv1.bias", (3,), "O")}
     layers = [Layer("conv1", "conv2d", ["input"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1),
@@ -202,7 +202,7 @@ def _pool_net(kind="max_pool2d", k=3, s=3, p=0, ceil=True, relu=True, hw=(13, 14
 
 def _keras_matches_reference(model, layer="pool1"):
     import keras
-    from crossmodal.convert.emitters.to_keras import build_keras
+    from crossmodal.emitters.to_keras import build_keras
     x = np.random.default_rng(1).standard_normal((2, *model.graph.input.shape)).astype(np.float32)
     kmodel, names = build_keras(model)
     probe = keras.Model(kmodel.input, [kmodel.get_layer(names[layer]).output, kmodel.output])
@@ -224,7 +224,7 @@ def _keras_matches_reference(model, layer="pool1"):
     ("avg_pool2d", 3, 2, 1, False, (13, 14), ("valid", ((1, 1), (1, 0)))),
 ])
 def test_keras_pooling_is_exact_where_it_is_emitted(kind, k, s, p, ceil, hw, plan):
-    from crossmodal.convert.emitters.to_keras import pool_plan
+    from crossmodal.emitters.to_keras import pool_plan
     model = _pool_net(kind, k, s, p, ceil, relu=True, hw=hw)
     layer = model.graph.layer("pool1")
     got = pool_plan(model.graph, layer, (3, *hw))
@@ -243,7 +243,7 @@ def test_keras_ceil_pooling_k3_s3_on_13_is_exact_after_relu_not_same():
 
 
 def test_keras_refuses_pooling_it_cannot_express_all_in_one_pass():
-    from crossmodal.convert.emitters.to_keras import build_keras, keras_gaps
+    from crossmodal.emitters.to_keras import build_keras, keras_gaps
     # max pooling that needs zero end padding on an input that can be negative (no ReLU)
     model = _pool_net("max_pool2d", 3, 3, 0, True, relu=False, hw=(28, 28), pools=2)  # 28 → 10 → 4
     model.graph.layers.insert(1, Layer("norm1", "lrn_fake", ["conv1"]))
@@ -262,7 +262,7 @@ def test_keras_refuses_pooling_it_cannot_express_all_in_one_pass():
 
 
 def test_keras_refusal_comes_before_any_file_is_written(tmp_path):
-    from crossmodal.convert.ir_io import save_ir
+    from crossmodal.ir.store import save_ir
     from crossmodal.convert.pipeline import convert
     src = tmp_path / "ir"
     src.mkdir()

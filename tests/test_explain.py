@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from crossmodal.cli import main
-from crossmodal.convert.ir import Graph, InputSpec, IRModel, Labels, Layer, Preprocess, TensorSpec
-from crossmodal.convert.ir_io import save_ir
+from crossmodal.ir.graph import Graph, InputSpec, IRModel, Labels, Layer, Preprocess, TensorSpec
+from crossmodal.ir.store import save_ir
 from helpers import require_module, shared_file
 
 PLAIN = Preprocess(resize=(16, 16), crop=(16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), name="plain")
@@ -68,7 +68,7 @@ def gap_graph(out: Path, pool_kind: str = "avg_pool2d") -> Path:
 
 @pytest.fixture(scope="module", params=["avg_pool2d", "global_avg_pool2d"])
 def gap_model(request, tmp_path_factory):
-    from crossmodal.convert.ir import LAYER_KINDS
+    from crossmodal.ir.graph import LAYER_KINDS
     if request.param not in LAYER_KINDS:
         pytest.skip(f"the IR has no {request.param!r} layer kind yet")
     return gap_graph(tmp_path_factory.mktemp("gap") / "m", request.param)
@@ -160,8 +160,8 @@ def test_cam_head_is_found_from_the_graph_structure():
 # --------------------------------------------------------------------------- numerics
 def test_cam_equals_the_hand_computation_from_the_dense_weights(gap_model):
     import crossmodal
-    from crossmodal.convert import reference
-    from crossmodal.convert.ir_io import load_ir
+    from crossmodal.ir import reference
+    from crossmodal.ir.store import load_ir
     model = crossmodal.load_model(gap_model, backend="torch", device="cpu")
     x = np.random.default_rng(1).normal(0, 1, (3, 3, 16, 16)).astype(np.float32)
     method, layer, head = model.explain_setup()
@@ -307,9 +307,9 @@ def _demo_rules(logits, fc7, W, io_path):
 
 
 def test_predict_follows_the_demo_rules(places_model, photos, tmp_path):
-    from crossmodal.convert import reference
-    from crossmodal.convert.ir_io import load_ir
-    from crossmodal.evaluate.images import load_image
+    from crossmodal.ir import reference
+    from crossmodal.ir.store import load_ir
+    from crossmodal.data.images import load_image
     names = shared_file("places365", "labels_sunattribute.txt")
     W = np.random.default_rng(5).normal(0, 1, (102, 16)).astype(np.float32)
     np.save(tmp_path / "W.npy", W)
@@ -519,8 +519,8 @@ def test_cam_on_the_zoos_resnet_equals_the_hand_computation(tmp_path):
     import torch
 
     import crossmodal
-    from crossmodal.convert import reference
-    from crossmodal.convert.ir import IRModel, Labels, Preprocess
+    from crossmodal.ir import reference
+    from crossmodal.ir.graph import IRModel, Labels, Preprocess
     from crossmodal.explain.cam import compute_maps
     from crossmodal.models import resnet
     from crossmodal.models.synthetic_zoo import random_ir_weights

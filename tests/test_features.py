@@ -90,9 +90,9 @@ def make_cmplaces_tree(root: Path, per_category: int = 4, seed: int = 0) -> dict
 
 def reference_logits(model_dir: Path, paths, layers=("logits",)) -> dict[str, np.ndarray]:
     """The IR's float64 NumPy evaluator on the same preprocessed images (draft decoding on)."""
-    from crossmodal.convert import reference
-    from crossmodal.convert.ir_io import load_ir
-    from crossmodal.evaluate.images import load_image
+    from crossmodal.ir import reference
+    from crossmodal.ir.store import load_ir
+    from crossmodal.data.images import load_image
     model = load_ir(model_dir)
     x = np.stack([load_image(p, model.graph.preprocess, draft=True) for p in paths])
     out = reference.run(model, x, [model.graph.resolve(l) for l in layers])
@@ -113,7 +113,7 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tree):
-    from crossmodal.evaluate.datasets import resolve_modality
+    from crossmodal.data.datasets import resolve_modality
     return resolve_modality("sketch", images=tree["list"], list_file=tree["list"] / "val.txt",
                             categories=tree["list"] / "categories.txt")
 
@@ -190,7 +190,7 @@ def test_interrupted_run_resumes_to_the_identical_cache(clean, tiny_model, datas
 def test_cache_key_follows_files_preprocessing_and_model(tiny_model, dataset, tmp_path):
     from dataclasses import replace
 
-    from crossmodal.convert.ir_io import load_graph, load_ir
+    from crossmodal.ir.store import load_graph, load_ir
     from crossmodal.evaluate.features import cache_key, model_fingerprint
     graph = load_graph(tiny_model)
     assert model_fingerprint(tiny_model) == load_ir(tiny_model).fingerprint()
@@ -219,9 +219,9 @@ def test_corrupt_cache_is_recomputed(tiny_model, dataset, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx-iobinding"])
 def test_backends_agree(backend, tiny_model, tree, clean):
-    from crossmodal.evaluate.backends import open_backend
-    from crossmodal.evaluate.images import load_batch
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.runtime.backends import open_backend
+    from crossmodal.data.images import load_batch
+    from crossmodal.ir.store import load_graph
     x, _ = load_batch(clean.paths, load_graph(tiny_model).preprocess, draft=True)
     name, opts = ("onnx", {"io_binding": True}) if backend == "onnx-iobinding" else (backend, {})
     with open_backend(name, tiny_model, ("logits", "fc7", "pool5"), device="cpu", **opts) as b:
@@ -236,7 +236,7 @@ def test_backends_agree(backend, tiny_model, tree, clean):
 
 
 def test_backend_bad_input(tiny_model, tmp_path):
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
     with pytest.raises(InputError, match="unknown backend"):
         open_backend("caffe", tiny_model)
     with pytest.raises(InputError, match="unknown device"):

@@ -32,7 +32,7 @@ def test_conversion_writes_every_target_with_the_published_size(full):
 
 
 def test_every_engine_matches_the_pytorch_source(full):
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     ckpt, model_dir, _ = full
     report = run_verify(model_dir, source=ckpt, random=2, seed=0)
     assert report.passed, report.to_json()["gates"]

@@ -30,7 +30,7 @@ def converted(request, tmp_path_factory):
 
 
 def test_every_engine_matches_the_plain_module_on_every_layer(converted):
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     arch, layout, ckpt, model_dir, result = converted
     graph = result.model.graph
     blob, width, params = FACTS[arch]
@@ -48,7 +48,7 @@ def test_every_engine_matches_the_plain_module_on_every_layer(converted):
 
 
 def test_torch_state_dict_has_todays_torchvision_names(converted):
-    from crossmodal.convert.source_reference_zoo import build_module
+    from crossmodal.verify.source_reference_zoo import build_module
     arch, _, _, model_dir, _ = converted
     state = torch.load(model_dir / "model.pth", weights_only=True)
     module = build_module(arch, 365, 3, {k: tuple(v.shape) for k, v in state.items()})

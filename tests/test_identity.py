@@ -51,8 +51,8 @@ def test_inspect_prints_the_identity_and_the_banner(model):
 
 
 def test_an_old_ir_without_the_field_reads_as_unknown_with_its_hash(model, tmp_path):
-    from crossmodal.convert import identity
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.ir import identity
+    from crossmodal.ir.store import load_graph
     old = tmp_path / "old"
     shutil.copytree(model, old)
     data = json.loads((old / "model.json").read_text())
@@ -67,7 +67,7 @@ def test_an_old_ir_without_the_field_reads_as_unknown_with_its_hash(model, tmp_p
 
 
 def test_a_file_with_a_cards_hash_is_that_card(tmp_path, monkeypatch, tiny_spec):
-    from crossmodal.convert import identity
+    from crossmodal.ir import identity
     from crossmodal.io.hashing import file_sha256
     from crossmodal.models import cards
     from crossmodal.models.synthetic import write_checkpoint
@@ -98,7 +98,8 @@ def test_verify_reports_carry_the_identity(model, tmp_path):
 
 
 def test_baseline_and_retrieval_reports_carry_the_identity_and_the_banner(model, root, tmp_path, monkeypatch):
-    from crossmodal.evaluate import reports, retrieval_reports
+    from crossmodal.evaluate import reports
+    from crossmodal.evaluate.retrieval import reports as retrieval_reports
     titles = []
     for module, name in ((reports, "plot_confusion"), (reports, "plot_per_class")):
         original = getattr(module, name)
@@ -135,7 +136,7 @@ def test_baseline_and_retrieval_reports_carry_the_identity_and_the_banner(model,
 
 
 def test_a_probe_identity_is_random_exactly_when_its_base_is():
-    from crossmodal.convert import identity
+    from crossmodal.ir import identity
     card = {"kind": "card", "card": "vgg16-places365-pytorch", "match": "sha256", "sha256": "ab" * 32}
     probe = {"kind": "probe", "base": card, "head": "mlp", "layer": "pool5", "train_modality": "natural"}
     assert not identity.is_random(probe) and identity.banner(probe) is None

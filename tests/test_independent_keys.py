@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crossmodal.convert import reference
-from crossmodal.convert.readers import from_torch
-from crossmodal.convert.readers.from_torch import read_torch_checkpoint
+from crossmodal.ir import reference
+from crossmodal.readers import from_torch
+from crossmodal.readers.from_torch import read_torch_checkpoint
 from plain_vgg import LAYOUTS, TINY3, TINY3_LAYERS, ir_weights, plain_outputs, plain_vgg, write_plain_checkpoint
 
 HW = TINY3["input"][1:]
@@ -37,10 +37,10 @@ def check_reader(path, module) -> None:
 
 def check_reference(path, module) -> None:
     """``torch-source`` gives every layer the module computes, under the hand-written IR names."""
-    from crossmodal.convert.source_reference import torch_source_engine
+    from crossmodal.verify.source_reference import torch_source_engine
     from crossmodal.models.synthetic import random_state_dict
     from crossmodal.models.vgg import build_graph, create_spec
-    from crossmodal.convert.ir import IRModel
+    from crossmodal.ir.graph import IRModel
 
     spec = create_spec("vgg_tiny3")
     graph = build_graph(spec)  # only the layer names and input shape are used by the engine
@@ -112,7 +112,7 @@ def test_a_wrong_reference_key_table_is_caught(tmp_path, monkeypatch):
 
 
 def test_wrong_hook_names_in_the_reference_are_caught(tmp_path, monkeypatch):
-    from crossmodal.convert import source_reference
+    from crossmodal.verify import source_reference
     original = source_reference.hook_names
     monkeypatch.setattr(source_reference, "hook_names",
                         lambda spec: _swap(original(spec), "features.1", "features.3"))  # relu1_1 ↔ relu1_2

@@ -7,11 +7,11 @@ import h5py
 import numpy as np
 import pytest
 
-from crossmodal.convert import layouts
-from crossmodal.convert.ir import (
+from crossmodal.ir import layouts
+from crossmodal.ir.graph import (
     FORMAT_VERSION, LAYER_KINDS, IRModel, Labels, Layer, Preprocess, infer_shapes, pool_output_size, validate,
 )
-from crossmodal.convert.ir_io import load_ir, save_ir
+from crossmodal.ir.store import load_ir, save_ir
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.models.synthetic import random_state_dict
 from crossmodal.models.vgg import build_graph, create_spec
@@ -169,7 +169,7 @@ def with_mean_image(tiny_model, tmp_path):
 
 
 def test_mean_image_hash_is_recorded_and_checked(with_mean_image):
-    from crossmodal.convert.ir_io import read_tensor
+    from crossmodal.ir.store import read_tensor
     data = json.loads((with_mean_image / "model.json").read_text())
     record = data["tensors"][MEAN]
     assert record["shape"] == [3, 20, 28] and record["layout"] == "CHW" and len(record["sha256"]) == 64

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crossmodal.convert import reference
-from crossmodal.convert.ir import (
+from crossmodal.ir import reference
+from crossmodal.ir.graph import (
     Graph, InputSpec, IRModel, Layer, Preprocess, TensorSpec, infer_shapes, validate, with_hashes,
 )
 from crossmodal.errors import InputError
@@ -113,7 +113,7 @@ def test_strided_dilated_conv_is_exact_in_numpy_and_refused_by_keras(rng):
     import torch
     import torch.nn.functional as F
 
-    from crossmodal.convert.emitters.to_keras import keras_gaps
+    from crossmodal.emitters.to_keras import keras_gaps
     w = rng.normal(size=(4, 3, 3, 3))
     layer = Layer("c", "conv2d", ["input"], {"kernel": (3, 3), "stride": (2, 3), "pad": (2, 1), "dilation": (2, 1),
                                              "in_channels": 3, "out_channels": 4},
@@ -165,9 +165,9 @@ def test_even_lrn_and_wrong_tensor_shapes_are_refused(dag):
 
 @pytest.mark.parametrize("engine", ["torch", "onnx", "keras"])
 def test_every_engine_runs_the_dag_like_the_reference(dag, engine, tmp_path, rng):
-    from crossmodal.convert import engines
-    from crossmodal.convert.emitters.to_keras import build_keras, save_keras
-    from crossmodal.convert.emitters.to_onnx import build_onnx, save_onnx
+    from crossmodal.runtime import engines
+    from crossmodal.emitters.to_keras import build_keras, save_keras
+    from crossmodal.emitters.to_onnx import build_onnx, save_onnx
 
     x = rng.normal(size=(3, 3, 9, 11)).astype(np.float32)
     if engine == "torch":
@@ -196,7 +196,7 @@ def test_keras_model_with_lrn_loads_in_a_fresh_process_after_import_crossmodal(d
     import subprocess
     import sys
 
-    from crossmodal.convert.emitters.to_keras import build_keras, save_keras
+    from crossmodal.emitters.to_keras import build_keras, save_keras
     kmodel, _ = build_keras(dag)
     save_keras(kmodel, tmp_path / "m.keras")
     x = rng.normal(size=(2, 9, 11, 3)).astype(np.float32)
@@ -216,7 +216,7 @@ def test_keras_model_with_lrn_loads_in_a_fresh_process_after_import_crossmodal(d
 
 
 def test_flops_count_every_kind(dag):
-    from crossmodal.convert.flops import count_flops
+    from crossmodal.ir.flops import count_flops
     f = count_flops(dag.graph)
     assert f.uncounted == []
     assert f.by_layer["conv1"] == 2 * 8 * 9 * 11 * 3 * 3 * 3  # no bias: no adds beyond the products

@@ -9,7 +9,7 @@ import pytest
 
 from crossmodal.errors import InputError
 from helpers import require_shared
-from crossmodal.evaluate.labels import (
+from crossmodal.data.labels import (
     build_mapping, load_aliases, merge_aliases, normalise, parse_aliases, score,
 )
 
@@ -75,7 +75,7 @@ def test_made_up_205_list_unmapped_set(places365):
     targets = [normalise(n) for n in made_up]
     # expected from the real label list and the packaged CSV, read here with the csv module
     real = {_flat(n) for n in places365}
-    with resources.files("crossmodal.evaluate").joinpath("data/places205_aliases.csv").open(newline="") as f:
+    with resources.files("crossmodal.data").joinpath("places205_aliases.csv").open(newline="") as f:
         aliased = {row["target_category"]: row["source_label"] for row in csv.DictReader(l for l in f if not l.startswith("#"))}
     assert all(_flat(src) in real for src in aliased.values() if src)
     expected = {_flat(n) for n in made_up

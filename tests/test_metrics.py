@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from crossmodal.evaluate.labels import build_mapping, score
+from crossmodal.data.labels import build_mapping, score
 from crossmodal.evaluate.metrics import (
     chance_levels, classification_metrics, confusion_matrix, muted_softmax, per_class_counts,
     predicted_categories, safe_ratio, wilson_interval,

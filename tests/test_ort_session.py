@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossmodal.convert.ort_session import CPU, CUDA, TRT, choose_providers, open_session, provider_names
+from crossmodal.runtime.ort_session import CPU, CUDA, TRT, choose_providers, open_session, provider_names
 from crossmodal.errors import InputError
 
 
@@ -148,7 +148,7 @@ def model_dir(tmp_path, tiny_converted):
 
 
 def test_backend_reports_the_providers_its_session_really_has(model_dir):
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
 
     with open_backend("onnx", model_dir, ["logits"], device="auto") as b:
         info = b.describe()
@@ -163,7 +163,7 @@ def test_backend_reports_the_providers_its_session_really_has(model_dir):
 def test_io_binding_path_gives_the_plain_run_results(model_dir):
     """The bound path (device input reused across batches, outputs read back) on the CPU
     provider gives exactly what a plain run gives, for changing batch sizes."""
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
 
     rng = np.random.default_rng(0)
     with open_backend("onnx", model_dir, ["logits", "pool2"], device="cpu") as plain, \
@@ -200,7 +200,7 @@ needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"needs a workin
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_backend_io_binding_matches_cpu(model_dir, precision):
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
 
     x = np.random.default_rng(0).standard_normal((4, 3, 20, 28)).astype(np.float32)
     with open_backend("onnx", model_dir, ["logits", "fc7", "pool2"], device="cpu") as cpu:
@@ -218,7 +218,7 @@ def test_cuda_backend_io_binding_matches_cpu(model_dir, precision):
 
 @needs_cuda
 def test_cuda_verify_fp16_gate(model_dir, tiny_ckpt):
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     report = run_verify(model_dir, source=tiny_ckpt[0], random=4, device="cuda", precision="fp16",
                         engines=("torch", "onnx"))
     assert report.passed
@@ -227,7 +227,7 @@ def test_cuda_verify_fp16_gate(model_dir, tiny_ckpt):
 
 # --------------------------------------------------------------------------- FLOPs (for the GPU peak fraction)
 def test_vgg16_flops_from_the_ir_match_the_architecture():
-    from crossmodal.convert.flops import count_flops
+    from crossmodal.ir.flops import count_flops
     from crossmodal.models.vgg import build_graph, create_spec
 
     # by hand: 3×3 convs at 224, 112, 56, 28, 14 with VGG16's channel plan; then the classifier
@@ -244,8 +244,8 @@ def test_vgg16_flops_from_the_ir_match_the_architecture():
 def test_trt_fp16_that_falls_back_to_cuda_is_refused_not_mislabelled(model_dir, monkeypatch):
     """--trt --precision fp16 runs the fp32 model (TensorRT makes the fp16 kernels): if TensorRT
     does not start, CUDA would run it at fp32 under an fp16 label; the backend refuses instead."""
-    from crossmodal.convert import ort_session
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime import ort_session
+    from crossmodal.runtime.backends import open_backend
 
     real = ort_session.open_session
 

@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from crossmodal.convert import precision as P
+from crossmodal.runtime import precision as P
 from crossmodal.errors import InputError
 
 
@@ -56,8 +56,8 @@ def test_fp16_model_is_built_once_beside_fp32_and_keyed_by_its_fingerprint(model
     sidecar = json.loads((model_dir / "model.fp16.onnx.json").read_text())
     from crossmodal.io.hashing import file_sha256
     assert sidecar["key"]["source_sha256"] == file_sha256(model_dir / "model.onnx")
-    from crossmodal.convert.ir import IRModel
-    from crossmodal.convert.ir_io import load_ir
+    from crossmodal.ir.graph import IRModel
+    from crossmodal.ir.store import load_ir
     assert sidecar["key"]["ir_fingerprint"] == load_ir(model_dir).fingerprint()
     assert meta["crossmodal.fp16_key"] == sidecar["key_sha256"]
     assert meta["crossmodal.ir_fingerprint"] == IRModel(load_ir(model_dir).graph, {}).fingerprint()
@@ -118,7 +118,7 @@ def test_keras_mixed_policy_keeps_weights_and_computes_in_half(tiny_converted):
 @pytest.mark.parametrize("backend,precision", [("onnx", "fp16"), ("torch", "fp16"), ("torch", "bf16"),
                                                ("keras", "fp16")])
 def test_backends_at_reduced_precision_return_float32_close_to_fp32(model_dir, backend, precision):
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
 
     x = np.random.default_rng(0).standard_normal((3, 3, 20, 28)).astype(np.float32)
     layers = ["logits", "fc7", "pool2"]  # pool2: not an output of the file, added (through a cast at fp16)
@@ -138,13 +138,13 @@ def test_backends_at_reduced_precision_return_float32_close_to_fp32(model_dir, b
 
 
 def test_onnx_backend_refuses_bf16_with_the_reason(model_dir):
-    from crossmodal.evaluate.backends import open_backend
+    from crossmodal.runtime.backends import open_backend
     with pytest.raises(InputError, match="bf16"):
         open_backend("onnx", model_dir, ["logits"], device="cpu", precision="bf16")
 
 
 def test_reduced_precision_features_have_their_own_cache(model_dir, tmp_path):
-    from crossmodal.evaluate.datasets import Dataset, ImageRecord
+    from crossmodal.data.datasets import Dataset, ImageRecord
     from crossmodal.evaluate.features import extract_features
     from PIL import Image
 
@@ -166,8 +166,8 @@ def test_reduced_precision_features_have_their_own_cache(model_dir, tmp_path):
 
 # --------------------------------------------------------------------------- the parity gate
 def test_fp16_gate_passes_for_a_sane_model(model_dir, tiny_ckpt):
-    from crossmodal.convert.verify import run_verify
-    from crossmodal.convert.verify_report import console, markdown
+    from crossmodal.verify.job import run_verify
+    from crossmodal.verify.report import console, markdown
 
     report = run_verify(model_dir, source=tiny_ckpt[0], random=6, seed=2, precision="fp16",
                         engines=("torch", "ir", "keras", "onnx"))
@@ -186,7 +186,7 @@ def test_fp16_gate_passes_for_a_sane_model(model_dir, tiny_ckpt):
 def test_fp16_gate_fails_on_an_injected_fault_and_shows_where_the_error_grows(model_dir, tiny_ckpt):
     import onnx
 
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
 
     path = P.fp16_onnx(model_dir)
     proto = onnx.load(str(path))
@@ -206,7 +206,7 @@ def test_fp16_gate_fails_on_an_injected_fault_and_shows_where_the_error_grows(mo
 
 
 def test_bf16_verify_leaves_onnx_out_with_the_reason(model_dir):
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     report = run_verify(model_dir, engines=("torch", "onnx"), random=2, precision="bf16")
     assert "onnx" in report.skipped and "bf16" in report.skipped["onnx"]
     assert list(report.comparisons) == ["torch"]

@@ -134,9 +134,9 @@ def test_exported_model_is_fc8_replaced_and_its_logits_are_the_head_on_the_cache
                 fc7 = f["features/fc7"][()][ok]
                 paths = [Path(p.decode()) for p in f["paths"][()][ok]]
     assert paths is not None and len(paths) == r["num_test"]
-    from crossmodal.evaluate.backends import open_backend
-    from crossmodal.evaluate.images import load_batch
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.runtime.backends import open_backend
+    from crossmodal.data.images import load_batch
+    from crossmodal.ir.store import load_graph
     batch, failed = load_batch(paths, load_graph(exported).preprocess, None, draft=True)
     assert not failed
     with open_backend("onnx", exported, ["logits"], device="cpu") as onnx:
@@ -186,9 +186,9 @@ def test_mlp_head_on_pool5_exports_a_cut_network(model, root, pair_run, tmp_path
     val = _val_files(root, "sketch")
     pool5 = reference_logits(model, [p for p, _ in val], layers=("pool5",))["pool5"].reshape(len(val), -1)
     head = np.maximum(pool5 @ w1.T + b1, 0) @ w2.T + b2
-    from crossmodal.evaluate.backends import open_backend
-    from crossmodal.evaluate.images import load_batch
-    from crossmodal.convert.ir_io import load_graph
+    from crossmodal.runtime.backends import open_backend
+    from crossmodal.data.images import load_batch
+    from crossmodal.ir.store import load_graph
     batch, _ = load_batch([p for p, _ in val], load_graph(out / "model").preprocess, None, draft=True)
     with open_backend("onnx", out / "model", ["logits"], device="cpu") as onnx:
         np.testing.assert_allclose(onnx.run(batch)["logits"], head, rtol=1e-4, atol=1e-4)
@@ -280,7 +280,7 @@ def test_help_names_the_options():
 def test_packaged_aliases_apply_only_where_the_model_lacks_the_name():
     """Places365 labels keep the packaged renames; a model labelled with the data set's own categories
     (the probe's adjusted network) matches them by name."""
-    from crossmodal.evaluate.labels import applicable_aliases, build_mapping, load_aliases
+    from crossmodal.data.labels import applicable_aliases, build_mapping, load_aliases
     from test_features import TINY_LABELS
     packaged = load_aliases()
     kept = applicable_aliases(packaged, TINY_LABELS)
@@ -302,7 +302,8 @@ def _tree(folder: Path) -> dict:
 
 def _capture_titles(monkeypatch) -> list[str]:
     """The titles (axes titles and figure suptitles) of every figure the probe saves."""
-    from crossmodal.evaluate import probe_reports, reports
+    from crossmodal.evaluate import reports
+    from crossmodal.evaluate.probe import reports as probe_reports
     titles: list[str] = []
     original = reports.save_png
 
@@ -363,8 +364,8 @@ def test_every_chart_title_carries_the_banner(model, root, pair_run, tmp_path, m
 
 def test_titles_have_no_banner_on_weights_of_a_known_origin(tmp_path, monkeypatch):
     """The same report functions on a non-random identity: no banner, the identity still stated."""
-    from crossmodal.convert import identity
-    from crossmodal.evaluate import probe_reports
+    from crossmodal.ir import identity
+    from crossmodal.evaluate.probe import reports as probe_reports
     ident = {"kind": "unknown", "sha256": "ab" * 32}
     pair = {"modality": "s", "train_modality": "n", "layer": "fc7", "classifier": "logistic", "top1": 0.5,
             "few_shot": [{"shots": 1, "top1_mean": 0.4, "top1_std": 0.1}], "num_train": 4, "num_classes": 2,

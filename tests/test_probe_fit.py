@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from crossmodal.errors import InputError
-from crossmodal.evaluate import probe_fit as pf
+from crossmodal.evaluate.probe import fit as pf
 from helpers import require_module
 
 

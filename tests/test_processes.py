@@ -54,8 +54,8 @@ FRESH = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_keras_and_onnx_files_run_in_a_fresh_interpreter(tiny_converted, tmp_path):
-    from crossmodal.convert import reference
-    from crossmodal.convert.engines import keras_engine, onnx_engine
+    from crossmodal.ir import reference
+    from crossmodal.runtime.engines import keras_engine, onnx_engine
     out = Path(tiny_converted.artifacts[0].path).parent
     keras_path, onnx_path = out / "model.keras", out / "model.onnx"
     assert keras_path.is_file() and onnx_path.is_file()
@@ -83,7 +83,7 @@ def test_keras_and_onnx_files_run_in_a_fresh_interpreter(tiny_converted, tmp_pat
 @pytest.mark.slow
 def test_demo_exits_1_when_a_layer_diverges(tmp_path, monkeypatch):
     """The fault verify's own tests inject (conv2_1 transposed H↔W inside the reader's to_ir)."""
-    from crossmodal.convert.readers import from_torch
+    from crossmodal.readers import from_torch
     args = ["demo", "--model", "vgg_tiny", "--layout", "named"]
     good = CliRunner().invoke(main, [*args, "--out-dir", str(tmp_path / "good")])
     assert good.exit_code == 0, good.output
@@ -266,7 +266,7 @@ def test_a_failing_convert_leaves_the_output_folder_as_it_was(tiny_ckpt, tmp_pat
     assert result.exit_code == 2, result.output
     assert snapshot(out) == before
     # a failure late in the job: the last emitter (Keras) raises after the IR and ONNX are written
-    from crossmodal.convert.emitters import to_keras
+    from crossmodal.emitters import to_keras
     from crossmodal.errors import InputError
 
     def broken(*args, **kwargs):

@@ -6,12 +6,12 @@ import json
 import re
 from importlib import resources
 
-from crossmodal.evaluate import published
+from crossmodal.evaluate.retrieval import published
 
 
 def test_every_source_is_a_full_citation_and_nothing_cites_a_tracker():
     """Caught: the data file said its numbers were 'transcribed from the project's issue tracker'."""
-    raw = resources.files("crossmodal.evaluate").joinpath("data", "published_cmplaces.json").read_text("utf-8")
+    raw = resources.files("crossmodal.evaluate.retrieval").joinpath("published_cmplaces.json").read_text("utf-8")
     assert "tracker" not in raw.lower() and "issue" not in raw.lower()
     data = published.load_published()
     cvpr, arxiv = data["sources"]["castrejon2016"], data["sources"]["aytar2016"]
@@ -30,7 +30,7 @@ def test_every_source_is_a_full_citation_and_nothing_cites_a_tracker():
 
 
 def test_the_retrieval_report_prints_the_full_citations():
-    from crossmodal.evaluate.retrieval_reports import published_comparison
+    from crossmodal.evaluate.retrieval.reports import published_comparison
     pub = published_comparison([{"query": "sketch", "target": "natural"}])
     assert pub["sources"]["castrejon2016"].endswith("doi:10.1109/CVPR.2016.321.")
     assert "arXiv:1610.09003" in pub["sources"]["aytar2016"]
@@ -55,7 +55,7 @@ def _report_results(pub: dict) -> dict:
 
 
 def test_the_markdown_report_says_where_each_table_is_printed():
-    from crossmodal.evaluate import retrieval_reports as rr
+    from crossmodal.evaluate.retrieval import reports as rr
     pub = rr.published_comparison([{"query": "sketch", "target": "natural"},
                                    {"query": "sketch", "target": "sketch"}])
     assert pub["locations"]["cross_modal_map"]["location"] == {"castrejon2016": None, "aytar2016": None}
@@ -68,7 +68,7 @@ def test_the_markdown_report_says_where_each_table_is_printed():
 
 
 def test_a_checked_location_is_printed_beside_its_table(monkeypatch):
-    from crossmodal.evaluate import retrieval_reports as rr
+    from crossmodal.evaluate.retrieval import reports as rr
     data = published.load_published()
     for i, table in enumerate(data["tables"].values()):
         table["location"] = {"castrejon2016": f"Table {i + 1}: Caption A", "aytar2016": f"Table {i + 5}: Caption B"}

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossmodal.convert import reference
-from crossmodal.convert.ir import IRModel, Layer
+from crossmodal.ir import reference
+from crossmodal.ir.graph import IRModel, Layer
 from crossmodal.models.synthetic import random_state_dict
 from crossmodal.models.vgg import build_graph, build_torch_module, torchvision_keys
 

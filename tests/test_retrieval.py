@@ -178,7 +178,7 @@ def test_pool5_is_flattened(model, root, tmp_path):
 
 
 def test_nearest_targets_rank_as_the_metric_does():
-    from crossmodal.evaluate.retrieval_metrics import nearest_targets, retrieval_scores
+    from crossmodal.evaluate.retrieval.metrics import nearest_targets, retrieval_scores
     rng = np.random.default_rng(3)
     t = rng.integers(0, 3, (40, 4)).astype(np.float32)  # integer features: exact scores, many exact ties
     q = t[7]
@@ -228,8 +228,8 @@ def test_bad_options(model, root, tmp_path):
 
 
 def _features(modality, labels, dims):
-    from crossmodal.evaluate.datasets import Dataset
-    from crossmodal.evaluate.retrieval import ModalityFeatures
+    from crossmodal.data.datasets import Dataset
+    from crossmodal.evaluate.retrieval.job import ModalityFeatures
     rng = np.random.default_rng(0)
     ds = Dataset(modality, Path("."), sorted(set(labels)), [], [], "class-folders", "test")
     return ModalityFeatures(modality, ds, [Path(f"{i}.jpg") for i in range(len(labels))], np.array(labels),
@@ -237,7 +237,7 @@ def _features(modality, labels, dims):
 
 
 def test_pair_errors():
-    from crossmodal.evaluate.retrieval import score_pair
+    from crossmodal.evaluate.retrieval.job import score_pair
     with pytest.raises(InputError, match="different dimensions \\(8 vs 6\\)"):
         score_pair(_features("sketch", ["a", "b", "a"], 8), _features("natural", ["a", "b"], 6))
     with pytest.raises(InputError, match="share no category"):
@@ -258,7 +258,7 @@ def test_all_reports_a_broken_modality_instead_of_dropping_it(model, root, tmp_p
 
 def test_an_output_path_that_is_a_file(model, root, tmp_path):
     """Refused before any work, through the CLI (Click) and the library alike; the file is kept."""
-    from crossmodal.evaluate.retrieval import run_retrieval
+    from crossmodal.evaluate.retrieval.job import run_retrieval
     out = tmp_path / "taken"
     out.write_text("not a folder")
     result = _run(["--model", str(model), "--query", "natural", "--data-root", str(root)], out)

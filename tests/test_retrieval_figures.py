@@ -10,8 +10,8 @@ from PIL import Image
 
 
 def _features(tmp: Path, modality: str, sizes, labels):
-    from crossmodal.evaluate.datasets import Dataset
-    from crossmodal.evaluate.retrieval import ModalityFeatures
+    from crossmodal.data.datasets import Dataset
+    from crossmodal.evaluate.retrieval.job import ModalityFeatures
     rng = np.random.default_rng(3)
     paths = []
     for i, (w, h) in enumerate(sizes):
@@ -33,7 +33,7 @@ def test_no_text_overlaps_text_or_an_image(tmp_path, shape, banner):
     """Caught: the figure title sat on the captions of tall images (fixed rows, no layout engine)."""
     from matplotlib.text import Text
 
-    from crossmodal.evaluate.retrieval_reports import neighbours_figure
+    from crossmodal.evaluate.retrieval.reports import neighbours_figure
 
     size = {"tall": (60, 400), "wide": (400, 60), "mixed": None}[shape]
     sizes = [size or ((60, 400) if i % 2 else (300, 200)) for i in range(9)]
@@ -106,6 +106,6 @@ def test_show_query_is_checked_against_the_decoded_images(model, root, tmp_path)
     result = _show(model, data, tmp_path / "d", str(decoded - 1))
     assert result.exit_code == 0, result.output
     shown = json.loads((tmp_path / "d" / "retrieval.json").read_text())["neighbours"][0]["query_image"]
-    from crossmodal.evaluate.images import list_images
+    from crossmodal.data.images import list_images
     good = [p for p in list_images(data / "sketch") if p.name not in tree["broken"]]
     assert shown == str(good[decoded - 1])

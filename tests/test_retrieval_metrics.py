@@ -12,8 +12,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from crossmodal.errors import InputError
-from crossmodal.evaluate import published
-from crossmodal.evaluate.retrieval_metrics import (
+from crossmodal.evaluate.retrieval import published
+from crossmodal.evaluate.retrieval.metrics import (
     BYTES_PER_PAIR, RetrievalResult, chance_map, chance_precision_at_k, chance_recall_at_k,
     expected_random_ap, mean_average_precision, precision_at_k, recall_at_k, retrieval_scores,
 )
@@ -355,7 +355,7 @@ def test_published_numbers_load():
     with pytest.raises(InputError):
         published.published_cross_modal("ndcg")
     # the file is valid JSON inside the package directory (shipped as package data)
-    raw = resources.files("crossmodal.evaluate").joinpath("data", "published_cmplaces.json")
+    raw = resources.files("crossmodal.evaluate.retrieval").joinpath("published_cmplaces.json")
     assert json.loads(raw.read_text(encoding="utf-8"))["format"] == 1
 
 

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from crossmodal.convert.readers import torch_pickle
+from crossmodal.readers import torch_pickle
 from crossmodal.errors import InputError
 
 
@@ -42,7 +42,7 @@ def test_a_global_in_a_legacy_header_pickle_never_runs(tmp_path, where):
 
 
 def test_a_global_in_the_object_never_runs_and_convert_refuses_it(tmp_path):
-    from crossmodal.convert.readers.from_torch import load_checkpoint
+    from crossmodal.readers.from_torch import load_checkpoint
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pth"
     _legacy(path, [torch_pickle.MAGIC_NUMBER, 1001, {"little_endian": True}, {"w": _Touch(marker)}, []])

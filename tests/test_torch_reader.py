@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodal.convert.readers.from_torch import infer_spec, normalise_key, read_torch_checkpoint
+from crossmodal.readers.from_torch import infer_spec, normalise_key, read_torch_checkpoint
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.models.synthetic import LAYOUTS, keyed, write_checkpoint
 from crossmodal.models.vgg import CFGS, create_spec, torchvision_keys
@@ -116,7 +116,7 @@ def test_non_checkpoint_files_are_refused(tmp_path, content, match):
 
 @pytest.mark.parametrize("name,kind", [("x.pth", "zip"), ("x.safetensors", "safetensors"), ("x.bin", "pickle")])
 def test_sniff_format_reads_the_first_bytes(tmp_path, tiny_spec, name, kind):
-    from crossmodal.convert.readers.from_torch import sniff_format
+    from crossmodal.readers.from_torch import sniff_format
     path = tmp_path / name
     if kind == "pickle":
         torch.save({"a": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)

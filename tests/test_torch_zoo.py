@@ -18,8 +18,8 @@ import torch
 from click.testing import CliRunner
 
 from crossmodal.cli import main
-from crossmodal.convert.ir import Preprocess
-from crossmodal.convert.readers.from_torch import read_torch_checkpoint, sniff_format
+from crossmodal.ir.graph import Preprocess
+from crossmodal.readers.from_torch import read_torch_checkpoint, sniff_format
 from crossmodal.errors import InputError
 from crossmodal.models import registry
 from crossmodal.models.synthetic_zoo import LAYOUTS, keyed, random_ir_weights, save_python2, write_checkpoint
@@ -154,7 +154,7 @@ def test_wideresnet18_is_told_by_arch_file_name_or_checkpoint_entry():
     assert chosen.arch == "resnet18" and "resnet18 chosen" in notes[0] and "--arch wideresnet18" in notes[0]
     wide = registry.family("resnet").build_graph(registry.detect(shapes, arch="wideresnet18")[1])
     assert "maxpool" not in {l.name for l in wide.layers}
-    from crossmodal.convert.ir import infer_shapes
+    from crossmodal.ir.graph import infer_shapes
     assert infer_shapes(wide)["layer4.1.out"] == (512, 14, 14)
 
 
@@ -175,7 +175,7 @@ def test_feature_blobs():
                             ("wideresnet18", "avgpool", 512), ("densenet161", "avgpool", 2208), ("alexnet", "fc7", 4096)]:
         fam, spec = _spec(arch)
         g = registry.family(fam).build_graph(spec)
-        from crossmodal.convert.ir import infer_shapes
+        from crossmodal.ir.graph import infer_shapes
         assert g.feature_blob == blob and infer_shapes(g)[g.resolve(blob)] == (dim,), arch
 
 
@@ -239,7 +239,7 @@ def test_unknown_arch_and_a_wrong_arch(tmp_path):
 @pytest.mark.parametrize("arch", ["resnet_tiny_bottleneck", "densenet_tiny", "alexnet_tiny"])
 def test_torch_target_loads_strictly_into_a_torchvision_module(tmp_path, arch):
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.source_reference_zoo import build_module
+    from crossmodal.verify.source_reference_zoo import build_module
     path = tmp_path / f"{arch}.pth.tar"
     weights = write_checkpoint(arch, path, "released", seed=4)
     fam, spec = _spec(arch)
@@ -266,7 +266,7 @@ def test_torch_target_of_a_vgg(tmp_path, tiny_ckpt, tiny_preprocess):
 @pytest.mark.parametrize("arch", TINY)
 def test_tiny_convert_and_verify_on_every_engine(tmp_path, arch):
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     path = tmp_path / f"{arch}.pth.tar"
     write_checkpoint(arch, path, "released", seed=6)
     h, w = _spec(arch)[1].input_shape[1:]
@@ -285,7 +285,7 @@ def _feature(arch):
 def test_a_renaming_bug_shows_as_a_divergence(tmp_path, monkeypatch):
     """Swap two same-shaped batch norms in the reader's table: verify's reference must disagree."""
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.verify import run_verify
+    from crossmodal.verify.job import run_verify
     from crossmodal.models import resnet
     path = tmp_path / "resnet_tiny.pth.tar"
     write_checkpoint("resnet_tiny", path, "released", seed=8)
@@ -361,7 +361,7 @@ def test_arch_names_a_vgg_too(tmp_path, tiny_ckpt):
 @pytest.mark.parametrize("layout", ["released", "torchvision", "python2"])
 def test_torch_free_reader_gives_torchs_tensors(tmp_path, layout):
     """Every tensor as torch.load gives it, without importing torch in the reader's path."""
-    from crossmodal.convert.readers import torch_pickle
+    from crossmodal.readers import torch_pickle
     path = tmp_path / "d.pth.tar"
     write_checkpoint("densenet_tiny", path, layout)
     ours = torch_pickle.load(path, sniff_format(path))
@@ -374,7 +374,7 @@ def test_torch_free_reader_gives_torchs_tensors(tmp_path, layout):
 
 
 def test_torch_free_reader_handles_views_and_refuses_classes(tmp_path):
-    from crossmodal.convert.readers import torch_pickle
+    from crossmodal.readers import torch_pickle
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     torch.save({"t": base.t(), "row": base[2], "whole": base}, tmp_path / "v.pt")  # strided views of one storage
     got = torch_pickle.load(tmp_path / "v.pt", "zip")

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from crossmodal.cli import main
-from crossmodal.convert.verify import LayerStats, run_verify
+from crossmodal.verify.job import LayerStats, run_verify
 from helpers import require_module
 
 SIZE = (21, 29)  # odd, so that ceil and floor pooling differ at pool1 (10×14 vs 11×15)
@@ -19,7 +19,7 @@ SIZE = (21, 29)  # odd, so that ceil and floor pooling differ at pool1 (10×14 v
 @pytest.fixture(scope="module")
 def odd_model(tmp_path_factory):
     """A tiny VGG taking 3×21×29, converted to every target: (checkpoint, model dir)."""
-    from crossmodal.convert.ir import Preprocess
+    from crossmodal.ir.graph import Preprocess
     from crossmodal.convert.pipeline import convert
     from crossmodal.models.synthetic import write_checkpoint
     from crossmodal.models.vgg import create_spec
@@ -80,7 +80,7 @@ def test_fc6_left_in_chw_order_fails_at_fc6(model_copy):
     source, model_dir = model_copy
     _edit_keras(model_dir / "model.keras", "fc1", lambda w: [
         # undo the CHW→HWC row permutation: the classic converter bug
-        __import__("crossmodal.convert.layouts", fromlist=["x"]).dense_hwc_rows_to_chw(w[0].T, (3, 5, 7)).T, w[1]])
+        __import__("crossmodal.ir.layouts", fromlist=["x"]).dense_hwc_rows_to_chw(w[0].T, (3, 5, 7)).T, w[1]])
     report = _verify(model_dir, source, engines=["keras"])
     assert not report.passed
     assert report.first_divergence() == {"keras": "relu6"}
@@ -215,7 +215,7 @@ def test_tf2onnx_is_an_independent_cross_check(model_copy):
 
 
 def test_a_failing_tf2onnx_is_reported_and_the_rest_still_runs(model_copy, monkeypatch):
-    from crossmodal.convert import engines
+    from crossmodal.runtime import engines
 
     def broken(*args, **kwargs):
         raise MemoryError("tf2onnx needed more memory than there is")
@@ -230,9 +230,9 @@ def test_a_failing_tf2onnx_is_reported_and_the_rest_still_runs(model_copy, monke
 def test_a_reader_fault_fails_against_the_independent_torch_source(odd_model, tmp_path, monkeypatch):
     """A reader that transposes conv2_1 H↔W inside ``to_ir`` is caught, even while it is still
     patched during verify: the source reference never goes through the reader's IR."""
-    from crossmodal.convert.ir import Preprocess
+    from crossmodal.ir.graph import Preprocess
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.readers import from_torch
+    from crossmodal.readers import from_torch
     source = odd_model[0]
     real_to_ir = from_torch.to_ir
 
@@ -285,7 +285,7 @@ def _caffe_model(root, rgb_input=True):
 
 
 def test_the_rgb_fold_is_checked_against_caffes_own_bgr_network(tmp_path, monkeypatch):
-    from crossmodal.convert.readers import from_caffe
+    from crossmodal.readers import from_caffe
     proto, caffemodel, good = _caffe_model(tmp_path)
     report = run_verify(good, engines=("ir", "onnx"), source=caffemodel, prototxt=proto, random=2)
     assert report.passed and report.reference.startswith("caffe-source"), report.to_json()["gates"]
@@ -343,8 +343,8 @@ def test_layer_stats_non_finite_values():
 
 
 def test_an_engine_that_cannot_observe_the_gated_layers_fails_with_the_reason(model_copy, monkeypatch):
-    from crossmodal.convert import engines
-    from crossmodal.convert.verify_report import console, markdown
+    from crossmodal.runtime import engines
+    from crossmodal.verify.report import console, markdown
     real = engines.onnx_engine
 
     def blind(*args, **kwargs):
@@ -378,8 +378,8 @@ def test_tf2onnx_without_model_keras_is_reported_and_the_rest_still_runs(model_c
 
 
 def test_tf2onnx_failing_while_it_runs_is_reported_and_the_rest_still_runs(model_copy, monkeypatch):
-    from crossmodal.convert import engines
-    from crossmodal.convert.verify_report import console
+    from crossmodal.runtime import engines
+    from crossmodal.verify.report import console
 
     def run(x, layers):
         raise MemoryError("std::bad_alloc")
@@ -394,7 +394,7 @@ def test_tf2onnx_failing_while_it_runs_is_reported_and_the_rest_still_runs(model
 
 def test_tf2onnx_output_that_onnx_runtime_cannot_load_is_reported(model_copy, monkeypatch):
     require_module("tf2onnx", "the test extra; verify's optional cross-check")
-    from crossmodal.convert import engines
+    from crossmodal.runtime import engines
     from crossmodal.errors import InputError
 
     def refuse(source, *args, **kwargs):
@@ -419,7 +419,7 @@ def test_a_keras_file_of_another_model_is_a_one_line_input_error(model_copy):
 
 
 def test_an_engine_crashing_on_the_batch_is_a_one_line_input_error(model_copy, monkeypatch):
-    from crossmodal.convert import engines
+    from crossmodal.runtime import engines
     real = engines.onnx_engine
 
     def crashing(*args, **kwargs):

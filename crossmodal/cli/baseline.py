@@ -66,7 +66,7 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
       crossmodal baseline --model models/vgg16-pt --modality natural,clipart,sketch \\
           --data-root /data/cmplaces --out runs/baseline
     """
-    from crossmodal.evaluate.baseline import run_baseline, summary_line
+    from crossmodal.evaluate.baseline.job import run_baseline, summary_line
 
     quiet_all = quiet or as_json
     with ProgressBars(disable=quiet_all) as bars:

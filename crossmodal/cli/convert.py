@@ -50,7 +50,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
-    from crossmodal.convert.identity import describe
+    from crossmodal.ir.identity import describe
     from crossmodal.convert.pipeline import convert as run_convert
 
     extra = (None if onnx_outputs is None else [] if onnx_outputs.strip().lower() == "none"

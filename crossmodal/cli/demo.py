@@ -96,10 +96,10 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     every engine against the checkpoint loaded independently (a plain torchvision-layout module),
     write verify.md and verify.json, and print the result. tf2onnx is not run (memory). Real
     weights: see `crossmodal fetch`."""
-    from crossmodal.convert.ir import Preprocess
+    from crossmodal.ir.graph import Preprocess
     from crossmodal.convert.pipeline import convert
-    from crossmodal.convert.verify import run_verify
-    from crossmodal.convert.verify_report import console, markdown
+    from crossmodal.verify.job import run_verify
+    from crossmodal.verify.report import console, markdown
     from crossmodal.io.atomic import write_text_atomic
 
     step = step_printer()

@@ -19,7 +19,7 @@ from crossmodal.cli.options import echo_json, handle_errors, input_size_option, 
 def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     """Show the layers, output shapes, parameter counts, input, preprocessing and labels
     of PATH: an IR folder, a checkpoint, a Caffe .prototxt, an .onnx or a .keras file."""
-    from crossmodal.convert.identity import banner
+    from crossmodal.ir.identity import banner
     from crossmodal.convert.summary import summarize
 
     options = {}

@@ -59,7 +59,7 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
         from crossmodal.io.atomic import check_output_dir
         check_output_dir(cam_dir)
         model.explain_setup()  # refuse a model that cannot be explained before any work
-    from crossmodal.convert import identity
+    from crossmodal.ir import identity
     weights = identity.identity(model.graph)
     bar = Progress("predict", disable=quiet or as_json)
     announced = []

@@ -70,7 +70,7 @@ def probe(model_dir, modality, train_modality, all_pairs, data_root, config, tra
       crossmodal probe --model models/vgg16-pt --modality sketch --train-modality natural ...
       crossmodal probe --model models/vgg16-pt --all --data-root /data/cmplaces --cache runs/cache
     """
-    from crossmodal.evaluate.probe import run_probe
+    from crossmodal.evaluate.probe.job import run_probe
 
     quiet_all = quiet or as_json
     with ProgressBars(disable=quiet_all) as bars:

@@ -65,7 +65,7 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
           --data-root /data/cmplaces --cache runs/baseline/cache
       crossmodal retrieval --model models/vgg16-pt --all --data-root /data/cmplaces --show 10
     """
-    from crossmodal.evaluate.retrieval import run_retrieval
+    from crossmodal.evaluate.retrieval.job import run_retrieval
 
     quiet_all = quiet or as_json
     with ProgressBars(disable=quiet_all) as bars:

@@ -61,8 +61,8 @@ def verify(model_dir, source, prototxt, engines, images, n_random, seed, batch_s
     agreement ≥ 99 %; the report shows per layer where the error grows."""
     from tqdm import tqdm
 
-    from crossmodal.convert.verify import run_verify
-    from crossmodal.convert.verify_report import console, markdown
+    from crossmodal.verify.job import run_verify
+    from crossmodal.verify.report import console, markdown
 
     if images is not None and n_random is not None:
         raise click.UsageError("--images and --random are mutually exclusive: give one kind of input")

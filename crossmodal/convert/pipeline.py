@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from crossmodal import __version__
-from crossmodal.convert import consistency, identity
-from crossmodal.convert.ir import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
-from crossmodal.convert.ir_io import is_ir_dir, load_ir, save_ir
+from crossmodal.ir import consistency
+from crossmodal.ir import identity
+from crossmodal.ir.graph import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
+from crossmodal.ir.store import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
 from crossmodal.io.hashing import file_sha256
 
@@ -101,12 +102,12 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
     if source.suffix == ".prototxt":
         if arch is not None:
             raise InputError("--arch goes with a PyTorch checkpoint, not a Caffe .prototxt")
-        from crossmodal.convert.readers.from_caffe import read_caffe
+        from crossmodal.readers.from_caffe import read_caffe
         return read_caffe(source, caffemodel, mean_file=mean_file, mean_mode=mean_mode,
                           preprocess=given, rgb_input=rgb_input)  # checks a given spec's crop itself
     if source.is_dir():
         raise InputError("is a folder without an IR (model.json); give a checkpoint file or an IR folder", source)
-    from crossmodal.convert.readers.from_torch import read_torch_checkpoint
+    from crossmodal.readers.from_torch import read_torch_checkpoint
     model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size, arch=arch,
                                   preprocess=given or resolve_preprocess(None, _default_preset(source)))
     if given is not None:
@@ -228,7 +229,7 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = DEFAULT_TAR
     if opset is not None and "onnx" not in targets:
         raise InputError(f"an ONNX opset ({opset}) was given, but the targets {targets} leave out onnx")
     if "onnx" in targets:
-        from crossmodal.convert.emitters.to_onnx import DEFAULT_OPSET, check_opset
+        from crossmodal.emitters.to_onnx import DEFAULT_OPSET, check_opset
         opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     out_dir = Path(out_dir)
     created = check_writable(out_dir)
@@ -241,7 +242,7 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = DEFAULT_TAR
 
 def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset, onnx_outputs,
              on_step, read_options) -> ConvertResult:
-    from crossmodal.convert.label_files import read_labels
+    from crossmodal.readers.label_files import read_labels
 
     step = on_step or (lambda msg: None)
     timings: dict[str, float] = {}
@@ -265,7 +266,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
     consistency.check(model.graph, source)  # input spec, preprocessing and first layer agree
     if "keras" in targets:  # refuse inexpressible layers before any file is written
-        from crossmodal.convert.emitters.to_keras import check_keras
+        from crossmodal.emitters.to_keras import check_keras
         check_keras(model.graph)
     if "torch" in targets:  # refuse a network without a torchvision layout before any file is written
         from crossmodal.models.registry import torchvision_keys_for
@@ -282,7 +283,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
             written += [("ir-graph", p) if p.suffix == ".json" else ("ir-weights", p) for p in save_ir(model, staging)]
             timings["ir"] = time.perf_counter() - t
         if "onnx" in targets:
-            from crossmodal.convert.emitters.to_onnx import build_onnx_skeleton, save_onnx
+            from crossmodal.emitters.to_onnx import build_onnx_skeleton, save_onnx
             t = time.perf_counter()
             step(f"emitting ONNX (opset {opset}, checked)")
             proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=[model.graph.feature_blob] if onnx_outputs is None else list(onnx_outputs))
@@ -291,7 +292,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
             del proto, arrays
             timings["onnx"] = time.perf_counter() - t
         if "torch" in targets:
-            from crossmodal.convert.emitters.torch_state import save_torch_state
+            from crossmodal.emitters.torch_state import save_torch_state
             t = time.perf_counter()
             step("writing a torchvision-keyed state dict (model.pth)")
             written.append(("torch", save_torch_state(model, staging / "model.pth")))
@@ -299,7 +300,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
         if "keras" in targets:
             t = time.perf_counter()
             step("emitting Keras 3 (.keras + .weights.h5)")
-            from crossmodal.convert.emitters.to_keras import build_keras, save_keras
+            from crossmodal.emitters.to_keras import build_keras, save_keras
             kmodel, _ = build_keras(model)
             written += list(zip(("keras", "keras-weights"), save_keras(kmodel, staging / "model.keras")))
             del kmodel

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossmodal.convert import identity
+from crossmodal.ir import identity
 from crossmodal.errors import InputError
 
 
@@ -39,7 +39,7 @@ class ModelSummary:
     labels: dict | None = None
     outputs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: The weights' identity (:mod:`crossmodal.convert.identity`) and its one-line description.
+    #: The weights' identity (:mod:`crossmodal.ir.identity`) and its one-line description.
     weights: dict = field(default_factory=dict)
     weights_description: str = ""
 
@@ -63,11 +63,11 @@ def summarize(path: Path, **read_options) -> ModelSummary:
         return _summarize_onnx(path)
     if path.suffix == ".keras":
         return _summarize_keras(path)
-    from crossmodal.convert.ir import infer_shapes
+    from crossmodal.ir.graph import infer_shapes
     from crossmodal.convert.pipeline import read_source
 
     if path.suffix == ".prototxt" and read_options.get("caffemodel") is None:  # the graph alone
-        from crossmodal.convert.readers.from_caffe import read_prototxt
+        from crossmodal.readers.from_caffe import read_prototxt
         g = read_prototxt(path).graph
     else:
         g = read_source(path, **read_options).graph
@@ -146,7 +146,7 @@ def _summarize_keras(path: Path) -> ModelSummary:
 def _add_sibling_ir(summary: ModelSummary, path: Path, model) -> None:
     """A .keras file carries no preprocessing or labels: take them from the IR graph
     (``model.json``) converted beside it, when there is one and it fits the model."""
-    from crossmodal.convert.ir_io import GRAPH_FILE, load_graph
+    from crossmodal.ir.store import GRAPH_FILE, load_graph
 
     if not (path.parent / GRAPH_FILE).is_file():
         summary.notes.append(f"no {GRAPH_FILE} beside it: preprocessing and labels unknown")

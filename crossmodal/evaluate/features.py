@@ -79,12 +79,12 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from crossmodal.convert.consistency import check as check_consistency
-from crossmodal.convert.ir import Graph, IRModel, infer_shapes
-from crossmodal.convert.ir_io import load_graph, read_tensor
+from crossmodal.ir.consistency import check as check_consistency
+from crossmodal.ir.graph import Graph, IRModel, infer_shapes
+from crossmodal.ir.store import load_graph, read_tensor
 from crossmodal.errors import InputError
-from crossmodal.evaluate.datasets import Dataset
-from crossmodal.evaluate.images import load_batch
+from crossmodal.data.datasets import Dataset
+from crossmodal.data.images import load_batch
 
 CACHE_FORMAT = "crossmodal-features"
 CACHE_VERSION = 1
@@ -188,7 +188,7 @@ def model_fingerprint(model_dir: str | os.PathLike, graph: Graph | None = None) 
     graph = graph if graph is not None else load_graph(Path(model_dir))
     if all(t.sha256 for l in graph.layers for t in l.tensors.values()):
         return IRModel(graph, {}).fingerprint()
-    from crossmodal.convert.ir_io import load_ir
+    from crossmodal.ir.store import load_ir
     return load_ir(Path(model_dir)).fingerprint()
 
 
@@ -217,7 +217,7 @@ def file_list_sha256(paths: Sequence[Path]) -> str:
 def cache_key(fingerprint: str, graph: Graph, paths: Sequence[Path], *, draft: bool,
               mean_image: np.ndarray | None = None, precision: str = "fp32") -> tuple[str, dict]:
     """The cache key and its parts (see the module docstring)."""
-    from crossmodal.convert.ir import tensor_sha256
+    from crossmodal.ir.graph import tensor_sha256
     parts = {
         "model_fingerprint": fingerprint,
         "preprocess": graph.preprocess.to_dict(),
@@ -381,21 +381,21 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
 
     ``backend``: a name (``onnx``, ``keras``, ``torch``; opened only when rows need
     computing, with ``device`` and ``threads``, and closed after), an open
-    :class:`~crossmodal.evaluate.backends.Backend` returning at least ``layers``, or
+    :class:`~crossmodal.runtime.backends.Backend` returning at least ``layers``, or
     a function returning one (called only when rows need computing; the caller
     closes it — to share one backend between data sets).
     ``layers``: feature names (``logits``, ``fc7``, ``pool5``, … see
     :meth:`Graph.resolve`). ``workers``: decoding threads (default
     ``min(8, cpu count − 1)``, at least 1). ``draft``: JPEG draft decoding
-    (:func:`~crossmodal.evaluate.images.load_rgb`). ``on_start(done, total)`` is
+    (:func:`~crossmodal.data.images.load_rgb`). ``on_start(done, total)`` is
     called once before the pass (``done`` rows already cached) and
     ``on_batch(done, total)`` after each batch is written; an exception raised
     there stops the pass with the cache resumable. ``log`` receives notes.
     ``read``: the layers to return (default: ``layers``); the others are computed
     and cached for later use but not loaded into memory. ``precision``: ``fp32``,
-    ``fp16``, ``bf16`` (:mod:`crossmodal.convert.precision`), part of the cache key when
+    ``fp16``, ``bf16`` (:mod:`crossmodal.runtime.precision`), part of the cache key when
     reduced; a backend passed in must run at it. ``backend_options``: more keywords for
-    :func:`~crossmodal.evaluate.backends.open_backend` when ``backend`` is a name
+    :func:`~crossmodal.runtime.backends.open_backend` when ``backend`` is a name
     (``trt``, ``cache_dir``, ``pinned`` …).
 
     Labels and categories are always the data set's own (the cache stores the
@@ -403,8 +403,8 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     with its new labels. A resumed pass keeps the batch size the cache was started
     with, so that its rows are identical to those of an uninterrupted pass.
     """
-    from crossmodal.convert.precision import check_precision
-    from crossmodal.evaluate.backends import Backend, open_backend
+    from crossmodal.runtime.precision import check_precision
+    from crossmodal.runtime.backends import Backend, open_backend
 
     precision = check_precision(precision)
     if batch_size < 1:

@@ -1,6 +1,6 @@
 """Classification metrics of the baseline, pure NumPy: accuracy, intervals, per class, confusion.
 
-Inputs are the per-image results of :func:`crossmodal.evaluate.labels.score`
+Inputs are the per-image results of :func:`crossmodal.data.labels.score`
 (label muting, shared source labels and unmapped categories are decided there);
 this module only counts.
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crossmodal.evaluate.labels import LabelMapping, Scores
+from crossmodal.data.labels import LabelMapping, Scores
 
 Z95 = 1.959963984540054
 
@@ -188,7 +188,7 @@ def _true_sources(true: np.ndarray, mapping: LabelMapping) -> np.ndarray:
 
 
 def classification_metrics(scores: Scores, labels: np.ndarray) -> ClassificationMetrics:
-    """Metrics of ``scores`` (from :func:`~crossmodal.evaluate.labels.score`) for true ``labels``."""
+    """Metrics of ``scores`` (from :func:`~crossmodal.data.labels.score`) for true ``labels``."""
     labels = np.asarray(labels, dtype=np.int64)
     inc = scores.included
     true = labels[inc]

@@ -3,7 +3,7 @@
 Every file is written atomically (a temporary sibling renamed into place). Plots
 use matplotlib's Agg canvas directly (no global backend switch, no display).
 The Markdown and comparison writers work from the ``metrics.json`` dictionary
-built by :mod:`crossmodal.evaluate.baseline`, so the report says exactly what
+built by :mod:`crossmodal.evaluate.baseline.job`, so the report says exactly what
 the JSON says.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _write_csv(path: Path, header: Sequence[str], rows) -> Path:
 
 
 def write_per_class_csv(path: Path, rows: list[dict]) -> Path:
-    """One row per class: the dicts built by :func:`crossmodal.evaluate.baseline.per_class_rows`."""
+    """One row per class: the dicts built by :func:`crossmodal.evaluate.baseline.job.per_class_rows`."""
     header = ["category", "label", "status", "images", "top1_correct", "top1_accuracy", "top5_correct",
               "top5_accuracy", "top1_ci95_low", "top1_ci95_high", "source_label", "shares_source_with"]
 
@@ -310,7 +310,7 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
 
 def _weights_lines(m: dict) -> list[str]:
     """The random-weights banner and the weights' identity, for the top of a report."""
-    from crossmodal.convert.identity import markdown_lines
+    from crossmodal.ir.identity import markdown_lines
     return markdown_lines(m["weights"]) if m.get("weights") else []
 
 

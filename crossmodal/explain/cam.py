@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.convert.ir import Graph
+from crossmodal.ir.graph import Graph
 from crossmodal.errors import InputError
 
 METHODS: tuple[str, ...] = ("auto", "cam", "gradcam", "gradcam++")
@@ -82,7 +82,7 @@ def find_cam_head(graph: Graph, shapes: dict[str, tuple[int, ...]] | None = None
 
 def layer_shapes(module, graph: Graph, device="cpu") -> dict[str, tuple[int, ...]]:
     """Per-sample output shape of every layer (``(C, h, w)`` for maps), from one forward
-    pass of a zero input through ``module`` (:func:`~crossmodal.convert.emitters.to_torch.build_torch`);
+    pass of a zero input through ``module`` (:func:`~crossmodal.emitters.to_torch.build_torch`);
     works for any layer kind the emitter knows."""
     import torch
     x = torch.zeros((1, *graph.input.shape), dtype=torch.float32, device=device)

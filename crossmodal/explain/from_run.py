@@ -4,7 +4,7 @@ Reads the run's ``predictions.csv`` files (``RUN/predictions.csv`` for a one-mod
 run, ``RUN/<modality>/predictions.csv`` for several; the modality's name from the
 ``metrics.json`` beside it) — ``path, true, pred1..pred5, prob1..prob5`` with the
 data set's category names and the muted predictions (see
-:mod:`crossmodal.evaluate.baseline`).
+:mod:`crossmodal.evaluate.baseline.job`).
 
 Per category, per modality (natural, clip art, sketch first), the ``per_class``
 most confident **correct** (``true`` among ``pred1``'s names) and the ``per_class``
@@ -31,9 +31,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from crossmodal.convert import identity
+from crossmodal.ir import identity
 from crossmodal.errors import InputError
-from crossmodal.evaluate.datasets import IMAGE_MODALITIES
+from crossmodal.data.datasets import IMAGE_MODALITIES
 from crossmodal.explain import render
 from crossmodal.explain.job import batches
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
@@ -99,7 +99,7 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
                  method: str = "auto", layer: str | None = None, batch_size: int = 8,
                  on_progress: Callable[[int, int], None] | None = None,
                  on_step: Callable[[str], None] | None = None) -> dict:
-    from crossmodal.evaluate.labels import build_mapping, load_aliases
+    from crossmodal.data.labels import build_mapping, load_aliases
 
     step = on_step or (lambda msg: None)
     started = utc_now()
@@ -122,7 +122,7 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     except InputError:  # the packaged aliases name labels this model lacks: names only
         mapping = build_mapping(model.labels, predicted, {})
     index = {normal: i for i, normal in enumerate(mapping.target_categories)}
-    from crossmodal.evaluate.labels import normalise
+    from crossmodal.data.labels import normalise
 
     def target(pred: str) -> int:
         first = pred.split("|")[0]

@@ -16,7 +16,7 @@ Output folder of :func:`run_explain`:
 * ``explain.md`` — the gallery, under the banner and the weights' identity.
 
 On random weights the banner also tops every overlay's title
-(:func:`crossmodal.convert.identity.titled`).
+(:func:`crossmodal.ir.identity.titled`).
 
 The files are written into a staging folder inside the output folder and moved into
 place only when the run succeeds (:func:`crossmodal.io.runs.staged`): a run that fails
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 
-from crossmodal.convert import identity
+from crossmodal.ir import identity
 from crossmodal.errors import InputError
-from crossmodal.evaluate.images import IMAGE_EXTENSIONS, list_images
+from crossmodal.data.images import IMAGE_EXTENSIONS, list_images
 from crossmodal.explain import render
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
 from crossmodal.io.runs import RunRecord, staged, utc_now

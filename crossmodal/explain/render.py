@@ -78,7 +78,7 @@ def blend(image: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> np.ndarra
 def overlay_png(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> Path:
     """The cropped image under the map (colour map ``jet``, 0 blue → 1 red, scale bar on the
     right), ``title`` above (one line per ``\\n``; the first in red when there are several: the
-    random-weights banner of :func:`crossmodal.convert.identity.titled`). Drawn with PIL (≈ 10 ms,
+    random-weights banner of :func:`crossmodal.ir.identity.titled`). Drawn with PIL (≈ 10 ms,
     not matplotlib's ≈ 150 ms per figure)."""
     from PIL import Image, ImageDraw, ImageFont
 

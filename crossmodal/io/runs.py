@@ -41,7 +41,7 @@ class RunRecord:
 
     def block(self) -> dict:
         from crossmodal import __version__
-        from crossmodal.convert.identity import describe
+        from crossmodal.ir.identity import describe
         return {"command": self.command, "started_utc": self.started, "finished_utc": utc_now(),
                 "argv": self.argv, "settings": self.settings, "cwd": os.getcwd(),
                 "crossmodal_version": __version__,

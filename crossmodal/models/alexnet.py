@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from crossmodal.models import SpecRegistry
-from crossmodal.convert.ir import Graph, Preprocess, infer_shapes
+from crossmodal.ir.graph import Graph, Preprocess, infer_shapes
 from crossmodal.errors import InputError
 from crossmodal.models.common import GraphBuilder
 

@@ -74,7 +74,7 @@ def random_blobs(net, seed: int = 0):
     U(0.5, 2) stored as the third blob (as Caffe's moving averages are); Scale weights
     U(0.4, 0.6) (keeps a deep residual stack's activations bounded), biases N(0, 0.1).
     """
-    from crossmodal.convert.readers.caffe_layers import SCALE_FACTOR
+    from crossmodal.readers.caffe_layers import SCALE_FACTOR
 
     rng = np.random.default_rng(seed)
     kinds = {l.name: l.kind for l in net.graph.layers}
@@ -126,11 +126,11 @@ def write_random_caffemodel(prototxt: Path, path: Path, *, seed: int = 0, encodi
     ``encoding``: ``"layer"`` (LayerParameter, BlobShape) or ``"layers"`` (legacy
     V1LayerParameter: type enum, 4-D blob dims; refused for types V1 lacks, e.g.
     BatchNorm). Written to a temporary sibling, then renamed; ``<path>.origin.json`` records
-    that the weights are random (:mod:`crossmodal.convert.identity`), so reports carry the
+    that the weights are random (:mod:`crossmodal.ir.identity`), so reports carry the
     random-weights banner. Returns the number of values written.
     """
-    from crossmodal.convert.readers import caffe_schema as schema
-    from crossmodal.convert.readers.from_caffe import read_prototxt
+    from crossmodal.readers import caffe_schema as schema
+    from crossmodal.readers.from_caffe import read_prototxt
 
     if encoding not in ("layer", "layers"):
         raise ValueError(f"encoding must be 'layer' or 'layers', not {encoding!r}")
@@ -168,7 +168,7 @@ def write_random_caffemodel(prototxt: Path, path: Path, *, seed: int = 0, encodi
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    from crossmodal.convert.identity import write_origin
+    from crossmodal.ir.identity import write_origin
     from crossmodal.io.hashing import file_sha256
     write_origin(path, {"kind": "random", "seed": int(seed)}, file_sha256(path))  # the banner's source
     return count

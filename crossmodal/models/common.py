@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crossmodal.convert.ir import TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec
+from crossmodal.ir.graph import TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec
 
 #: IR tensor role → torchvision's suffix (roles not listed keep their name).
 TORCH_ROLE = {"mean": "running_mean", "var": "running_var"}

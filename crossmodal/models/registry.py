@@ -4,7 +4,7 @@ Each family module has ``create_spec``/``list_models`` (registered specs, tiny t
 variants among them), ``build_graph(spec, preprocess)``, ``torchvision_keys(spec)``
 (IR tensor → torchvision key) and ``detect(shapes, hint)`` (a spec from a normalised
 state dict's key → shape map, or None when the keys are not the family's). VGG keeps its
-own inference in the reader (:func:`crossmodal.convert.readers.from_torch.infer_spec`).
+own inference in the reader (:func:`crossmodal.readers.from_torch.infer_spec`).
 
 Key layouts are small pure renamings applied in :func:`canonical_key`, after the reader
 stripped the DataParallel wrappers (``module.``, AlexNet's ``features.module.``):

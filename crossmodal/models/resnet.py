@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from crossmodal.convert.ir import Graph, Preprocess, infer_shapes
+from crossmodal.ir.graph import Graph, Preprocess, infer_shapes
 from crossmodal.errors import InputError
 from crossmodal.models import SpecRegistry, keras_namer
 from crossmodal.models.common import GraphBuilder, torchvision_keys_of

@@ -58,7 +58,7 @@ def write_checkpoint(spec: VGGSpec, path: Path, layout: str = "named", seed: int
     ``csail`` wraps the state_dict as ``{'epoch', 'arch', 'state_dict', 'best_prec1'}``
     like the Places365 training script; ``safetensors`` writes a ``.safetensors`` file.
     Beside it goes ``<file>.origin.json`` saying the weights are random (seed, SHA-256), which
-    the converter records as the weights' identity (:mod:`crossmodal.convert.identity`).
+    the converter records as the weights' identity (:mod:`crossmodal.ir.identity`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; known: {LAYOUTS}")
@@ -74,7 +74,7 @@ def write_checkpoint(spec: VGGSpec, path: Path, layout: str = "named", seed: int
         obj = {"epoch": 90, "arch": spec.arch, "state_dict": state, "best_prec1": 0.0} if layout == "csail" else state
         torch.save(obj, tmp)
     tmp.replace(path)
-    from crossmodal.convert.identity import write_origin
+    from crossmodal.ir.identity import write_origin
     from crossmodal.io.hashing import file_sha256
     write_origin(path, {"kind": "random", "seed": int(seed)}, file_sha256(path))
     return weights

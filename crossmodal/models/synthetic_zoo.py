@@ -100,7 +100,7 @@ def write_checkpoint(arch: str, path: Path, layout: str = "released", seed: int 
         else:
             torch.save(obj, tmp)
     tmp.replace(path)
-    from crossmodal.convert.identity import write_origin
+    from crossmodal.ir.identity import write_origin
     from crossmodal.io.hashing import file_sha256
     write_origin(path, {"kind": "random", "seed": int(seed)}, file_sha256(path))  # the weights' identity
     return weights

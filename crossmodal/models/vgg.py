@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from crossmodal.convert.ir import (
+from crossmodal.ir.graph import (
     TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec,
 )
 from crossmodal.models import SpecRegistry, keras_namer

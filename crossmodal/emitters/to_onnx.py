@@ -1,0 +1,438 @@
+"""IR → ONNX, built directly with ``onnx.helper`` (no tracing, no tf2onnx).
+
+The model takes the preprocessed float32 batch ``input`` (N, C, H, W) with a named
+dynamic batch dimension ``N``. Outputs, in order: ``logits`` (pre-softmax), ``prob``,
+then any requested feature blobs (``fc7`` …). Labels, the preprocessing spec and the
+IR fingerprint go into ``metadata_props``. NCHW throughout, so fc6 needs no permutation.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from crossmodal import __version__
+from crossmodal.ir.graph import IRModel, Layer, infer_shapes, pool_output_size
+from crossmodal.emitters.registry import check_supported, converter, lookup
+from crossmodal.errors import InputError
+from crossmodal.io.protowire import len_field
+
+DEFAULT_OPSET = 21
+HELPER = "crossmodal: part of a layer"  # doc_string of nodes that are not a whole IR layer
+MIN_OPSET = 13  # Softmax with per-axis semantics
+
+
+@functools.lru_cache(maxsize=1)
+def max_opset() -> tuple[int, str]:
+    """The newest opset both the installed ``onnx`` and ``onnxruntime`` handle, and why.
+
+    ``onnx.defs.onnx_opset_version()`` bounds what the checker knows. onnxruntime has
+    no API for its own bound, so it is probed: a one-node model per opset, newest
+    first, until a session opens (a few milliseconds each). Without onnxruntime the
+    onnx bound alone counts.
+    """
+    import onnx
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return newest, f"onnx {onnx.__version__} knows up to {newest}"
+    from onnx import TensorProto, helper
+    for opset in range(newest, MIN_OPSET - 1, -1):
+        ids = [helper.make_opsetid("", opset)]
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", vi[:1], vi[1:])
+        proto = helper.make_model(graph, opset_imports=ids, ir_version=helper.find_min_ir_version_for(ids))
+        try:
+            ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime refuses opsets newer than its kernels with its own errors
+            continue
+        return opset, f"onnx {onnx.__version__} knows up to {newest}, onnxruntime {ort.__version__} runs up to {opset}"
+    return MIN_OPSET, f"onnxruntime {ort.__version__} runs no opset from {MIN_OPSET}"
+
+
+def check_opset(opset: object) -> int:
+    """``opset`` as an int, or InputError naming the supported range."""
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise InputError(f"ONNX opset must be an integer, not {opset!r}")
+    if opset < MIN_OPSET:
+        newest, _ = max_opset()
+        raise InputError(f"ONNX opset {opset} is too old: this emitter writes opsets {MIN_OPSET}..{newest} "
+                         f"(Softmax needs {MIN_OPSET} or newer)")
+    import onnx
+    if opset > onnx.defs.onnx_opset_version() or opset > max_opset()[0]:
+        newest, why = max_opset()
+        raise InputError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{newest} ({why})")
+    return opset
+PROTOBUF_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2  # leave headroom below protobuf's 2 GiB
+
+
+@dataclass
+class OnnxContext:
+    """What the per-layer converters append to while building the graph."""
+
+    model: IRModel
+    opset: int
+    shapes: dict[str, tuple] = field(default_factory=dict)  # IR layer → (C, H, W) or (F,)
+    nodes: list = field(default_factory=list)
+    initializers: list = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # IR layer → ONNX tensor name
+    reserved: set[str] = field(default_factory=set)  # public output names
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # initializer data, kept apart
+
+    def add_initializer(self, name: str, array: np.ndarray) -> str:
+        """Declare a float32 initializer; its bytes stay in ``arrays`` until written."""
+        from onnx import TensorProto
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
+        self.initializers.append(tensor)
+        self.arrays[name] = array
+        return name
+
+    def node(self, op: str, inputs: list[str], layer: Layer, **attrs) -> str:
+        from onnx import helper
+        out = f"{layer.name}/out" if layer.name in self.reserved else layer.name
+        self.nodes.append(helper.make_node(op, inputs, [out], name=layer.name, **attrs))
+        return out
+
+
+def _src(ctx: OnnxContext, layer: Layer) -> str:
+    return ctx.names[layer.inputs[0]]
+
+
+@converter("conv2d", "onnx")
+def _conv(ctx: OnnxContext, layer: Layer) -> str:
+    a = layer.attrs
+    inputs = [_src(ctx, layer), ctx.add_initializer(f"{layer.name}.weight", ctx.model.tensor(layer, "weight"))]
+    if "bias" in layer.tensors:
+        inputs.append(ctx.add_initializer(f"{layer.name}.bias", ctx.model.tensor(layer, "bias")))
+    (ph, pw) = a["pad"]
+    return ctx.node("Conv", inputs, layer, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                    pads=[ph, pw, ph, pw], dilations=list(a.get("dilation", (1, 1))), group=int(a.get("groups", 1)))
+
+
+def _pool(op: str, ctx: OnnxContext, layer: Layer) -> str:
+    """Pooling with ``pads`` on both sides; in ceil mode onnxruntime keeps a last window
+    that starts in the right padding, which Caffe and PyTorch drop: a Slice then cuts
+    the output to the IR's size (every other window is the same)."""
+    from onnx import TensorProto, helper
+    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    ceil = bool(layer.attrs.get("ceil_mode", False))
+    extra = {"count_include_pad": 1} if op == "AveragePool" else {}
+    attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], ceil_mode=int(ceil), **extra)
+    _, h, w = ctx.shapes[layer.inputs[0]]
+    want = (pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil))
+    onnx_out = tuple(-(-(n + 2 * p - k) // st) + 1 for n, k, st, p in ((h, kh, sh, ph), (w, kw, sw, pw)))
+    if not ceil or onnx_out == want:
+        return ctx.node(op, [_src(ctx, layer)], layer, **attrs)
+    pooled = f"{layer.name}/pool"
+    ctx.nodes.append(helper.make_node(op, [_src(ctx, layer)], [pooled], name=pooled, doc_string=HELPER, **attrs))
+    names = []
+    for role, values in (("starts", [0, 0]), ("ends", list(want)), ("axes", [2, 3])):
+        name = f"{layer.name}/{role}"
+        ctx.nodes.append(helper.make_node("Constant", [], [name], name=name, doc_string=HELPER,
+                                          value=helper.make_tensor(name, TensorProto.INT64, [2], values)))
+        names.append(name)
+    return ctx.node("Slice", [pooled, *names], layer)
+
+
+@converter("max_pool2d", "onnx")
+def _max_pool(ctx: OnnxContext, layer: Layer) -> str:
+    return _pool("MaxPool", ctx, layer)
+
+
+@converter("avg_pool2d", "onnx")
+def _avg_pool(ctx: OnnxContext, layer: Layer) -> str:
+    return _pool("AveragePool", ctx, layer)
+
+
+@converter("relu", "onnx")
+def _relu(ctx: OnnxContext, layer: Layer) -> str:
+    slope = float(layer.attrs.get("negative_slope", 0.0))
+    if slope:
+        return ctx.node("LeakyRelu", [_src(ctx, layer)], layer, alpha=slope)
+    return ctx.node("Relu", [_src(ctx, layer)], layer)
+
+
+@converter("global_avg_pool2d", "onnx")
+def _global_avg_pool(ctx: OnnxContext, layer: Layer) -> str:
+    """GlobalAveragePool (N, C, 1, 1), then Flatten to the IR's (N, C)."""
+    from onnx import helper
+    pooled = f"{layer.name}/pool"
+    ctx.nodes.append(helper.make_node("GlobalAveragePool", [_src(ctx, layer)], [pooled], name=pooled,
+                                      doc_string=HELPER))
+    return ctx.node("Flatten", [pooled], layer, axis=1)
+
+
+@converter("lrn", "onnx")
+def _lrn(ctx: OnnxContext, layer: Layer) -> str:
+    a = layer.attrs
+    return ctx.node("LRN", [_src(ctx, layer)], layer, size=int(a["size"]), alpha=float(a["alpha"]),
+                    beta=float(a["beta"]), bias=float(a.get("k", 1.0)))
+
+
+def _per_channel(ctx: OnnxContext, layer: Layer, role: str, array: np.ndarray) -> str:
+    """A (C,) tensor as an initializer shaped to broadcast over axis 1 of the layer's input."""
+    rank = len(ctx.shapes[layer.inputs[0]])
+    return ctx.add_initializer(f"{layer.name}.{role}", np.asarray(array, np.float32).reshape((-1,) + (1,) * (rank - 1)))
+
+
+@converter("batch_norm", "onnx")
+def _batch_norm(ctx: OnnxContext, layer: Layer) -> str:
+    """BatchNormalization (inference form); a missing affine part becomes γ = 1, β = 0."""
+    mean = ctx.model.tensor(layer, "mean")
+    gamma = ctx.model.tensor(layer, "weight") if "weight" in layer.tensors else np.ones_like(mean)
+    beta = ctx.model.tensor(layer, "bias") if "bias" in layer.tensors else np.zeros_like(mean)
+    inputs = [_src(ctx, layer)] + [ctx.add_initializer(f"{layer.name}.{role}", arr) for role, arr in
+                                   (("weight", gamma), ("bias", beta), ("mean", mean),
+                                    ("var", ctx.model.tensor(layer, "var")))]
+    return ctx.node("BatchNormalization", inputs, layer, epsilon=float(layer.attrs.get("eps", 1e-5)))
+
+
+@converter("scale", "onnx")
+def _scale(ctx: OnnxContext, layer: Layer) -> str:
+    """Mul by the per-channel weight, then Add the bias (when there is one)."""
+    from onnx import helper
+    weight = _per_channel(ctx, layer, "weight", ctx.model.tensor(layer, "weight"))
+    if "bias" not in layer.tensors:
+        return ctx.node("Mul", [_src(ctx, layer), weight], layer)
+    scaled = f"{layer.name}/mul"
+    ctx.nodes.append(helper.make_node("Mul", [_src(ctx, layer), weight], [scaled], name=scaled, doc_string=HELPER))
+    return ctx.node("Add", [scaled, _per_channel(ctx, layer, "bias", ctx.model.tensor(layer, "bias"))], layer)
+
+
+@converter("eltwise", "onnx")
+def _eltwise(ctx: OnnxContext, layer: Layer) -> str:
+    """Sum (inputs with a coefficient ≠ 1 are first multiplied by it), Mul or Max."""
+    from onnx import TensorProto, helper
+    op, coeffs = layer.attrs.get("op", "sum"), layer.attrs.get("coeffs")
+    inputs = [ctx.names[src] for src in layer.inputs]
+    if op == "sum" and coeffs:
+        for i, c in enumerate(coeffs):
+            if float(c) != 1.0:
+                name = f"{layer.name}/coeff{i}"
+                ctx.nodes.append(helper.make_node("Constant", [], [name], name=name, doc_string=HELPER,
+                                                  value=helper.make_tensor(name, TensorProto.FLOAT, [], [float(c)])))
+                ctx.nodes.append(helper.make_node("Mul", [inputs[i], name], [f"{name}/mul"], name=f"{name}/mul",
+                                                  doc_string=HELPER))
+                inputs[i] = f"{name}/mul"
+    if op == "prod":
+        return _chain(ctx, layer, "Mul", inputs)
+    return ctx.node("Sum" if op == "sum" else "Max", inputs, layer)
+
+
+def _chain(ctx: OnnxContext, layer: Layer, op: str, inputs: list[str]) -> str:
+    """A binary op folded over ``inputs`` (ONNX Mul takes two)."""
+    from onnx import helper
+    acc = inputs[0]
+    for i, x in enumerate(inputs[1:-1], 1):
+        name = f"{layer.name}/{op.lower()}{i}"
+        ctx.nodes.append(helper.make_node(op, [acc, x], [name], name=name, doc_string=HELPER))
+        acc = name
+    return ctx.node(op, [acc, inputs[-1]], layer)
+
+
+@converter("concat", "onnx")
+def _concat(ctx: OnnxContext, layer: Layer) -> str:
+    return ctx.node("Concat", [ctx.names[src] for src in layer.inputs], layer, axis=1)
+
+
+@converter("flatten", "onnx")
+def _flatten(ctx: OnnxContext, layer: Layer) -> str:
+    return ctx.node("Flatten", [_src(ctx, layer)], layer, axis=1)
+
+
+@converter("dense", "onnx")
+def _dense(ctx: OnnxContext, layer: Layer) -> str:
+    w = ctx.add_initializer(f"{layer.name}.weight", ctx.model.tensor(layer, "weight"))
+    b = ctx.add_initializer(f"{layer.name}.bias", ctx.model.tensor(layer, "bias"))
+    return ctx.node("Gemm", [_src(ctx, layer), w, b], layer, transB=1)
+
+
+@converter("dropout", "onnx")
+def _dropout(ctx: OnnxContext, layer: Layer) -> str:
+    return _src(ctx, layer)  # identity at inference: no node
+
+
+@converter("softmax", "onnx")
+def _softmax(ctx: OnnxContext, layer: Layer) -> str:
+    return ctx.node("Softmax", [_src(ctx, layer)], layer, axis=int(layer.attrs.get("axis", 1)))
+
+
+def metadata(model: IRModel) -> dict[str, str]:
+    g = model.graph
+    meta = {
+        "crossmodal.ir_fingerprint": model.fingerprint(),
+        "crossmodal.preprocess": json.dumps(g.preprocess.to_dict()),
+        "crossmodal.input": json.dumps({"shape": list(g.input.shape), "layout": "NCHW",
+                                        "channel_order": g.input.channel_order,
+                                        "value_range": g.input.value_range}),
+        "crossmodal.source_sha256": g.provenance.source_sha256,
+        "crossmodal.source_file": g.provenance.source_file,
+        "crossmodal.weights_identity": json.dumps(g.provenance.weights_identity or {}),
+        "crossmodal.blobs": json.dumps(g.blobs),
+    }
+    if g.labels is not None:
+        meta["crossmodal.labels"] = json.dumps(g.labels.names)
+        if g.labels.indoor_outdoor:
+            meta["crossmodal.indoor_outdoor"] = json.dumps(g.labels.indoor_outdoor)
+    return meta
+
+
+def build_onnx(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_outputs: Iterable[str] = ("fc7",)):
+    """The complete ``onnx.ModelProto`` of ``model``, initializer data included (in memory)."""
+    from onnx import numpy_helper
+    proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=extra_outputs)
+    for t in proto.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(_le_float32(arrays[t.name]), t.name))
+    return proto
+
+
+def build_onnx_skeleton(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_outputs: Iterable[str] = ("fc7",)):
+    """The ``onnx.ModelProto`` of ``model`` with empty initializers, and their data apart.
+
+    Returns (proto, name → array). :func:`save_onnx` streams the arrays into the file,
+    so the 528 MB of VGG16 weights are never copied into protobuf objects.
+    ``extra_outputs``: blob or layer names added after ``logits`` and ``prob``.
+    Each node is named after its IR layer and outputs a tensor of that name
+    (``NAME/out`` where the name is also a public output, e.g. the dense ``fc7``
+    beside the post-ReLU blob ``fc7``); public outputs come through Identity nodes.
+    """
+    from onnx import TensorProto, helper
+
+    opset = check_opset(opset)
+    graph = model.graph
+    check_supported(graph, ["onnx"])
+    public = ["logits"] + (["prob"] if "prob" in graph.blobs else [])
+    public += [n for n in extra_outputs if n not in public]
+    targets = {name: graph.resolve(name) for name in public}
+    ctx = OnnxContext(model, opset, infer_shapes(graph), names={graph.input.name: "input"}, reserved=set(public))
+    for layer in graph.layers:
+        ctx.names[layer.name] = lookup(layer.kind, "onnx")(ctx, layer)
+    outputs, shapes = [], infer_shapes(graph)
+    for name in public:
+        ctx.nodes.append(helper.make_node("Identity", [ctx.names[targets[name]]], [name], name=f"output_{name}"))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *shapes[targets[name]]]))
+    c, h, w = graph.input.shape
+    g = helper.make_graph(
+        ctx.nodes, graph.name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])],
+        outputs, initializer=ctx.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    # the lowest IR version that carries this opset, so that older runtimes load it
+    proto = helper.make_model(g, opset_imports=opsets, producer_name="crossmodal", producer_version=__version__,
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    helper.set_model_props(proto, metadata(model))
+    return proto, ctx.arrays
+
+
+def _le_float32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype="<f4")
+
+
+_RAW_DATA, _INITIALIZER, _GRAPH = 9, 5, 7  # TensorProto.raw_data, GraphProto.initializer, ModelProto.graph
+
+
+def _write_inline(proto, arrays: dict[str, np.ndarray], f) -> None:
+    """Serialise ``proto`` with each initializer's bytes streamed from ``arrays``.
+
+    Protobuf lets fields come in any order and concatenates repeated ones, so the
+    model is written as: model fields, then the graph field whose payload is the
+    graph's other fields followed by one initializer record per tensor.
+    """
+    from onnx import GraphProto, ModelProto
+    graph = GraphProto()
+    graph.CopyFrom(proto.graph)
+    inits = list(graph.initializer)
+    graph.ClearField("initializer")
+    model = ModelProto()
+    model.CopyFrom(proto)
+    model.ClearField("graph")
+    records, graph_len = [], len(graph.SerializeToString())
+    for t in inits:
+        data = _le_float32(arrays[t.name])
+        head = t.SerializeToString() + len_field(_RAW_DATA, data.nbytes)
+        size = len(head) + data.nbytes
+        records.append((len_field(_INITIALIZER, size) + head, data))
+        graph_len += len(records[-1][0]) + data.nbytes
+    f.write(model.SerializeToString())
+    f.write(len_field(_GRAPH, graph_len))
+    f.write(graph.SerializeToString())
+    for head, data in records:
+        f.write(head)
+        f.write(memoryview(data.reshape(-1)).cast("B"))
+
+
+def _write_external(proto, arrays: dict[str, np.ndarray], f, data_path: Path) -> None:
+    """Serialise ``proto`` with initializer bytes in ``data_path`` (beyond 2 GiB)."""
+    from onnx import ModelProto, TensorProto
+    model = ModelProto()
+    model.CopyFrom(proto)
+    offset = 0
+    with open(data_path, "wb") as data_file:
+        for t in model.graph.initializer:
+            data = _le_float32(arrays[t.name])
+            data_file.write(memoryview(data.reshape(-1)).cast("B"))
+            t.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(data.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += data.nbytes
+    f.write(model.SerializeToString())
+
+
+def save_onnx(proto, path: Path, *, arrays: dict[str, np.ndarray] | None = None, check: bool = True) -> list[Path]:
+    """Write the model atomically: one file, or ``NAME.data`` beside it beyond 2 GiB.
+
+    ``proto`` is a skeleton from :func:`build_onnx_skeleton` with ``arrays``, or a
+    complete proto (its initializer data is then taken from it). Returns the files
+    written. ``onnx.checker`` (full check, with strict shape inference) runs on the
+    written file before the rename.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    if arrays is None:  # a complete proto: move its data apart
+        arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(proto)
+        for t in skeleton.graph.initializer:
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
+        proto = skeleton
+    size = sum(int(np.prod(a.shape)) * 4 for a in arrays.values())
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    data_path = path.with_name(path.name + ".data")
+    external = size > PROTOBUF_LIMIT
+    try:
+        with open(tmp, "wb") as f:
+            if external:
+                _write_external(proto, arrays, f, data_path)
+            else:
+                _write_inline(proto, arrays, f)
+        if check:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if external:
+            data_path.unlink(missing_ok=True)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return [path, data_path] if external else [path]
+
+
+def layer_tensors(proto) -> dict[str, str]:
+    """IR layer name → ONNX tensor name, read back from a model this module built.
+
+    Layers without a node (dropout) are absent: they equal their input. Helper nodes
+    (a pooling layer's Slice inputs and pre-Slice pooling) are not layers.
+    """
+    return {node.name: node.output[0] for node in proto.graph.node
+            if not node.name.startswith("output_") and node.doc_string != HELPER}
