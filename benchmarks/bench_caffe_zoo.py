@@ -65,7 +65,8 @@ def verify_rows(model_dir: Path, caffemodel: Path, prototxt: Path):
 
 
 def bench(arch: str, tmp: Path) -> dict:
-    from crossmodal.models.caffe_zoo import find_prototxt, write_random_caffemodel
+    from crossmodal.models.caffe_zoo import find_prototxt
+    from crossmodal.readers.caffe_random import write_random_caffemodel
 
     proto = find_prototxt(arch)
     caffemodel = tmp / f"{arch}.caffemodel"

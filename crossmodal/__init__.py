@@ -1,7 +1,7 @@
 """crossmodal: move scene-recognition CNNs between frameworks and measure how far
 a network trained on photos carries over to clip art and sketches."""
 
-__version__ = "0.1.0"
+from crossmodal._version import __version__  # noqa: F401
 
 from crossmodal import _keras_registration
 

@@ -340,7 +340,7 @@ def test_rgb_input_needs_a_first_convolution(tmp_path):
 
 
 def test_googlenet_rgb_fold_reverses_its_first_convolution(tmp_path):
-    from crossmodal.models.caffe_zoo import write_random_caffemodel
+    from crossmodal.readers.caffe_random import write_random_caffemodel
     proto = places("deploy_googlenet_places365.prototxt")
     model = tmp_path / "g.caffemodel"
     write_random_caffemodel(proto, model, seed=2)
@@ -389,7 +389,7 @@ def test_full_alexnet_both_encodings_every_engine(tmp_path, encoding):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["deploy_googlenet_places365.prototxt", "deploy_resnet152_places365.prototxt"])
 def test_full_googlenet_and_resnet152_every_engine(tmp_path, name):
-    from crossmodal.models.caffe_zoo import write_random_caffemodel
+    from crossmodal.readers.caffe_random import write_random_caffemodel
     proto = places(name)
     caffemodel = tmp_path / "net.caffemodel"
     write_random_caffemodel(proto, caffemodel, seed=4)
@@ -398,7 +398,7 @@ def test_full_googlenet_and_resnet152_every_engine(tmp_path, name):
 
 
 def test_random_caffemodel_writer_refuses_a_v1_file_for_types_v1_lacks(tmp_path):
-    from crossmodal.models.caffe_zoo import write_random_caffemodel
+    from crossmodal.readers.caffe_random import write_random_caffemodel
     body = 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }'
     proto = tmp_path / "t.prototxt"
     proto.write_text(net_text(body, "data"))

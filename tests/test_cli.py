@@ -226,7 +226,7 @@ def test_ir_folder_with_preprocess_updates_the_input_spec(runner, tmp_path, tiny
 
 def test_provenance_records_every_framework_and_onnx_its_producer(tiny_converted):
     import onnx
-    from crossmodal import __version__
+    from crossmodal._version import __version__
     versions = tiny_converted.model.graph.provenance.framework_versions
     assert {"python", "torch", "tensorflow", "keras", "onnx", "onnxruntime", "h5py", "numpy"} <= set(versions)
     proto = onnx.load(next(a.path for a in tiny_converted.artifacts if a.kind == "onnx"), load_external_data=False)

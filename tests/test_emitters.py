@@ -155,7 +155,7 @@ def test_newest_supported_opset_runs(tiny_ir, tmp_path, batch, ref):
 
 
 def test_onnx_producer_is_recorded(tiny_ir):
-    from crossmodal import __version__
+    from crossmodal._version import __version__
     proto = to_onnx.build_onnx(tiny_ir)
     assert (proto.producer_name, proto.producer_version) == ("crossmodal", __version__)
 

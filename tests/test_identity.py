@@ -78,11 +78,14 @@ def test_a_file_with_a_cards_hash_is_that_card(tmp_path, monkeypatch, tiny_spec)
     card = cards.Card("tiny-card", "a test card", (cards.CardFile("w.pth", "http://x", sha256=sha,
                                                                     kind="checkpoint"),))
     monkeypatch.setattr(cards, "_load_all", lambda: {"tiny-card": card})
-    assert identity.resolve(ckpt, sha) == {"kind": "card", "card": "tiny-card", "match": "sha256", "sha256": sha}
-    assert identity.resolve(ckpt, "0" * 64) == {"kind": "unknown", "sha256": "0" * 64}
+    find = cards.find_card_for_sha256
+    assert identity.resolve(ckpt, sha, find) == {"kind": "card", "card": "tiny-card", "match": "sha256",
+                                                 "sha256": sha}
+    assert identity.resolve(ckpt, "0" * 64, find) == {"kind": "unknown", "sha256": "0" * 64}
+    assert identity.resolve(ckpt, sha) == {"kind": "unknown", "sha256": sha}  # no lookup given: no card
     # a sidecar whose hash no longer matches the file is not believed
     identity.write_origin(ckpt, {"kind": "random", "seed": 5}, "f" * 64)
-    assert identity.resolve(ckpt, sha)["kind"] == "card"
+    assert identity.resolve(ckpt, sha, find)["kind"] == "card"
 
 
 def test_verify_reports_carry_the_identity(model, tmp_path):
@@ -98,10 +101,10 @@ def test_verify_reports_carry_the_identity(model, tmp_path):
 
 
 def test_baseline_and_retrieval_reports_carry_the_identity_and_the_banner(model, root, tmp_path, monkeypatch):
-    from crossmodal.evaluate import reports
     from crossmodal.evaluate.retrieval import reports as retrieval_reports
+    from crossmodal.reports import figures
     titles = []
-    for module, name in ((reports, "plot_confusion"), (reports, "plot_per_class")):
+    for module, name in ((figures, "plot_confusion"), (figures, "plot_per_class")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _o=original, **k: titles.append(k["title"]) or _o(*a, **k))
     out = tmp_path / "bl"

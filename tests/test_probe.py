@@ -302,17 +302,17 @@ def _tree(folder: Path) -> dict:
 
 def _capture_titles(monkeypatch) -> list[str]:
     """The titles (axes titles and figure suptitles) of every figure the probe saves."""
-    from crossmodal.evaluate import reports
     from crossmodal.evaluate.probe import reports as probe_reports
+    from crossmodal.reports import figures
     titles: list[str] = []
-    original = reports.save_png
+    original = figures.save_png
 
     def spy(fig, path, *a, **k):
         sup = getattr(fig, "_suptitle", None)
         texts = [ax.get_title() for ax in fig.axes if ax.get_title()] + ([sup.get_text()] if sup else [])
         titles.append((Path(path).name, texts))
         return original(fig, path, *a, **k)
-    monkeypatch.setattr(reports, "save_png", spy)
+    monkeypatch.setattr(figures, "save_png", spy)
     monkeypatch.setattr(probe_reports, "save_png", spy)
     return titles
 

@@ -12,7 +12,7 @@ import importlib
 
 import click
 
-from crossmodal import __version__
+from crossmodal._version import __version__
 
 #: command name → "module:attribute", imported on first use.
 COMMANDS = {

@@ -21,7 +21,8 @@ def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, image
     from crossmodal.verify.job import run_verify
     from crossmodal.verify.report import console, markdown
     from crossmodal.io.atomic import write_text_atomic
-    from crossmodal.models.caffe_zoo import CAFFE_ARCHS, find_prototxt, write_random_caffemodel
+    from crossmodal.models.caffe_zoo import CAFFE_ARCHS, find_prototxt
+    from crossmodal.readers.caffe_random import write_random_caffemodel
 
     prototxt = find_prototxt(arch, prototxt)
     spec = CAFFE_ARCHS[arch]

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from crossmodal import __version__
+from crossmodal._version import __version__
 from crossmodal.ir import consistency
 from crossmodal.ir import identity
 from crossmodal.ir.graph import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
 from crossmodal.ir.store import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
 from crossmodal.io.hashing import file_sha256
+from crossmodal.models.cards import find_card_for_sha256
 
 TARGETS = ("ir", "keras", "onnx", "torch")
 #: What a plain ``convert`` writes (``torch``: a torchvision-keyed state dict, on request).
@@ -262,7 +263,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     annotate(model.graph)  # Keras names of a known architecture read from a generic format
     if not prov.weights_identity:  # an IR folder keeps the identity it records
         weights_file = read_options.get("caffemodel") or Path(source)
-        prov.weights_identity = identity.resolve(weights_file, prov.source_sha256)
+        prov.weights_identity = identity.resolve(weights_file, prov.source_sha256, find_card_for_sha256)
     model = with_hashes(model)  # once: the IR, the ONNX metadata and the fingerprint reuse them
     consistency.check(model.graph, source)  # input spec, preprocessing and first layer agree
     if "keras" in targets:  # refuse inexpressible layers before any file is written

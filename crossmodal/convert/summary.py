@@ -16,6 +16,7 @@ import numpy as np
 
 from crossmodal.ir import identity
 from crossmodal.errors import InputError
+from crossmodal.models.cards import find_card_for_sha256
 
 
 @dataclass
@@ -83,7 +84,7 @@ def summarize(path: Path, **read_options) -> ModelSummary:
             for l in g.layers]
     fmt = "ir" if (path / "model.json").is_file() else g.provenance.source_format or "caffe prototxt, no weights"
     ident = g.provenance.weights_identity or \
-        identity.resolve(read_options.get("caffemodel") or path, g.provenance.source_sha256)
+        identity.resolve(read_options.get("caffemodel") or path, g.provenance.source_sha256, find_card_for_sha256)
     return ModelSummary(str(path), fmt, rows, {"shape": ["N", *g.input.shape], "layout": g.input.layout,
                                                "channel_order": g.input.channel_order,
                                                "value_range": g.input.value_range},

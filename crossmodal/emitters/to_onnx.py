@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from crossmodal import __version__
+from crossmodal._version import __version__
 from crossmodal.ir.graph import IRModel, Layer, infer_shapes, pool_output_size
 from crossmodal.emitters.registry import check_supported, converter, lookup
 from crossmodal.errors import InputError

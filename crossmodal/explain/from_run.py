@@ -18,7 +18,7 @@ Files: ``categories/<category>.png`` (rows: modality × correct / wrong),
 (keys ``<modality>/<stem>``), ``explain.json``, ``explain.md`` (written last).
 ``explain.json`` names the baseline run read (``baseline_run``), the weights' identity
 (``weights``, ``banner``) and carries the ``run`` block of this run
-(:class:`crossmodal.io.runs.RunRecord`); on random weights the banner tops
+(:class:`crossmodal.reports.runs.RunRecord`); on random weights the banner tops
 ``explain.md`` and every figure's title.
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ from crossmodal.data.datasets import IMAGE_MODALITIES
 from crossmodal.explain import render
 from crossmodal.explain.job import batches
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
-from crossmodal.io.runs import RunRecord, staged, utc_now
+from crossmodal.reports.runs import RunRecord
+from crossmodal.io.runs import staged, utc_now
 
 NEEDED = ("path", "true", "pred1", "prob1")
 
@@ -229,6 +230,6 @@ def from_run_markdown(summary: dict, records: Sequence[dict], weights_lines: Seq
     if s["failed"]:
         lines += ["## Skipped (did not decode)", ""]
         lines += [f"- `{render.md_escape(f['path'])}`: {render.md_escape(f['reason'])}" for f in s["failed"]]
-    from crossmodal.evaluate.reports import run_lines
+    from crossmodal.reports.text import run_lines
     lines += ["", *run_lines(s.get("run"))]
     return "\n".join(lines) + "\n"

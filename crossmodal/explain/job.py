@@ -12,7 +12,7 @@ Output folder of :func:`run_explain`:
 * ``explain.json`` — settings and, per image, path, key, classes, probabilities, PNGs;
   the files that did not decode, with the reason; the weights' identity (``weights``
   with its ``description``, ``banner``: the random-weights warning or null) and the
-  ``run`` block (:class:`crossmodal.io.runs.RunRecord`);
+  ``run`` block (:class:`crossmodal.reports.runs.RunRecord`);
 * ``explain.md`` — the gallery, under the banner and the weights' identity.
 
 On random weights the banner also tops every overlay's title
@@ -35,7 +35,8 @@ from crossmodal.errors import InputError
 from crossmodal.data.images import IMAGE_EXTENSIONS, list_images
 from crossmodal.explain import render
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
-from crossmodal.io.runs import RunRecord, staged, utc_now
+from crossmodal.reports.runs import RunRecord
+from crossmodal.io.runs import staged, utc_now
 
 Progress = Callable[[int, int], None]
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.evaluate.reports import new_figure, save_png
+from crossmodal.reports.figures import new_figure, save_png
 
 COLORMAP = "jet"
 ALPHA = 0.45
@@ -175,6 +175,6 @@ def gallery_markdown(summary: dict, rows: Sequence[dict], failures: Sequence[tup
     if failures:
         lines += ["", "## Skipped (did not decode)", ""]
         lines += [f"- `{md_escape(p)}`: {md_escape(reason)}" for p, reason in failures]
-    from crossmodal.evaluate.reports import run_lines
+    from crossmodal.reports.text import run_lines
     lines += ["", *run_lines(s.get("run"))]
     return "\n".join(lines) + "\n"

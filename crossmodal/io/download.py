@@ -316,7 +316,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _user_agent() -> str:
-    from crossmodal import __version__
+    from crossmodal._version import __version__
     return f"crossmodal/{__version__} (Python-urllib)"
 
 

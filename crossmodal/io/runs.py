@@ -1,20 +1,19 @@
-"""A run's output folder: all of a run's files or none of them, each stating the run that made it.
+"""A run's output folder: all of a run's files or none of them.
 
 :func:`staged` gives a run a hidden staging folder inside ``--out``; the run writes
 its files there, and only when it succeeds are they moved into ``--out`` (the
 run's JSON files last, so a reader that sees a new ``metrics.json`` sees every file
 beside it). A run that fails leaves ``--out`` as it was and its error says so: any
-files there are from an earlier run, and their ``run`` block (:class:`RunRecord`)
-says which (start and finish time in UTC, command line, settings, the weights).
+files there are from an earlier run, and their ``run`` block
+says which (:class:`crossmodal.reports.runs.RunRecord`: start and finish time in UTC, command
+line, settings, the weights).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import shutil
-import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -27,25 +26,6 @@ LAST = ("metrics.json", "retrieval.json", "comparison.json", "explain.json", "ex
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class RunRecord:
-    """When and how a run was made; :meth:`block` is the ``run`` entry of its JSON files."""
-
-    command: str
-    settings: dict = field(default_factory=dict)
-    weights: dict = field(default_factory=dict)
-    started: str = field(default_factory=utc_now)
-    argv: list[str] = field(default_factory=lambda: list(sys.argv))
-
-    def block(self) -> dict:
-        from crossmodal import __version__
-        from crossmodal.ir.identity import describe
-        return {"command": self.command, "started_utc": self.started, "finished_utc": utc_now(),
-                "argv": self.argv, "settings": self.settings, "cwd": os.getcwd(),
-                "crossmodal_version": __version__,
-                "weights": {**self.weights, "description": describe(self.weights)}}
 
 
 def _move_all(staging: Path, out_dir: Path) -> None:

@@ -102,8 +102,12 @@ def write_origin(checkpoint: str | Path, ident: Mapping[str, Any], sha256: str) 
     return side
 
 
-def resolve(weights_file: str | Path | None, sha256: str) -> dict[str, Any]:
-    """The identity of a source file whose SHA-256 is ``sha256`` (see the module docstring)."""
+def resolve(weights_file: str | Path | None, sha256: str, find_card=None) -> dict[str, Any]:
+    """The identity of a source file whose SHA-256 is ``sha256`` (see the module docstring).
+
+    ``find_card(sha256)`` → ``(card, match)`` or None: the lookup of known releases by hash
+    (:func:`crossmodal.models.cards.find_card_for_sha256`, passed in by the caller: the IR
+    knows no model cards)."""
     if weights_file is not None and sha256:
         path = Path(weights_file)
         side = path.with_name(path.name + ORIGIN_SUFFIX)
@@ -113,9 +117,8 @@ def resolve(weights_file: str | Path | None, sha256: str) -> dict[str, Any]:
             origin = None
         if isinstance(origin, dict) and origin.get("sha256") == sha256 and origin.get("kind") == "random":
             return {"kind": "random", "seed": origin.get("seed"), "sha256": sha256}
-    if sha256:
-        from crossmodal.models.cards import find_card_for_sha256
-        found = find_card_for_sha256(sha256)
+    if sha256 and find_card is not None:
+        found = find_card(sha256)
         if found is not None:
             card, match = found
             return {"kind": "card", "card": card.name, "match": match, "sha256": sha256}

@@ -71,11 +71,7 @@ def load_graph(ir_dir: Path) -> Graph:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"not valid JSON ({exc})", path) from None
-    graph = Graph.from_dict(data, path)
-    if not graph.keras_names:  # IR files before format 1.2 (all VGGs) did not record them
-        from crossmodal.models import annotate
-        annotate(graph)
-    return graph
+    return Graph.from_dict(data, path)
 
 
 def _records_extras(graph: Graph) -> bool:

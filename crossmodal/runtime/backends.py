@@ -60,6 +60,7 @@ import numpy as np
 from crossmodal.ir.graph import Graph
 from crossmodal.ir.store import load_graph
 from crossmodal.errors import InputError
+from crossmodal.models import annotate
 
 BACKENDS: tuple[str, ...] = ("onnx", "keras", "torch")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -291,6 +292,7 @@ class KerasBackend(Backend):
         with tf.device(self.tf_device):
             kmodel = keras_with_precision(kmodel, self.precision)
         self.policy = keras_policy(self.precision)
+        annotate(graph)  # IR files before format 1.2 (all VGGs) did not record their Keras names
         exposed = keras_outputs(graph)
         self.kernel_layers: dict[str, str] = {}
         for name, ir in self.ir_layers.items():

@@ -20,6 +20,7 @@ import numpy as np
 
 from crossmodal.ir.graph import IRModel
 from crossmodal.errors import InputError
+from crossmodal.models import annotate
 
 ENGINES = ("torch", "ir", "keras", "onnx", "tf2onnx")
 
@@ -143,6 +144,7 @@ def keras_engine(model_path: Path, graph, allow_tf32: bool = False, device: str 
             raise InputError(f"not a loadable Keras model ({exc.__class__.__name__})", model_path) from None
         from crossmodal.runtime.precision import keras_policy, keras_with_precision
         kmodel = keras_with_precision(kmodel, precision)  # fp16/bf16: the mixed policy on every layer
+    annotate(graph)  # IR files before format 1.2 (all VGGs) did not record their Keras names
     expected = keras_outputs(graph)
     mapping = {ir: k for ir, k in expected.items() if _has_layer(kmodel, k)}
     if not mapping:
@@ -294,6 +296,7 @@ def tf2onnx_engine(keras_path: Path, graph, opset: int = 17) -> Engine:
 
     from crossmodal.emitters.to_keras import keras_outputs
 
+    annotate(graph)
     kmodel = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
     flat = {ir: k for ir, k in keras_outputs(graph).items() if graph.layer(ir).kind in ("dense", "relu", "dropout")
             and _has_layer(kmodel, k) and len(kmodel.get_layer(k).output.shape) == 2}

@@ -4,7 +4,7 @@ For each modality: resolve the data set → map the model's labels onto its
 categories (alias table, ``--label-map``) → one pass over the images (logits and
 features, cached: :func:`~crossmodal.evaluate.features.extract_features`) →
 label-muting scores (:func:`~crossmodal.data.labels.score`) → metrics
-(:mod:`~crossmodal.evaluate.metrics`) → files (:mod:`~crossmodal.evaluate.reports`).
+(:mod:`~crossmodal.evaluate.metrics`) → files (:mod:`~crossmodal.evaluate.baseline.reports`).
 
 Every modality's input is checked before any image is decoded, so bad input
 (unknown modality, missing root or list, a categories file the list disagrees
@@ -45,14 +45,16 @@ from crossmodal.ir.consistency import check as check_consistency
 from crossmodal.ir.graph import Graph
 from crossmodal.ir.store import load_graph
 from crossmodal.errors import InputError
-from crossmodal.evaluate import reports
+from crossmodal.evaluate.baseline import reports
+from crossmodal.reports import figures, text
 from crossmodal.data.datasets import Dataset, modality_names, resolve_modality
 from crossmodal.data.labels import (
     LabelMapping, applicable_aliases, build_mapping, load_aliases, merge_aliases, score,
 )
 from crossmodal.evaluate.metrics import ClassificationMetrics, classification_metrics, muted_softmax, wilson_interval
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
-from crossmodal.io.runs import RunRecord, staged, utc_now
+from crossmodal.reports.runs import RunRecord
+from crossmodal.io.runs import staged, utc_now
 
 TOP_K = 5
 FORMAT = "crossmodal-baseline"
@@ -157,7 +159,7 @@ def per_class_rows(m: ClassificationMetrics, mapping: LabelMapping) -> list[dict
 
 
 def _versions() -> dict:
-    from crossmodal import __version__
+    from crossmodal._version import __version__
     from crossmodal.convert.pipeline import framework_versions
     return {"crossmodal": __version__, **framework_versions()}
 
@@ -167,7 +169,7 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
              record: RunRecord | None = None) -> BaselineResult:
     """Score one modality's features and write its files (``metrics.json`` last).
 
-    ``record``: the run's :class:`~crossmodal.io.runs.RunRecord` (the ``run`` block of
+    ``record``: the run's :class:`~crossmodal.reports.runs.RunRecord` (the ``run`` block of
     ``metrics.json``); charts and the report carry the random-weights banner when it applies.
     """
     mapping, dataset, out = prep.mapping, prep.dataset, prep.out_dir
@@ -199,10 +201,10 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
     reports.write_predictions_csv(files["predictions.csv"], [features.paths[i] for i in inc],
                                   [names[int(features.labels[i])] for i in inc], predicted, probs, k=TOP_K)
     weights = identity.identity(graph)
-    reports.plot_confusion(files["confusion.png"], met.confusion, class_names,
+    figures.plot_confusion(files["confusion.png"], met.confusion, class_names,
                            title=identity.titled(f"{prep.modality}: confusion matrix ({len(class_names)} classes, "
                                                  f"rows normalised)", weights))
-    reports.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
+    figures.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
                            overall=met.top1, chance=met.chance["chance_top1"],
                            title=identity.titled(f"{prep.modality}: per-class top-1 accuracy", weights))
 
@@ -211,7 +213,7 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
         ips, ips_source = features.stats.get("cache_images_per_second"), "cache"
     # what ran: this run's backend, or (everything cached) the one that filled the cache
     backend_info = features.backend or (features.cache_backends[-1] if features.cache_backends else {})
-    metrics = reports.json_safe({
+    metrics = text.json_safe({
         "format": FORMAT, "version": 1,
         "banner": identity.banner(weights),
         "weights": {**weights, "description": identity.describe(weights)},
@@ -258,7 +260,7 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
     })
 
     write_text_atomic(files["report.md"], reports.markdown_report(metrics, rows))
-    reports.write_json(files["metrics.json"], metrics)
+    text.write_json(files["metrics.json"], metrics)
     return BaselineResult(prep.modality, out, metrics, files)
 
 
@@ -411,7 +413,7 @@ def write_comparison(out_dir: Path, results: Sequence[BaselineResult]) -> dict[s
     rows = [{k: m.get(k) for k in reports.COMPARISON_KEYS} | {"metrics": str(r.files["metrics.json"])}
             for m, r in zip(runs, results)]
     first = runs[0] if runs else {}
-    reports.write_json(files["comparison.json"], {"format": "crossmodal-baseline-comparison", "version": 1,
+    text.write_json(files["comparison.json"], {"format": "crossmodal-baseline-comparison", "version": 1,
                                                   "banner": first.get("banner"), "weights": first.get("weights"),
                                                   "reference": reports.PLACES365_REFERENCE, "runs": rows,
                                                   "run": first.get("run")})
@@ -421,9 +423,9 @@ def write_comparison(out_dir: Path, results: Sequence[BaselineResult]) -> dict[s
 def summary_line(m: dict) -> str:
     """One line per modality for the console."""
     ips = m.get("images_per_second")
-    return (f"{m['modality']}: top-1 {reports.pct(m['top1'])} {reports.pct_interval(m['top1_ci95'])}, "
-            f"top-5 {reports.pct(m['top5'])} {reports.pct_interval(m['top5_ci95'])}, "
-            f"mean class {reports.pct(m['mean_class_accuracy'])}, chance {reports.pct(m['chance_top1'])} — "
+    return (f"{m['modality']}: top-1 {text.pct(m['top1'])} {text.pct_interval(m['top1_ci95'])}, "
+            f"top-5 {text.pct(m['top5'])} {text.pct_interval(m['top5_ci95'])}, "
+            f"mean class {text.pct(m['mean_class_accuracy'])}, chance {text.pct(m['chance_top1'])} — "
             f"{m['num_scored']} images scored over {m['num_classes_evaluated']} classes, "
             f"{m['num_failed']} failed, {m['dataset']['num_missing']} missing — "
             f"{m['backend']}/{m['device']}" + (f", {ips:.1f} img/s" if ips else ""))

@@ -54,7 +54,8 @@ from crossmodal.data.datasets import Dataset, ModalityAbsent, modality_names, re
 from crossmodal.evaluate.metrics import chance_levels, confusion_matrix, per_class_counts, wilson_interval
 from crossmodal.io.atomic import check_output_dir
 from crossmodal.io.hashing import file_sha256
-from crossmodal.io.runs import RunRecord, staged, utc_now
+from crossmodal.reports.runs import RunRecord
+from crossmodal.io.runs import staged, utc_now
 
 FORMAT = "crossmodal-probe"
 CLASSIFIERS = ("logistic", "mlp")

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from crossmodal.ir import identity
-from crossmodal.evaluate import reports
 from crossmodal.evaluate.metrics import wilson_interval
-from crossmodal.evaluate.reports import new_figure, pct, pct_interval, save_png
+from crossmodal.reports.figures import new_figure, plot_confusion, save_png
+from crossmodal.reports.text import json_safe, pct, pct_interval, run_lines, write_json
 from crossmodal.io.atomic import write_text_atomic
 
 FILES = {
@@ -198,7 +198,7 @@ def markdown(results: dict) -> str:
     if results.get("not_trained_on"):
         lines += ["", "Not trained on: " + "; ".join(f"{k}: {v}" for k, v in results["not_trained_on"].items())]
     lines += ["", "## Files", ""] + [f"- `{n}`: {d}" for n, d in FILES.items()] + [""]
-    lines += reports.run_lines(results.get("run"))
+    lines += run_lines(results.get("run"))
     return "\n".join(lines)
 
 
@@ -214,7 +214,7 @@ def write_probe(out_dir: Path, results: dict, extras: dict) -> dict[str, Path]:
         folder = _pair_dir(out_dir, results, p["train_modality"], p["modality"])
         tag = "" if folder == out_dir else f"{folder.name}/"
         files[f"{tag}per_class.csv"] = per_class_csv(folder / "per_class.csv", extra["class_names"], extra["arrays"])
-        files[f"{tag}confusion.png"] = reports.plot_confusion(
+        files[f"{tag}confusion.png"] = plot_confusion(
             folder / "confusion.png", extra["arrays"]["confusion"], extra["class_names"],
             title=identity.titled(f"probe {p['train_modality']} → {p['modality']}: confusion matrix "
                                   f"({len(extra['class_names'])} classes, rows normalised)", weights),
@@ -239,5 +239,5 @@ def write_json_last(out_dir: Path, results: dict) -> dict[str, Path]:
     """``probe.md`` and ``probe.json``, once ``results`` is complete (its ``run`` block included)."""
     md = write_text_atomic(out_dir / "probe.md", markdown(results))
     path = out_dir / "probe.json"
-    reports.write_json(path, reports.json_safe(results))
+    write_json(path, json_safe(results))
     return {"probe.md": md, "probe.json": path}

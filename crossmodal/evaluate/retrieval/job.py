@@ -45,7 +45,8 @@ from crossmodal.evaluate.retrieval.metrics import (
     METRICS, chance_map, chance_precision_at_k, chance_recall_at_k, retrieval_scores,
 )
 from crossmodal.io.atomic import check_output_dir
-from crossmodal.io.runs import RunRecord, staged, utc_now
+from crossmodal.reports.runs import RunRecord
+from crossmodal.io.runs import staged, utc_now
 
 FORMAT = "crossmodal-retrieval"
 #: VGG's feature blobs; any public blob of the graph (``Graph.blobs``) is accepted, the default

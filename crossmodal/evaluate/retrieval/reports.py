@@ -15,7 +15,8 @@ from crossmodal.errors import InputError
 from crossmodal.evaluate.retrieval.published import ABBREVIATIONS, load_published, published_cross_modal, \
     published_within_modal
 from crossmodal.ir.identity import markdown_lines
-from crossmodal.evaluate.reports import json_safe, new_figure, pct, run_lines, save_png, write_json
+from crossmodal.reports.text import json_safe, pct, run_lines, write_json
+from crossmodal.reports.figures import new_figure, save_png
 from crossmodal.io.atomic import write_text_atomic
 
 FILES = {

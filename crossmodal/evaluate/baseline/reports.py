@@ -1,15 +1,11 @@
-"""Baseline reports: CSV tables, the Markdown summary, PNG plots, the per-modality comparison.
+"""Baseline reports: the per-class and prediction CSVs, the Markdown summary, the accuracy chart
+across modalities and the comparison table.
 
-Every file is written atomically (a temporary sibling renamed into place). Plots
-use matplotlib's Agg canvas directly (no global backend switch, no display).
-The Markdown and comparison writers work from the ``metrics.json`` dictionary
-built by :mod:`crossmodal.evaluate.baseline.job`, so the report says exactly what
-the JSON says.
+The Markdown and comparison writers work from the ``metrics.json`` dictionary built by
+:mod:`crossmodal.evaluate.baseline.job`, so the report says exactly what the JSON says.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -17,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.io.atomic import atomic_path, write_text_atomic
+from crossmodal.reports.figures import new_figure, save_png
+from crossmodal.reports.text import pct, pct_interval, run_lines, weights_lines, write_csv
 
 #: Places365 VGG16 on the Places365 validation set (natural photos, 365 classes), as
 #: published by the Places365 authors; a *different* data set from CMPlaces.
@@ -32,28 +29,6 @@ PLACES365_REFERENCE = {
 }
 
 
-def pct(value, digits: int = 2) -> str:
-    """0.5524 → ``55.24 %``; None/NaN → ``–``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{100 * value:.{digits}f} %"
-
-
-def pct_interval(ci, digits: int = 1) -> str:
-    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
-        return "–"
-    return f"[{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
-
-
-# --------------------------------------------------------------------------- CSV
-def _write_csv(path: Path, header: Sequence[str], rows) -> Path:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return write_text_atomic(path, buf.getvalue())
-
-
 def write_per_class_csv(path: Path, rows: list[dict]) -> Path:
     """One row per class: the dicts built by :func:`crossmodal.evaluate.baseline.job.per_class_rows`."""
     header = ["category", "label", "status", "images", "top1_correct", "top1_accuracy", "top5_correct",
@@ -63,7 +38,7 @@ def write_per_class_csv(path: Path, rows: list[dict]) -> Path:
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.6f}"
         return v
-    return _write_csv(path, header, ([fmt(r.get(h, "")) for h in header] for r in rows))
+    return write_csv(path, header, ([fmt(r.get(h, "")) for h in header] for r in rows))
 
 
 def write_predictions_csv(path: Path, paths: Sequence, true_names: Sequence[str],
@@ -75,113 +50,7 @@ def write_predictions_csv(path: Path, paths: Sequence, true_names: Sequence[str]
         names = list(names) + [""] * (k - len(names))
         values = [f"{v:.6f}" for v in pr] + [""] * (k - len(pr))
         return [str(p), t, *names[:k], *values[:k]]
-    return _write_csv(path, header, (row(*r) for r in zip(paths, true_names, predicted, probs)))
-
-
-def write_json(path: Path, data) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-
-
-def json_safe(value):
-    """NaN/inf → None, recursively (``metrics.json`` is strict JSON)."""
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------- plots
-def new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig, path: Path, dpi: int = 150) -> Path:
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return Path(path)
-
-
-def plot_confusion(path: Path, confusion: np.ndarray, names: Sequence[str], title: str = "",
-                   xlabel: str = "predicted category (muted top-1)") -> Path:
-    """Row-normalised confusion matrix (each true class sums to 1), classes in category order.
-
-    Up to 250 classes every class is labelled, with a font sized to the row spacing
-    (about 3.7 pt for 205 classes), so a 205 × 205 matrix is readable when zoomed
-    (the PNG is 200 dpi); beyond, every n-th class (n = ceil(C / 250)).
-    """
-    cm = np.asarray(confusion, dtype=np.float64)
-    c = cm.shape[0]
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    size = float(np.clip(3 + 0.065 * c, 5, 17))
-    fig = new_figure(size + 1.2, size)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-    step = 1 if c <= 250 else math.ceil(c / 250)
-    row_pt = size * 72 * 0.8 / max(c, 1) * step  # the axes take about 80 % of the figure
-    font = float(np.clip(0.8 * row_pt, 3.0, 9))
-    ticks = np.arange(0, c, step)
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
-    ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=font)
-    ax.set_yticklabels([names[i] for i in ticks], fontsize=font)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("true category")
-    ax.set_title(title or f"Confusion matrix ({c} classes, rows normalised)", fontsize=10)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    cbar.set_label("fraction of the true class's images")
-    return save_png(fig, path, dpi=200 if c > 60 else 150)
-
-
-def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, images: np.ndarray,
-                   overall: float | None = None, chance: float | None = None, n: int = 20,
-                   title: str = "") -> Path:
-    """Horizontal bars: the ``n`` best and ``n`` worst classes by top-1 accuracy (image counts noted);
-    all classes in one panel when there are at most ``2 n``."""
-    acc = np.asarray(accuracy, dtype=np.float64)
-    idx = np.flatnonzero(~np.isnan(acc))
-    order = idx[np.lexsort((np.asarray(names, dtype=object)[idx].astype(str), -acc[idx]))]
-    if len(order) <= 2 * n:  # few classes: one panel with all of them
-        panels = [(order, f"all {len(order)}")]
-    else:
-        panels = [(order[:n], f"best {n}"), (order[::-1][:n], f"worst {n}")]
-    rows = max(max(len(sel) for sel, _ in panels), 1)
-    fig = new_figure(6.5 * len(panels), max(3.0, 0.28 * rows + 1.5))
-    for col, (sel, label) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), col + 1)
-        y = np.arange(len(sel))
-        ax.barh(y, 100 * acc[sel], color="#3b7dd8" if col == 0 else "#d8643b")
-        ax.set_yticks(y)
-        ax.set_yticklabels([f"{names[i]} ({int(images[i])})" for i in sel], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 100)
-        ax.set_xlabel("top-1 accuracy (%)  — (n) = images")
-        ax.set_title(f"{label} classes", fontsize=10)
-        if overall is not None and not math.isnan(overall):
-            ax.axvline(100 * overall, color="black", linestyle="--", linewidth=0.8, label="overall top-1")
-        if chance is not None and not math.isnan(chance):
-            ax.axvline(100 * chance, color="grey", linestyle=":", linewidth=0.8, label="chance")
-        ax.legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return save_png(fig, path)
+    return write_csv(path, header, (row(*r) for r in zip(paths, true_names, predicted, probs)))
 
 
 def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> Path:
@@ -221,14 +90,13 @@ def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES36
     return save_png(fig, path)
 
 
-# --------------------------------------------------------------------------- Markdown
 def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10, max_failed: int = 30) -> str:
     """The human summary of one run, from its ``metrics.json`` dictionary and per-class rows."""
     ref = m.get("reference", PLACES365_REFERENCE)
     lines = [
         f"# Baseline: {m['modality']} ({m['split']})",
         "",
-        *_weights_lines(m),
+        *weights_lines(m),
         f"Model `{m['model']['name']}` (fingerprint `{m['model']['fingerprint'][:16]}…`) from "
         f"`{m['model']['dir']}`, run on **{m['backend']} / {m['device']}**"
         + f" at {m.get('precision') or 'fp32'}"
@@ -308,20 +176,6 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
     return "\n".join(lines)
 
 
-def _weights_lines(m: dict) -> list[str]:
-    """The random-weights banner and the weights' identity, for the top of a report."""
-    from crossmodal.ir.identity import markdown_lines
-    return markdown_lines(m["weights"]) if m.get("weights") else []
-
-
-def run_lines(run: dict | None) -> list[str]:
-    """One line stating when and how the run that wrote a report was made."""
-    if not run:
-        return []
-    return [f"Run: `{run['command']}` started {run['started_utc']}, finished {run['finished_utc']} (UTC), "
-            f"crossmodal {run.get('crossmodal_version', '?')}; command line `{' '.join(run.get('argv', []))}`.", ""]
-
-
 #: The fields of each run that the comparison table and JSON carry.
 COMPARISON_KEYS = ("modality", "split", "backend", "device", "num_images", "num_failed", "num_scored",
                    "num_classes_evaluated", "top1", "top1_ci95", "top5", "top5_ci95", "top1_unmuted",
@@ -329,7 +183,7 @@ COMPARISON_KEYS = ("modality", "split", "backend", "device", "num_images", "num_
 
 
 def comparison_markdown(runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> str:
-    lines = ["# Baseline across modalities", "", *_weights_lines(runs[0] if runs else {}),
+    lines = ["# Baseline across modalities", "", *weights_lines(runs[0] if runs else {}),
              "| modality | images scored | classes | top-1 (95 % CI) | top-5 (95 % CI) | top-1 unmuted | "
              "mean class acc. | chance top-1 | failed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
