@@ -92,8 +92,8 @@ def end_to_end(model: Path, images: Path, work: Path, **kw) -> dict:
 
 
 def bare_onnx(model: Path, x: np.ndarray, batch_size: int, threads: int | None, spinning: bool = False) -> float:
-    from crossmodal.runtime.backends import open_backend
-    with open_backend("onnx", model, ("logits", "fc7"), device="cpu", threads=threads, spinning=spinning) as b:
+    from crossmodal.runtime.engine import open_engine
+    with open_engine("onnx", model, ("logits", "fc7"), device="cpu", threads=threads, spinning=spinning) as b:
         b.run(x[:batch_size])  # warm-up
         t = time.perf_counter()
         for s in range(0, len(x), batch_size):

@@ -30,9 +30,9 @@ _PLAIN = (
 
 _SPEED = _PLAIN + (
     "import time, numpy as np\n"
-    "from crossmodal.runtime.engines import onnx_session\n"
+    "from crossmodal.runtime.ort_session import open_session\n"
     "x = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)\n"
-    "sess, _ = onnx_session({onnx!r})\n"
+    "sess, _ = open_session({onnx!r}, 'cpu')\n"
     "name = sess.get_inputs()[0].name\n"
     "def best(fn):\n"
     "    fn(); times = []\n"

@@ -167,7 +167,7 @@ class TorchCompiled:
         import torch
 
         from crossmodal.emitters.to_torch import build_torch
-        from crossmodal.runtime.engines import set_torch_precision
+        from crossmodal.runtime.devices import set_torch_precision
         from crossmodal.ir.store import load_ir
 
         set_torch_precision(False)
@@ -207,20 +207,20 @@ class TorchCompiled:
 
 def open_runner(engine: str, model_dir: Path, precision: str, device: str, cache: Path, max_batch: int):
     """An object with ``run(batch) → {logits, fc7}``, ``describe()``, ``close()`` for ``engine``."""
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
 
     layers = ["logits", "fc7"]
     if engine == "ort-cuda":
-        return open_backend("onnx", model_dir, layers, device=device, precision=precision, cache_dir=cache)
+        return open_engine("onnx", model_dir, layers, device=device, precision=precision, cache_dir=cache)
     if engine == "ort-trt":
-        return open_backend("onnx", model_dir, layers, device=device, precision=precision, trt=True,
+        return open_engine("onnx", model_dir, layers, device=device, precision=precision, trt=True,
                             cache_dir=cache, max_batch=max_batch)
     if engine == "torch-eager":
         return TorchCompiled(model_dir, precision, "cuda" if device != "cpu" else "cpu", "eager")
     if engine == "torch-compile":
         return TorchCompiled(model_dir, precision, "cuda" if device != "cpu" else "cpu", None)
     if engine == "tensorflow":
-        return open_backend("keras", model_dir, layers, device=device, precision=precision)
+        return open_engine("keras", model_dir, layers, device=device, precision=precision)
     raise ValueError(engine)
 
 
@@ -343,7 +343,7 @@ def section_decode(args, paths, spec_dir) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from crossmodal.ir.store import load_graph
-    from crossmodal.evaluate.features import read_mean_image
+    from crossmodal.evaluate.feature_cache import read_mean_image
     from crossmodal.data.images import load_batch
 
     graph = load_graph(spec_dir)

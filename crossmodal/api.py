@@ -124,8 +124,9 @@ class Model:
 
     def __init__(self, model_dir: str | os.PathLike, backend: str = "onnx", device: str = "auto", *,
                  threads: int | None = None, draft: bool = False, workers: int | None = None) -> None:
-        from crossmodal.runtime.backends import BACKENDS, check_device
-        from crossmodal.evaluate.features import read_mean_image
+        from crossmodal.runtime.devices import check_device
+        from crossmodal.runtime.engine import BACKENDS
+        from crossmodal.evaluate.feature_cache import read_mean_image
 
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -265,12 +266,12 @@ class Model:
     # ------------------------------------------------------------------ backend
     def backend(self, layers: Sequence[str]):
         """The inference backend, (re)opened when it lacks one of ``layers``."""
-        from crossmodal.runtime.backends import open_backend
+        from crossmodal.runtime.engine import open_engine
         if self._backend is None or not set(layers) <= set(self._backend.layers):
             wanted = list(dict.fromkeys([*(self._backend.layers if self._backend else ()), *layers]))
             self.close_backend()
-            self._backend = open_backend(self.backend_name, self.model_dir, wanted, device=self.device,
-                                         graph=self.graph, threads=self.threads)
+            self._backend = open_engine(self.backend_name, self.model_dir, wanted, device=self.device,
+                                        graph=self.graph, threads=self.threads)
         return self._backend
 
     def run(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
@@ -325,22 +326,13 @@ class Model:
 
     # ------------------------------------------------------------------ maps
     def torch_module(self):
-        """The IR's PyTorch module (eval, parameters frozen) on the device; built once."""
+        """The IR's PyTorch module (eval, parameters frozen) on the device, and that device: the
+        runtime's torch engine (:mod:`crossmodal.runtime.torch_engine`), opened once for maps."""
         if self._torch is None:
-            import torch
-
-            from crossmodal.emitters.to_torch import build_torch
-            from crossmodal.runtime.engines import set_torch_precision, torch_device
-            from crossmodal.ir.store import load_ir
-
-            set_torch_precision(False)
-            if self.threads:
-                torch.set_num_threads(int(self.threads))
-            dev = torch_device(self.device)
-            module = build_torch(load_ir(self.model_dir)).to(dev)
-            for p in module.parameters():
-                p.requires_grad_(False)
-            self._torch = (module, dev)
+            from crossmodal.runtime.engine import ALL, open_engine
+            engine = open_engine("torch", self.model_dir, ALL, device=self.device, graph=self.graph,
+                                 threads=self.threads)
+            self._torch = (engine.module, engine.torch_device)
         return self._torch
 
     @property

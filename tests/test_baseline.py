@@ -285,11 +285,11 @@ def test_help_names_the_options():
 
 def test_keras_backend_returns_ir_layouts(model):
     """pool5 comes back NCHW and fc7/logits equal ONNX Runtime's, though Keras runs NHWC."""
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
     x = np.random.default_rng(3).standard_normal((5, 3, 20, 28)).astype(np.float32)
     layers = ("logits", "fc7", "pool5")
-    with open_backend("keras", model, layers, device="cpu") as k, \
-            open_backend("onnx", model, layers, device="cpu") as o:
+    with open_engine("keras", model, layers, device="cpu") as k, \
+            open_engine("onnx", model, layers, device="cpu") as o:
         a, b = k.run(x), o.run(x)
         assert k.describe()["device"] == "cpu" and "tensorflow" in k.describe()
     for name in layers:

@@ -89,7 +89,7 @@ def test_a_file_being_created_by_another_run_is_not_deleted(model, data, tmp_pat
     created it) deleted it at once, without any lock."""
     from filelock import FileLock
 
-    from crossmodal.evaluate.features import lock_path
+    from crossmodal.evaluate.feature_cache import lock_path
     path = _single_run(model, data, tmp_path / "probe").cache_path  # the name a run will use
     cache = tmp_path / "cache"
     cache.mkdir()

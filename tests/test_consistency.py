@@ -70,8 +70,8 @@ def test_a_grayscale_spec_makes_a_one_channel_model_convertible(ckpts, tmp_path)
                   - (rgb @ [0.299, 0.587, 0.114])).max() <= 1.0  # PIL's L is the ITU-R 601-2 luma
     np.testing.assert_allclose(batch[0, 0], (luma / 255.0 - 0.5) / 0.25, rtol=0, atol=1e-6)
     # and the model runs on them
-    from crossmodal.runtime.backends import open_backend
-    backend = open_backend("onnx", out, ["logits"], device="cpu", graph=g)
+    from crossmodal.runtime.engine import open_engine
+    backend = open_engine("onnx", out, ["logits"], device="cpu", graph=g)
     try:
         assert backend.run(batch)["logits"].shape == (1, 10)
     finally:

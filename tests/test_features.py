@@ -191,7 +191,7 @@ def test_cache_key_follows_files_preprocessing_and_model(tiny_model, dataset, tm
     from dataclasses import replace
 
     from crossmodal.ir.store import load_graph, load_ir
-    from crossmodal.evaluate.features import cache_key, model_fingerprint
+    from crossmodal.evaluate.feature_cache import cache_key, model_fingerprint
     graph = load_graph(tiny_model)
     assert model_fingerprint(tiny_model) == load_ir(tiny_model).fingerprint()
     paths = [r.path for r in dataset.records]
@@ -219,12 +219,12 @@ def test_corrupt_cache_is_recomputed(tiny_model, dataset, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx-iobinding"])
 def test_backends_agree(backend, tiny_model, tree, clean):
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
     x, _ = load_batch(clean.paths, load_graph(tiny_model).preprocess, draft=True)
     name, opts = ("onnx", {"io_binding": True}) if backend == "onnx-iobinding" else (backend, {})
-    with open_backend(name, tiny_model, ("logits", "fc7", "pool5"), device="cpu", **opts) as b:
+    with open_engine(name, tiny_model, ("logits", "fc7", "pool5"), device="cpu", **opts) as b:
         out = b.run(x)
         info = b.describe()
     assert info["device"] == "cpu" and info["backend"] == name
@@ -236,17 +236,17 @@ def test_backends_agree(backend, tiny_model, tree, clean):
 
 
 def test_backend_bad_input(tiny_model, tmp_path):
-    from crossmodal.runtime.backends import open_backend
-    with pytest.raises(InputError, match="unknown backend"):
-        open_backend("caffe", tiny_model)
+    from crossmodal.runtime.engine import open_engine
+    with pytest.raises(InputError, match="unknown engine"):
+        open_engine("caffe", tiny_model)
     with pytest.raises(InputError, match="unknown device"):
-        open_backend("onnx", tiny_model, device="gpu0")
-    with pytest.raises(InputError, match="no model.keras"):
-        open_backend("keras", tiny_model)
+        open_engine("onnx", tiny_model, device="gpu0")
+    with pytest.raises(InputError, match="missing model.keras"):
+        open_engine("keras", tiny_model)
     with pytest.raises(InputError, match="no layer or blob named 'fc9'"):
-        open_backend("onnx", tiny_model, ("fc9",))
+        open_engine("onnx", tiny_model, ("fc9",))
     with pytest.raises(InputError, match="batch must be"):
-        with open_backend("onnx", tiny_model, device="cpu") as b:
+        with open_engine("onnx", tiny_model, device="cpu") as b:
             b.run(np.zeros((1, 3, 8, 8), np.float32))
 
 

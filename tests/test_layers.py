@@ -40,9 +40,13 @@ def test_the_layers_cover_every_subpackage():
 
 
 def test_the_wheel_carries_the_data_files(tmp_path):
-    """An editable install hides a wheel that lacks its data: build one and list it."""
+    """An editable install hides a wheel that lacks its data: build one (from a copy, so no build/
+    folder lands in the checkout) and list it."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".hypothesis"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     wheel = next(tmp_path.glob("crossmodal-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

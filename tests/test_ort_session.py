@@ -148,9 +148,9 @@ def model_dir(tmp_path, tiny_converted):
 
 
 def test_backend_reports_the_providers_its_session_really_has(model_dir):
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
 
-    with open_backend("onnx", model_dir, ["logits"], device="auto") as b:
+    with open_engine("onnx", model_dir, ["logits"], device="auto") as b:
         info = b.describe()
         assert info["providers"] == list(b.sess.get_providers())
         assert info["precision"] == "fp32" and "providers_requested" in info
@@ -163,11 +163,11 @@ def test_backend_reports_the_providers_its_session_really_has(model_dir):
 def test_io_binding_path_gives_the_plain_run_results(model_dir):
     """The bound path (device input reused across batches, outputs read back) on the CPU
     provider gives exactly what a plain run gives, for changing batch sizes."""
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
 
     rng = np.random.default_rng(0)
-    with open_backend("onnx", model_dir, ["logits", "pool2"], device="cpu") as plain, \
-            open_backend("onnx", model_dir, ["logits", "pool2"], device="cpu", io_binding=True) as bound:
+    with open_engine("onnx", model_dir, ["logits", "pool2"], device="cpu") as plain, \
+            open_engine("onnx", model_dir, ["logits", "pool2"], device="cpu", io_binding=True) as bound:
         assert bound.io_binding and not bound.pinned
         for n in (3, 3, 1):
             x = rng.standard_normal((n, 3, 20, 28)).astype(np.float32)
@@ -200,12 +200,12 @@ needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"needs a workin
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_backend_io_binding_matches_cpu(model_dir, precision):
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
 
     x = np.random.default_rng(0).standard_normal((4, 3, 20, 28)).astype(np.float32)
-    with open_backend("onnx", model_dir, ["logits", "fc7", "pool2"], device="cpu") as cpu:
+    with open_engine("onnx", model_dir, ["logits", "fc7", "pool2"], device="cpu") as cpu:
         want = cpu.run(x)
-    with open_backend("onnx", model_dir, ["logits", "fc7", "pool2"], device="cuda", precision=precision) as gpu:
+    with open_engine("onnx", model_dir, ["logits", "fc7", "pool2"], device="cuda", precision=precision) as gpu:
         info = gpu.describe()
         assert info["providers"][0] == CUDA and info["io_binding"] and info["warm_up"]
         got = gpu.run(x)
@@ -245,7 +245,7 @@ def test_trt_fp16_that_falls_back_to_cuda_is_refused_not_mislabelled(model_dir, 
     """--trt --precision fp16 runs the fp32 model (TensorRT makes the fp16 kernels): if TensorRT
     does not start, CUDA would run it at fp32 under an fp16 label; the backend refuses instead."""
     from crossmodal.runtime import ort_session
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
 
     real = ort_session.open_session
 
@@ -255,6 +255,6 @@ def test_trt_fp16_that_falls_back_to_cuda_is_refused_not_mislabelled(model_dir, 
                                              fallback="TensorrtExecutionProvider did not start; running on CUDA")
     monkeypatch.setattr(ort_session, "open_session", fake)
     with pytest.raises(InputError, match="TensorRT did not start"):
-        open_backend("onnx", model_dir, ["logits"], device="cuda", precision="fp16", trt=True)
-    with open_backend("onnx", model_dir, ["logits"], device="cuda", precision="fp32", trt=True, io_binding=False) as b:
+        open_engine("onnx", model_dir, ["logits"], device="cuda", precision="fp16", trt=True)
+    with open_engine("onnx", model_dir, ["logits"], device="cuda", precision="fp32", trt=True, io_binding=False) as b:
         assert b.describe()["fallback"].startswith("TensorrtExecutionProvider did not start")

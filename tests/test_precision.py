@@ -118,13 +118,13 @@ def test_keras_mixed_policy_keeps_weights_and_computes_in_half(tiny_converted):
 @pytest.mark.parametrize("backend,precision", [("onnx", "fp16"), ("torch", "fp16"), ("torch", "bf16"),
                                                ("keras", "fp16")])
 def test_backends_at_reduced_precision_return_float32_close_to_fp32(model_dir, backend, precision):
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
 
     x = np.random.default_rng(0).standard_normal((3, 3, 20, 28)).astype(np.float32)
     layers = ["logits", "fc7", "pool2"]  # pool2: not an output of the file, added (through a cast at fp16)
-    with open_backend("onnx", model_dir, layers, device="cpu") as ref:
+    with open_engine("onnx", model_dir, layers, device="cpu") as ref:
         want = ref.run(x)
-    with open_backend(backend, model_dir, layers, device="cpu", precision=precision) as b:
+    with open_engine(backend, model_dir, layers, device="cpu", precision=precision) as b:
         got = b.run(x)
         info = b.describe()
     assert info["precision"].startswith(precision)
@@ -138,9 +138,9 @@ def test_backends_at_reduced_precision_return_float32_close_to_fp32(model_dir, b
 
 
 def test_onnx_backend_refuses_bf16_with_the_reason(model_dir):
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
     with pytest.raises(InputError, match="bf16"):
-        open_backend("onnx", model_dir, ["logits"], device="cpu", precision="bf16")
+        open_engine("onnx", model_dir, ["logits"], device="cpu", precision="bf16")
 
 
 def test_reduced_precision_features_have_their_own_cache(model_dir, tmp_path):
@@ -175,7 +175,7 @@ def test_fp16_gate_passes_for_a_sane_model(model_dir, tiny_ckpt):
     assert report.tolerance == 1e-2 and report.max_top1_disagreements == 0  # 6 inputs: floor(6 %) = 0
     assert set(report.comparisons) == {"torch", "keras", "onnx"} and "ir" in report.skipped
     data = report.to_json()
-    assert data["precision"] == "fp16" and data["engines"]["onnx"]["model"] == "model.fp16.onnx"
+    assert data["precision"] == "fp16" and data["engines"]["onnx"]["model_file"] == "model.fp16.onnx"
     for engine, rows in data["error_growth"].items():
         assert [r["layer"] for r in rows] == [l for l in report.layers if l in report.comparisons[engine]]
         assert all(0 < r["rel"] < 1e-2 for r in rows)  # fp16 rounding, not zero, not a breach

@@ -134,12 +134,12 @@ def test_exported_model_is_fc8_replaced_and_its_logits_are_the_head_on_the_cache
                 fc7 = f["features/fc7"][()][ok]
                 paths = [Path(p.decode()) for p in f["paths"][()][ok]]
     assert paths is not None and len(paths) == r["num_test"]
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
     batch, failed = load_batch(paths, load_graph(exported).preprocess, None, draft=True)
     assert not failed
-    with open_backend("onnx", exported, ["logits"], device="cpu") as onnx:
+    with open_engine("onnx", exported, ["logits"], device="cpu") as onnx:
         logits = onnx.run(batch)["logits"]
     np.testing.assert_allclose(logits, fc7 @ w.T + b, rtol=1e-5, atol=1e-5)
     # and independently of the cache: the float64 evaluator's fc7 of the base model, the same head
@@ -186,11 +186,11 @@ def test_mlp_head_on_pool5_exports_a_cut_network(model, root, pair_run, tmp_path
     val = _val_files(root, "sketch")
     pool5 = reference_logits(model, [p for p, _ in val], layers=("pool5",))["pool5"].reshape(len(val), -1)
     head = np.maximum(pool5 @ w1.T + b1, 0) @ w2.T + b2
-    from crossmodal.runtime.backends import open_backend
+    from crossmodal.runtime.engine import open_engine
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
     batch, _ = load_batch([p for p, _ in val], load_graph(out / "model").preprocess, None, draft=True)
-    with open_backend("onnx", out / "model", ["logits"], device="cpu") as onnx:
+    with open_engine("onnx", out / "model", ["logits"], device="cpu") as onnx:
         np.testing.assert_allclose(onnx.run(batch)["logits"], head, rtol=1e-4, atol=1e-4)
     assert r["top1"] == pytest.approx(np.mean(np.argmax(head, 1) == [DATA_CATEGORIES.index(c) for _, c in val]))
     result = CliRunner().invoke(main, ["verify", str(out / "model"), "--random", "2"])

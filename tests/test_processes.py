@@ -55,7 +55,7 @@ FRESH = textwrap.dedent('''
 @pytest.mark.slow
 def test_keras_and_onnx_files_run_in_a_fresh_interpreter(tiny_converted, tmp_path):
     from crossmodal.ir import reference
-    from crossmodal.runtime.engines import keras_engine, onnx_engine
+    from crossmodal.runtime.engine import ALL, open_engine
     out = Path(tiny_converted.artifacts[0].path).parent
     keras_path, onnx_path = out / "model.keras", out / "model.onnx"
     assert keras_path.is_file() and onnx_path.is_file()
@@ -70,8 +70,8 @@ def test_keras_and_onnx_files_run_in_a_fresh_interpreter(tiny_converted, tmp_pat
     fresh = np.load(tmp_path / "out.npz")
     assert str(fresh["backend"]) == "tensorflow"
     logits = graph.blobs["logits"]
-    here_keras = keras_engine(keras_path, graph).run(x, [logits])[logits]
-    here_onnx = onnx_engine(onnx_path, graph).run(x, [logits])[logits]
+    here_keras = open_engine("keras", out, ALL, graph=graph, device="cpu").run(x, [logits])[logits]
+    here_onnx = open_engine("onnx", out, ALL, graph=graph, device="cpu").run(x, [logits])[logits]
     np.testing.assert_allclose(fresh["keras"], here_keras, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(fresh["onnx"], here_onnx, rtol=1e-6, atol=1e-6)
     ref = reference.run(tiny_converted.model, x, [logits])[logits]

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from crossmodal.cli import main
-from crossmodal.verify.job import LayerStats, run_verify
+from crossmodal.verify.job import run_verify
+from crossmodal.verify.results import LayerStats
 from helpers import require_module
 
 SIZE = (21, 29)  # odd, so that ceil and floor pooling differ at pool1 (10×14 vs 11×15)
@@ -215,11 +216,11 @@ def test_tf2onnx_is_an_independent_cross_check(model_copy):
 
 
 def test_a_failing_tf2onnx_is_reported_and_the_rest_still_runs(model_copy, monkeypatch):
-    from crossmodal.runtime import engines
+    from crossmodal.runtime import tf2onnx_engine
 
     def broken(*args, **kwargs):
         raise MemoryError("tf2onnx needed more memory than there is")
-    monkeypatch.setattr(engines, "tf2onnx_engine", broken)
+    monkeypatch.setattr(tf2onnx_engine, "Tf2OnnxEngine", broken)
     _, model_dir = model_copy
     report = run_verify(model_dir, engines=["ir", "onnx", "tf2onnx"], random=1)
     assert report.passed and "onnx" in report.comparisons
@@ -343,15 +344,15 @@ def test_layer_stats_non_finite_values():
 
 
 def test_an_engine_that_cannot_observe_the_gated_layers_fails_with_the_reason(model_copy, monkeypatch):
-    from crossmodal.runtime import engines
+    from crossmodal.runtime import onnx_engine
     from crossmodal.verify.report import console, markdown
-    real = engines.onnx_engine
+    real = onnx_engine.OnnxEngine
 
     def blind(*args, **kwargs):
         engine = real(*args, **kwargs)
         engine.observable -= {"fc8", "relu7"}
         return engine
-    monkeypatch.setattr(engines, "onnx_engine", blind)
+    monkeypatch.setattr(onnx_engine, "OnnxEngine", blind)
     source, model_dir = model_copy
     report = _verify(model_dir, source, engines=["onnx"])
     assert not report.passed
@@ -378,13 +379,14 @@ def test_tf2onnx_without_model_keras_is_reported_and_the_rest_still_runs(model_c
 
 
 def test_tf2onnx_failing_while_it_runs_is_reported_and_the_rest_still_runs(model_copy, monkeypatch):
-    from crossmodal.runtime import engines
+    from crossmodal.runtime import tf2onnx_engine
+    from crossmodal.runtime.engine import FunctionEngine
     from crossmodal.verify.report import console
 
     def run(x, layers):
         raise MemoryError("std::bad_alloc")
-    monkeypatch.setattr(engines, "tf2onnx_engine",
-                        lambda *a, **k: engines.Engine("tf2onnx", run, {"fc8", "relu7"}, path="model.keras"))
+    monkeypatch.setattr(tf2onnx_engine, "Tf2OnnxEngine", lambda model_dir, graph, outputs, **k: FunctionEngine(
+        "tf2onnx", graph, run, {"fc8", "relu7"}, path="model.keras"))
     _, model_dir = model_copy
     report = run_verify(model_dir, engines=["ir", "onnx", "tf2onnx"], random=3, batch_size=2)
     assert report.passed and set(report.comparisons) == {"onnx"} and "tf2onnx" not in report.engines
@@ -394,12 +396,12 @@ def test_tf2onnx_failing_while_it_runs_is_reported_and_the_rest_still_runs(model
 
 def test_tf2onnx_output_that_onnx_runtime_cannot_load_is_reported(model_copy, monkeypatch):
     require_module("tf2onnx", "the test extra; verify's optional cross-check")
-    from crossmodal.runtime import engines
     from crossmodal.errors import InputError
+    from crossmodal.runtime import ort_session
 
     def refuse(source, *args, **kwargs):
         raise InputError("ONNX Runtime cannot load the model (InvalidGraph)")
-    monkeypatch.setattr(engines, "onnx_session", refuse)
+    monkeypatch.setattr(ort_session, "open_session", refuse)
     source, model_dir = model_copy
     report = _verify(model_dir, source, engines=["ir", "tf2onnx"])
     assert report.passed and set(report.comparisons) == {"ir"}
@@ -419,8 +421,8 @@ def test_a_keras_file_of_another_model_is_a_one_line_input_error(model_copy):
 
 
 def test_an_engine_crashing_on_the_batch_is_a_one_line_input_error(model_copy, monkeypatch):
-    from crossmodal.runtime import engines
-    real = engines.onnx_engine
+    from crossmodal.runtime import onnx_engine
+    real = onnx_engine.OnnxEngine
 
     def crashing(*args, **kwargs):
         engine = real(*args, **kwargs)
@@ -429,7 +431,7 @@ def test_an_engine_crashing_on_the_batch_is_a_one_line_input_error(model_copy, m
             raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\nmore")
         engine.run = run
         return engine
-    monkeypatch.setattr(engines, "onnx_engine", crashing)
+    monkeypatch.setattr(onnx_engine, "OnnxEngine", crashing)
     _, model_dir = model_copy
     result = CliRunner().invoke(main, ["verify", str(model_dir), "--engines", "onnx", "-q"])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output

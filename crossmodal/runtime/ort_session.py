@@ -1,6 +1,7 @@
 """ONNX Runtime sessions: which execution providers, and proof that the chosen one works.
 
-One builder for ``verify``'s ONNX engine, the evaluation backend and the benchmarks.
+One builder for every ONNX Runtime session that runs a model (:mod:`crossmodal.runtime.onnx_engine`,
+the benchmarks); only the ONNX emitter's self-check opens one elsewhere.
 
 Providers (:func:`choose_providers`, pure, unit-tested on fake provider lists):
 
@@ -28,12 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from crossmodal.errors import InputError
+from crossmodal.runtime.devices import cuda_index
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-
-
-def cuda_index(device: str) -> int:
-    return int(device.split(":")[1]) if ":" in device else 0
 
 
 def choose_providers(device: str, available: list[str], *, allow_tf32: bool = False, trt: bool = False,

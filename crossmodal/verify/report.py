@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from crossmodal.ir.identity import banner, describe, markdown_lines
-from crossmodal.verify.job import VerifyReport
+from crossmodal.verify.results import VerifyReport
 
 
 def _fmt(v: float) -> str:

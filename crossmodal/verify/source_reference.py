@@ -27,7 +27,8 @@ from typing import Mapping
 
 import numpy as np
 
-from crossmodal.runtime.engines import Engine, ir_engine, set_torch_precision, torch_device
+from crossmodal.runtime.devices import set_torch_precision, torch_device
+from crossmodal.runtime.engine import Engine, FunctionEngine, IrEngine
 from crossmodal.ir.graph import IRModel
 from crossmodal.errors import InputError
 
@@ -134,10 +135,10 @@ def torch_source_engine(model: IRModel, source: Path, *, device: str = "cpu", al
             seen["prob"] = torch.softmax(seen[logits_name], dim=1)
         return {l: seen[l].float().cpu().numpy() for l in layers if l in observable and l in seen}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return Engine("torch-source", run, observable, str(dev),
-                  {"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32,
-                   "source": str(source), "module": f"plain torchvision {spec.arch}, forward hooks"},
-                  path=str(source))
+    return FunctionEngine("torch-source", model.graph, run, observable, device=str(dev),
+                          info={"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32,
+                                "source": str(source), "module": f"plain torchvision {spec.arch}, forward hooks"},
+                          path=source)
 
 
 def caffe_source_engine(model: IRModel, prototxt: Path, caffemodel: Path) -> Engine:
@@ -157,11 +158,11 @@ def caffe_source_engine(model: IRModel, prototxt: Path, caffemodel: Path) -> Eng
                               std=tuple(spec.std[::-1]), mean_image=None) if rgb else \
         dataclasses.replace(spec, mean_image=None)
     src = read_caffe(prototxt, caffemodel, preprocess=bgr, rgb_input=False)
-    inner = ir_engine(src)
+    inner = IrEngine(src)
 
     def run(x, layers):
         return inner.run(np.ascontiguousarray(x[:, ::-1]) if rgb else x, layers)
-    return Engine("caffe-source", run, inner.observable, "cpu",
-                  {**inner.info, "source": str(caffemodel), "prototxt": str(prototxt),
-                   "input": "BGR (the IR's RGB batch, channels reversed)" if rgb else "BGR, as the IR"},
-                  path=str(caffemodel))
+    return FunctionEngine("caffe-source", model.graph, run, inner.observable, device="cpu",
+                          info={**inner.info, "source": str(caffemodel), "prototxt": str(prototxt),
+                                "input": "BGR (the IR's RGB batch, channels reversed)" if rgb else "BGR, as the IR"},
+                          path=caffemodel)

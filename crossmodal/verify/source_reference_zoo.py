@@ -230,7 +230,8 @@ def torch_zoo_source_engine(model, source: Path, *, device: str = "cpu", allow_t
     """The checkpoint in a plain module of its family, as engine ``torch-source``."""
     import torch
 
-    from crossmodal.runtime.engines import Engine, set_torch_precision, torch_device
+    from crossmodal.runtime.devices import set_torch_precision, torch_device
+    from crossmodal.runtime.engine import FunctionEngine
     from crossmodal.verify.source_reference import load_raw_state
 
     graph = model.graph
@@ -278,7 +279,8 @@ def torch_zoo_source_engine(model, source: Path, *, device: str = "cpu", allow_t
                 out[layer] = (v.flatten(1) if layer == "avgpool" else v).float().cpu().numpy()
         return out
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return Engine("torch-source", run, observable, str(dev),
-                  {"torch": torch.__version__, "device_name": dev_name, "allow_tf32": allow_tf32,
-                   "source": str(source), "module": f"plain torchvision-layout {graph.name}, forward hooks"},
-                  path=str(source))
+    return FunctionEngine("torch-source", graph, run, observable, device=str(dev),
+                          info={"torch": torch.__version__, "device_name": dev_name, "allow_tf32": allow_tf32,
+                                "source": str(source),
+                                "module": f"plain torchvision-layout {graph.name}, forward hooks"},
+                          path=source)

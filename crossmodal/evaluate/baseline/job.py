@@ -284,11 +284,12 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     there too when the model folder is read-only). ``precision``: fp32, fp16, bf16
     (:mod:`crossmodal.runtime.precision`); ``trt``: ONNX Runtime's TensorRT provider first.
     ``backend_options``: passed to
-    :func:`~crossmodal.runtime.backends.open_backend` (e.g. ``{"spinning": True}``). Progress: ``on_start(modality,
+    :func:`~crossmodal.runtime.engine.open_engine` (e.g. ``{"spinning": True}``). Progress: ``on_start(modality,
     done, total)``, ``on_batch(modality, done, total)``; notes go to ``on_step``.
     """
-    from crossmodal.runtime.backends import BACKENDS, SharedBackend, check_device
-    from crossmodal.evaluate.features import model_fingerprint, rollback_new_caches, run_cache_dir
+    from crossmodal.runtime.devices import check_device
+    from crossmodal.runtime.engine import BACKENDS, SharedEngine
+    from crossmodal.evaluate.feature_cache import model_fingerprint, rollback_new_caches, run_cache_dir
 
     t_start = time.perf_counter()
     started = utc_now()
@@ -346,7 +347,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     # 2. one backend for all modalities, opened when a modality needs computing
     onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
         if backend == "onnx" else {}
-    backend_runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
+    backend_runner = SharedEngine(backend, model_dir, layers, device=device, graph=graph, threads=threads,
                                    precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"),
                                    **onnx_options, **(backend_options or {}))
 

@@ -322,8 +322,9 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
               on_start: Callable[[str, int, int], None] | None = None,
               on_batch: Callable[[str, int, int], None] | None = None) -> ProbeRun:
     """Train and score probes (module docstring); writes the files and the model folder(s)."""
-    from crossmodal.runtime.backends import BACKENDS, check_device
-    from crossmodal.evaluate.features import model_fingerprint, rollback_new_caches, run_cache_dir
+    from crossmodal.runtime.devices import check_device
+    from crossmodal.runtime.engine import BACKENDS
+    from crossmodal.evaluate.feature_cache import model_fingerprint, rollback_new_caches, run_cache_dir
     from crossmodal.data.labels import applicable_aliases, load_aliases
 
     t_start, started = time.perf_counter(), utc_now()
@@ -444,11 +445,11 @@ def _fit_and_write(stage: Path, out_dir: Path, model_dir: Path, graph: Graph, fe
                    step, on_start, on_batch, t_start) -> ProbeRun:
     """Steps 2–4 of :func:`run_probe`: features, fits and scores, files written into ``stage`` (moved
     into ``out_dir`` by the caller); paths in the results name their place in ``out_dir``."""
-    from crossmodal.runtime.backends import SharedBackend
+    from crossmodal.runtime.engine import SharedEngine
     from crossmodal.evaluate.features import extract_features
 
     # 2. features (and the base network's logits for the baseline) from the shared cache
-    runner = SharedBackend(backend, model_dir, wanted, device=device, graph=graph, threads=threads,
+    runner = SharedEngine(backend, model_dir, wanted, device=device, graph=graph, threads=threads,
                            on_open=lambda b: step(f"backend: {b.summary()}"))
     data: dict[tuple[str, str], ModalityData] = {}
     try:
@@ -472,7 +473,7 @@ def _fit_and_write(stage: Path, out_dir: Path, model_dir: Path, graph: Graph, fe
                     np.asarray(fs.labels), np.asarray(fs["logits"]), list(fs.paths), list(fs.failed),
                     {"path": str(fs.cache_path), "rows_computed": fs.stats.get("computed"),
                      "rows_from_cache": fs.stats.get("from_cache"), "filled_by": fs.cache_backends})
-        ran = runner.backend.describe() if runner.backend is not None else None
+        ran = runner.engine.describe() if runner.engine is not None else None
     finally:
         runner.close()
 

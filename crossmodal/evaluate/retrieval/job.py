@@ -185,11 +185,11 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     """
     from crossmodal.evaluate.retrieval import reports
     from crossmodal.evaluate.retrieval.reports import pick_query
-    from crossmodal.runtime.backends import SharedBackend, check_device
+    from crossmodal.runtime.devices import check_device
+    from crossmodal.runtime.engine import SharedEngine
     from crossmodal.evaluate.baseline.job import limit_records
-    from crossmodal.evaluate.features import (
-        extract_features, model_fingerprint, rollback_new_caches, run_cache_dir,
-    )
+    from crossmodal.evaluate.features import extract_features
+    from crossmodal.evaluate.feature_cache import model_fingerprint, rollback_new_caches, run_cache_dir
 
     t_start = time.perf_counter()
     started = utc_now()
@@ -263,7 +263,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
     with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):  # bad input found late: <out> as it was
         # 2. features, from the cache or computed by one shared backend ("logits" too: the baseline's cache)
         layers = ["logits", layer]
-        runner = SharedBackend(backend, model_dir, layers, device=device, graph=graph, threads=threads,
+        runner = SharedEngine(backend, model_dir, layers, device=device, graph=graph, threads=threads,
                                precision=precision, on_open=lambda b: step(f"backend: {b.summary()}"),
                                **onnx_options)
         feats: dict[str, ModalityFeatures] = {}
@@ -276,7 +276,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
                     on_start=(lambda d, t, m=name: on_start(m, d, t)) if on_start else None,
                     on_batch=(lambda d, t, m=name: on_batch(m, d, t)) if on_batch else None)
                 feats[name] = as_modality_features(name, ds, fs, layer)
-            ran = runner.backend.describe() if runner.backend is not None else None
+            ran = runner.engine.describe() if runner.engine is not None else None
         finally:
             runner.close()
         if show:  # the pick is made among the decoded images: check it there, before any file is written
