@@ -118,7 +118,7 @@ def ort_cuda() -> bool:
 def make_model(name: str, work: Path) -> tuple[Path, Path]:
     """A seeded random checkpoint of zoo network ``name``, converted (IR, ONNX, and Keras when
     TensorFlow is installed): (model dir, checkpoint)."""
-    from crossmodal.ir.graph import Preprocess
+    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.convert.pipeline import convert
     from crossmodal.models.synthetic import write_checkpoint
     from crossmodal.models.vgg import create_spec

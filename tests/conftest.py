@@ -21,7 +21,7 @@ def tiny_spec():
 
 @pytest.fixture(scope="session")
 def tiny_preprocess(tiny_spec):
-    from crossmodal.ir.graph import Preprocess
+    from crossmodal.ir.preprocess import Preprocess
     h, w = tiny_spec.input_shape[1:]
     return Preprocess(resize=(h, w), crop=(h, w), name="tiny")
 

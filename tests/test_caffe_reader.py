@@ -15,7 +15,8 @@ from caffe_fixtures import (
     to_v1, vgg16_shapes, write_caffemodel,
 )
 from crossmodal.ir import reference
-from crossmodal.ir.graph import PREPROCESS_PRESETS, infer_shapes
+from crossmodal.ir.preprocess import PREPROCESS_PRESETS
+from crossmodal.ir.kinds import infer_shapes
 from crossmodal.readers import caffe_schema as schema
 from crossmodal.readers.from_caffe import read_caffe, read_mean_file, read_prototxt
 from crossmodal.errors import InputError, UnsupportedError

@@ -12,7 +12,7 @@ import pytest
 
 from caffe_fixtures import ALEXNET_SHAPES, write_blobs, write_caffemodel
 from crossmodal.ir import reference
-from crossmodal.ir.graph import infer_shapes
+from crossmodal.ir.kinds import infer_shapes
 from crossmodal.readers.from_caffe import read_caffe, read_prototxt
 from crossmodal.errors import InputError, UnsupportedError
 from helpers import require_shared

@@ -110,7 +110,8 @@ def test_verify_baseline_and_retrieval_refuse_an_inconsistent_ir_folder(hand_edi
 
 
 def _graph(first_layers, input_channels=3, preprocess=None, tensors=None):
-    from crossmodal.ir.graph import Graph, InputSpec, Layer, Preprocess, TensorSpec
+    from crossmodal.ir.graph import Graph, InputSpec, Layer, TensorSpec
+    from crossmodal.ir.preprocess import Preprocess
     layers = []
     for name, cin in first_layers:
         layers.append(Layer(name, "conv2d", ["input"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1),
@@ -133,7 +134,8 @@ def test_every_layer_reading_the_input_is_checked_whatever_its_name():
 
 def test_the_input_spec_and_the_mean_image_must_agree_too():
     from crossmodal.ir.consistency import check
-    from crossmodal.ir.graph import Preprocess, TensorSpec
+    from crossmodal.ir.preprocess import Preprocess
+    from crossmodal.ir.graph import TensorSpec
     with pytest.raises(InputError, match="input spec says 1"):
         check(_graph([("c", 3)], input_channels=1))
     spec = Preprocess(resize=(8, 8), crop=(8, 8), mean_image="mean", value_range="0-255", std=(1, 1, 1))
@@ -143,7 +145,7 @@ def test_the_input_spec_and_the_mean_image_must_agree_too():
 
 
 def test_preprocess_takes_one_value_for_grayscale_and_refuses_mixtures():
-    from crossmodal.ir.graph import Preprocess
+    from crossmodal.ir.preprocess import Preprocess
     spec = Preprocess.from_dict({"mean": [0.5], "std": [0.2]})
     assert spec.channel_order == "L" and spec.channels == 1
     with pytest.raises(InputError, match="mean and std need one value each"):

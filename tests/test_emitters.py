@@ -8,7 +8,8 @@ import pytest
 
 from crossmodal.ir import reference
 from crossmodal.emitters import to_onnx
-from crossmodal.ir.graph import LAYER_KINDS, Labels, Layer
+from crossmodal.ir.kinds import LAYER_KINDS
+from crossmodal.ir.graph import Labels, Layer
 from crossmodal.ir.store import load_ir
 from crossmodal.emitters.registry import TARGETS, check_supported, converter, coverage
 from crossmodal.errors import InputError, UnsupportedError
@@ -177,7 +178,9 @@ def test_torch_emitter_round_trips_weights_bit_for_bit(tiny_ir, batch, ref):
 # --------------------------------------------------------------------------- Keras pooling
 def _pool_net(kind="max_pool2d", k=3, s=3, p=0, ceil=True, relu=True, hw=(13, 14), pools=1, cin=2):
     """input cin×H×W → conv 3×3 (pad 1) [→ relu] → ``pools`` × pooling → flatten → dense(4)."""
-    from crossmodal.ir.graph import Graph, InputSpec, IRModel, Preprocess, TensorSpec, infer_shapes
+    from crossmodal.ir.graph import Graph, InputSpec, IRModel, TensorSpec
+    from crossmodal.ir.preprocess import Preprocess
+    from crossmodal.ir.kinds import infer_shapes
     rng = np.random.default_rng(5)
     conv = {"weight": TensorSpec("conv1.weight", (3, cin, 3, 3), "OIHW"), "bias": TensorSpec("conv1.bias", (3,), "O")}
     layers = [Layer("conv1", "conv2d", ["input"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1),

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from crossmodal.cli import main
-from crossmodal.ir.graph import Graph, InputSpec, IRModel, Labels, Layer, Preprocess, TensorSpec
+from crossmodal.ir.graph import Graph, InputSpec, IRModel, Labels, Layer, TensorSpec
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.ir.store import save_ir
 from helpers import require_module, shared_file
 
@@ -68,7 +69,7 @@ def gap_graph(out: Path, pool_kind: str = "avg_pool2d") -> Path:
 
 @pytest.fixture(scope="module", params=["avg_pool2d", "global_avg_pool2d"])
 def gap_model(request, tmp_path_factory):
-    from crossmodal.ir.graph import LAYER_KINDS
+    from crossmodal.ir.kinds import LAYER_KINDS
     if request.param not in LAYER_KINDS:
         pytest.skip(f"the IR has no {request.param!r} layer kind yet")
     return gap_graph(tmp_path_factory.mktemp("gap") / "m", request.param)
@@ -520,7 +521,8 @@ def test_cam_on_the_zoos_resnet_equals_the_hand_computation(tmp_path):
 
     import crossmodal
     from crossmodal.ir import reference
-    from crossmodal.ir.graph import IRModel, Labels, Preprocess
+    from crossmodal.ir.graph import IRModel, Labels
+    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.explain.cam import compute_maps
     from crossmodal.models import resnet
     from crossmodal.models.synthetic_zoo import random_ir_weights

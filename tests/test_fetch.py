@@ -353,7 +353,7 @@ def test_card_registry():
 
 
 def test_card_presets_and_references_are_valid():
-    from crossmodal.ir.graph import PREPROCESS_PRESETS
+    from crossmodal.ir.preprocess import PREPROCESS_PRESETS
     assert set(cards_mod.PRESETS) == set(PREPROCESS_PRESETS)
     known = {c.name for c in list_cards()}
     for card in list_cards():

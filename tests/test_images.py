@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossmodal.ir.graph import PREPROCESS_PRESETS, Preprocess
+from crossmodal.ir.preprocess import PREPROCESS_PRESETS, Preprocess
 from crossmodal.errors import InputError
 from crossmodal.data.images import (
     ImageDecodeError, list_images, load_batch, load_image, load_rgb, preprocess, resized_size,

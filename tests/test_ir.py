@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from crossmodal.ir import layouts
-from crossmodal.ir.graph import (
-    FORMAT_VERSION, LAYER_KINDS, IRModel, Labels, Layer, Preprocess, infer_shapes, pool_output_size, validate,
-)
+from crossmodal.ir.graph import FORMAT_VERSION, IRModel, Labels, Layer
+from crossmodal.ir.kinds import LAYER_KINDS, infer_shapes, pool_output_size
+from crossmodal.ir.preprocess import Preprocess
+from crossmodal.ir.validation import validate
 from crossmodal.ir.store import load_ir, save_ir
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.models.synthetic import random_state_dict

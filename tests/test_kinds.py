@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from crossmodal.ir import reference
-from crossmodal.ir.graph import (
-    Graph, InputSpec, IRModel, Layer, Preprocess, TensorSpec, infer_shapes, validate, with_hashes,
-)
+from crossmodal.ir.graph import Graph, InputSpec, IRModel, Layer, TensorSpec
+from crossmodal.ir.preprocess import Preprocess
+from crossmodal.ir.kinds import infer_shapes
+from crossmodal.ir.validation import validate, with_hashes
 from crossmodal.errors import InputError
 
 

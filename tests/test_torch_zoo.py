@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from crossmodal.cli import main
-from crossmodal.ir.graph import Preprocess
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.readers.from_torch import read_torch_checkpoint, sniff_format
 from crossmodal.errors import InputError
 from crossmodal.models import registry
@@ -154,7 +154,7 @@ def test_wideresnet18_is_told_by_arch_file_name_or_checkpoint_entry():
     assert chosen.arch == "resnet18" and "resnet18 chosen" in notes[0] and "--arch wideresnet18" in notes[0]
     wide = registry.family("resnet").build_graph(registry.detect(shapes, arch="wideresnet18")[1])
     assert "maxpool" not in {l.name for l in wide.layers}
-    from crossmodal.ir.graph import infer_shapes
+    from crossmodal.ir.kinds import infer_shapes
     assert infer_shapes(wide)["layer4.1.out"] == (512, 14, 14)
 
 
@@ -175,7 +175,7 @@ def test_feature_blobs():
                             ("wideresnet18", "avgpool", 512), ("densenet161", "avgpool", 2208), ("alexnet", "fc7", 4096)]:
         fam, spec = _spec(arch)
         g = registry.family(fam).build_graph(spec)
-        from crossmodal.ir.graph import infer_shapes
+        from crossmodal.ir.kinds import infer_shapes
         assert g.feature_blob == blob and infer_shapes(g)[g.resolve(blob)] == (dim,), arch
 
 

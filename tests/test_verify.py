@@ -20,7 +20,7 @@ SIZE = (21, 29)  # odd, so that ceil and floor pooling differ at pool1 (10×14 v
 @pytest.fixture(scope="module")
 def odd_model(tmp_path_factory):
     """A tiny VGG taking 3×21×29, converted to every target: (checkpoint, model dir)."""
-    from crossmodal.ir.graph import Preprocess
+    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.convert.pipeline import convert
     from crossmodal.models.synthetic import write_checkpoint
     from crossmodal.models.vgg import create_spec
@@ -231,7 +231,7 @@ def test_a_failing_tf2onnx_is_reported_and_the_rest_still_runs(model_copy, monke
 def test_a_reader_fault_fails_against_the_independent_torch_source(odd_model, tmp_path, monkeypatch):
     """A reader that transposes conv2_1 H↔W inside ``to_ir`` is caught, even while it is still
     patched during verify: the source reference never goes through the reader's IR."""
-    from crossmodal.ir.graph import Preprocess
+    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.convert.pipeline import convert
     from crossmodal.readers import from_torch
     source = odd_model[0]

@@ -96,7 +96,7 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     every engine against the checkpoint loaded independently (a plain torchvision-layout module),
     write verify.md and verify.json, and print the result. tf2onnx is not run (memory). Real
     weights: see `crossmodal fetch`."""
-    from crossmodal.ir.graph import Preprocess
+    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.convert.pipeline import convert
     from crossmodal.verify.job import run_verify
     from crossmodal.verify.report import console, markdown

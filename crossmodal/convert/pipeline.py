@@ -24,7 +24,9 @@ from typing import Callable, Iterable
 from crossmodal._version import __version__
 from crossmodal.ir import consistency
 from crossmodal.ir import identity
-from crossmodal.ir.graph import PREPROCESS_PRESETS, IRModel, Preprocess, with_hashes
+from crossmodal.ir.preprocess import PREPROCESS_PRESETS, Preprocess
+from crossmodal.ir.graph import IRModel
+from crossmodal.ir.validation import with_hashes
 from crossmodal.ir.store import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
 from crossmodal.io.hashing import file_sha256

@@ -64,7 +64,7 @@ def summarize(path: Path, **read_options) -> ModelSummary:
         return _summarize_onnx(path)
     if path.suffix == ".keras":
         return _summarize_keras(path)
-    from crossmodal.ir.graph import infer_shapes
+    from crossmodal.ir.kinds import infer_shapes
     from crossmodal.convert.pipeline import read_source
 
     if path.suffix == ".prototxt" and read_options.get("caffemodel") is None:  # the graph alone

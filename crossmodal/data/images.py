@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from crossmodal.ir.graph import Preprocess
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.errors import InputError
 
 #: File extensions :func:`list_images` accepts (compared case-insensitively).
@@ -218,7 +218,7 @@ def crop_mean_image(mean_image: np.ndarray, crop: tuple[int, int], channels: int
 def preprocess(img: Image.Image, spec: Preprocess, mean_image: np.ndarray | None = None) -> np.ndarray:
     """One image → a float32 ``(C, H, W)`` sample, ``(H, W) = spec.crop``, ``C = spec.channels``.
 
-    Follows :class:`~crossmodal.ir.graph.Preprocess` in its documented order:
+    Follows :class:`~crossmodal.ir.preprocess.Preprocess` in its documented order:
     to RGB → resize (PIL, ``spec.interpolation``) → center crop → float in
     ``spec.value_range`` → channel order → subtract the mean → divide by ``std``.
 

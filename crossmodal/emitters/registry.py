@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from crossmodal.ir.graph import LAYER_KINDS, Graph
+from crossmodal.ir.kinds import LAYER_KINDS
+
+from crossmodal.ir.graph import Graph
 from crossmodal.errors import UnsupportedError
 
 TARGETS = ("keras", "onnx", "torch")

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossmodal.ir import layouts
-from crossmodal.ir.graph import MULTI_INPUT_KINDS, Graph, IRModel, Layer, infer_shapes, pool_output_size
+from crossmodal.ir.kinds import MULTI_INPUT_KINDS, infer_shapes, pool_output_size
+from crossmodal.ir.graph import Graph, IRModel, Layer
 from crossmodal.emitters.registry import converter, lookup
 from crossmodal.errors import UnsupportedError
 

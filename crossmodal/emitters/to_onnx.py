@@ -17,7 +17,8 @@ from typing import Iterable
 import numpy as np
 
 from crossmodal._version import __version__
-from crossmodal.ir.graph import IRModel, Layer, infer_shapes, pool_output_size
+from crossmodal.ir.graph import IRModel, Layer
+from crossmodal.ir.kinds import infer_shapes, pool_output_size
 from crossmodal.emitters.registry import check_supported, converter, lookup
 from crossmodal.errors import InputError
 from crossmodal.io.protowire import len_field

@@ -31,7 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crossmodal.ir.consistency import check as check_consistency
-from crossmodal.ir.graph import Graph, infer_shapes
+from crossmodal.ir.graph import Graph
+from crossmodal.ir.kinds import infer_shapes
 from crossmodal.ir.store import load_graph
 from crossmodal.errors import InputError
 from crossmodal.data.datasets import Dataset

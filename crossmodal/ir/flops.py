@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from crossmodal.ir.graph import Graph, infer_shapes
+from crossmodal.ir.graph import Graph
+
+from crossmodal.ir.kinds import infer_shapes
 
 
 @dataclass

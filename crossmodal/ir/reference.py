@@ -11,7 +11,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from crossmodal.ir.graph import MULTI_INPUT_KINDS, IRModel, Layer, pool_output_size, validate
+from crossmodal.ir.kinds import MULTI_INPUT_KINDS, pool_output_size
+
+from crossmodal.ir.graph import IRModel, Layer
+
+from crossmodal.ir.validation import validate
 from crossmodal.errors import InputError
 
 #: (input, layer, model, dtype) → output; the input is a list of arrays for the

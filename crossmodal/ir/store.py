@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crossmodal.ir.graph import Graph, IRModel, layer_tensor_names, tensor_sha256, validate, with_hashes
+from crossmodal.ir.graph import Graph, IRModel, tensor_sha256
+
+from crossmodal.ir.validation import layer_tensor_names, validate, with_hashes
 from crossmodal.errors import InputError
 
 GRAPH_FILE = "model.json"

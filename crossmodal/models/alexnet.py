@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from crossmodal.models import SpecRegistry
-from crossmodal.ir.graph import Graph, Preprocess, infer_shapes
+from crossmodal.ir.graph import Graph
+from crossmodal.ir.preprocess import Preprocess
+from crossmodal.ir.kinds import infer_shapes
 from crossmodal.errors import InputError
 from crossmodal.models.common import GraphBuilder
 

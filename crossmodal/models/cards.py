@@ -32,7 +32,7 @@ from pathlib import PurePath
 
 from crossmodal.errors import InputError
 
-#: Preset names a card may name (the keys of ``crossmodal.ir.graph.PREPROCESS_PRESETS``;
+#: Preset names a card may name (the keys of ``crossmodal.ir.preprocess.PREPROCESS_PRESETS``;
 #: kept as literals so that listing cards does not import NumPy).
 PRESETS = ("torchvision", "places365", "caffe")
 #: What a file of a card is.

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crossmodal.ir.graph import TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec
+from crossmodal.ir.kinds import TENSOR_LAYOUTS
+
+from crossmodal.ir.graph import Graph, InputSpec, Layer, TensorSpec
+
+from crossmodal.ir.preprocess import Preprocess
 
 #: IR tensor role → torchvision's suffix (roles not listed keep their name).
 TORCH_ROLE = {"mean": "running_mean", "var": "running_var"}

@@ -19,7 +19,9 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from crossmodal.ir.graph import Graph, Preprocess
+from crossmodal.ir.graph import Graph
+
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.models import SpecRegistry, keras_namer
 from crossmodal.models.common import GraphBuilder, torchvision_keys_of
 

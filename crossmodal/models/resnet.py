@@ -26,7 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from crossmodal.ir.graph import Graph, Preprocess, infer_shapes
+from crossmodal.ir.graph import Graph
+
+from crossmodal.ir.preprocess import Preprocess
+
+from crossmodal.ir.kinds import infer_shapes
 from crossmodal.errors import InputError
 from crossmodal.models import SpecRegistry, keras_namer
 from crossmodal.models.common import GraphBuilder, torchvision_keys_of

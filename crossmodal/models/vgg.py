@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from crossmodal.ir.graph import (
-    TENSOR_LAYOUTS, Graph, InputSpec, Layer, Preprocess, TensorSpec,
-)
+from crossmodal.ir.kinds import TENSOR_LAYOUTS
+
+from crossmodal.ir.graph import Graph, InputSpec, Layer, TensorSpec
+
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.models import SpecRegistry, keras_namer
 
 CFGS: dict[str, list[int | str]] = {

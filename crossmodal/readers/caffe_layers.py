@@ -46,7 +46,9 @@ from typing import Callable
 
 import numpy as np
 
-from crossmodal.ir.graph import TENSOR_LAYOUTS, Layer, TensorSpec
+from crossmodal.ir.kinds import TENSOR_LAYOUTS
+
+from crossmodal.ir.graph import Layer, TensorSpec
 from crossmodal.ir.kinds import SHAPE_RULES, conv_output_size, pool_output_size
 from crossmodal.errors import InputError, UnsupportedError
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crossmodal.ir.graph import PREPROCESS_PRESETS, Graph, Layer, Preprocess
+from crossmodal.ir.preprocess import PREPROCESS_PRESETS, Preprocess
+
+from crossmodal.ir.graph import Graph, Layer
 from crossmodal.readers import caffe_schema as schema
 from crossmodal.errors import InputError
 

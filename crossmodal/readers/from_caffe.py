@@ -52,9 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crossmodal.ir.graph import (
-    PREPROCESS_PRESETS, Graph, InputSpec, IRModel, Layer, Preprocess, Provenance, validate,
-)
+from crossmodal.ir.preprocess import PREPROCESS_PRESETS, Preprocess
+
+from crossmodal.ir.graph import Graph, InputSpec, IRModel, Layer, Provenance
+
+from crossmodal.ir.validation import validate
 from crossmodal.readers import caffe_schema as schema
 from crossmodal.readers.caffe_layers import CONVERTERS, LIMITS, MULTI_BOTTOM, SCALE_FACTOR, NetBuilder
 from crossmodal.readers.caffe_preprocess import (  # noqa: F401  (read_mean_file: public here too)

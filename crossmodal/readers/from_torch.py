@@ -23,7 +23,9 @@ from typing import Mapping
 
 import numpy as np
 
-from crossmodal.ir.graph import IRModel, Preprocess, Provenance
+from crossmodal.ir.graph import IRModel, Provenance
+
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.readers.state_match import match_state, some
 from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.io.hashing import file_sha256

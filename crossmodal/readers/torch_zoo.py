@@ -14,7 +14,9 @@ from typing import Mapping
 
 import numpy as np
 
-from crossmodal.ir.graph import IRModel, Preprocess
+from crossmodal.ir.graph import IRModel
+
+from crossmodal.ir.preprocess import Preprocess
 from crossmodal.readers.state_match import match_state, some
 from crossmodal.errors import InputError
 from crossmodal.models import registry

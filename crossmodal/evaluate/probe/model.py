@@ -31,7 +31,9 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.ir.graph import IRModel, Labels, Layer, Provenance, TensorSpec, infer_shapes
+from crossmodal.ir.graph import IRModel, Labels, Layer, Provenance, TensorSpec
+
+from crossmodal.ir.kinds import infer_shapes
 from crossmodal.errors import InputError
 from crossmodal.evaluate.probe.fit import Head
 
