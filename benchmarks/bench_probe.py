@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 from crossmodal.evaluate.probe import fit as pf
+from crossmodal.evaluate.probe import splits
 
 
 def make_features(classes: int, per_class: int, dim: int, rng: np.random.Generator,
@@ -69,7 +70,7 @@ def main() -> None:
 
     # 1. the protocol: hold-out, sweep, refit
     t0 = time.perf_counter()
-    tr, va = pf.stratified_holdout(y, 0.2, seed=0)
+    tr, va = splits.stratified_holdout(y, 0.2, seed=0)
     sw = pf.sweep_c(x[tr], y[tr], x[va], y[va], args.classes, device=args.device, log=lambda m: print("  ", m))
     t_sweep = time.perf_counter() - t0
     t1 = time.perf_counter()

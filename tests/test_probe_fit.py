@@ -13,6 +13,7 @@ import pytest
 
 from crossmodal.errors import InputError
 from crossmodal.evaluate.probe import fit as pf
+from crossmodal.evaluate.probe import mlp, splits
 from helpers import require_module
 
 
@@ -67,8 +68,8 @@ def test_separable_gaussian_classes_are_learnt():
     x, y, xt, yt = gaussian_classes(np.random.default_rng(0), k=12, d=48, n=30, spread=6.0, n_test=20)
     head = pf.fit_logistic(x, y, 12, 1.0)
     assert pf.top1_accuracy(head, xt, yt) == 1.0
-    mlp = pf.fit_mlp(x, y, xt, yt, 12, seed=0, max_epochs=30)
-    assert pf.top1_accuracy(mlp, xt, yt) >= 0.99
+    mlp_head = mlp.fit_mlp(x, y, xt, yt, 12, seed=0, max_epochs=30)
+    assert pf.top1_accuracy(mlp_head, xt, yt) >= 0.99
 
 
 def test_identical_features_give_chance():
@@ -96,7 +97,7 @@ def test_warm_start_reaches_the_same_optimum_faster():
 def test_sweep_picks_a_c_on_the_validation_split_and_records_the_grid():
     rng = np.random.default_rng(11)
     x, y = gaussian_classes(rng, k=5, d=30, n=40, spread=0.5)
-    tr, va = pf.stratified_holdout(y, 0.25, seed=0)
+    tr, va = splits.stratified_holdout(y, 0.25, seed=0)
     sw = pf.sweep_c(x[tr], y[tr], x[va], y[va], 5, grid=(0.01, 0.1, 1.0, 10.0))
     d = sw.to_dict()
     assert d["C"] in d["C_grid"] and d["C_grid"] == sorted(d["C_grid"])
@@ -107,17 +108,17 @@ def test_sweep_picks_a_c_on_the_validation_split_and_records_the_grid():
 
 def test_stratified_holdout_is_stratified_seeded_and_disjoint():
     y = np.repeat(np.arange(4), [10, 20, 5, 1])
-    tr, va = pf.stratified_holdout(y, 0.2, seed=3)
+    tr, va = splits.stratified_holdout(y, 0.2, seed=3)
     assert not set(tr) & set(va) and len(tr) + len(va) == len(y)
     assert [int(np.sum(y[va] == c)) for c in range(4)] == [2, 4, 1, 0]  # a one-image class stays in training
-    tr2, va2 = pf.stratified_holdout(y, 0.2, seed=3)
+    tr2, va2 = splits.stratified_holdout(y, 0.2, seed=3)
     assert np.array_equal(va, va2)
-    assert not np.array_equal(va, pf.stratified_holdout(y, 0.2, seed=4)[1])
+    assert not np.array_equal(va, splits.stratified_holdout(y, 0.2, seed=4)[1])
 
 
 def test_stratified_kfold_covers_every_row_once_and_balances_classes():
     y = np.repeat(np.arange(3), [10, 7, 5])
-    folds = pf.stratified_kfold(y, 5, seed=0)
+    folds = splits.stratified_kfold(y, 5, seed=0)
     tests = np.concatenate([te for _, te in folds])
     assert sorted(tests) == list(range(len(y)))
     for tr, te in folds:
@@ -125,32 +126,32 @@ def test_stratified_kfold_covers_every_row_once_and_balances_classes():
         for c, n in zip(range(3), (10, 7, 5)):
             assert int(np.sum(y[te] == c)) in (n // 5, -(-n // 5))
     with pytest.raises(InputError, match="fewer than the 6 folds"):
-        pf.stratified_kfold(y, 6)
+        splits.stratified_kfold(y, 6)
 
 
 def test_few_shot_draws_are_reproducible_and_per_class():
     y = np.repeat(np.arange(4), [10, 10, 3, 10])
-    a = pf.few_shot_indices(y, 5, seed=1)
-    assert np.array_equal(a, pf.few_shot_indices(y, 5, seed=1))
-    assert not np.array_equal(a, pf.few_shot_indices(y, 5, seed=2))
+    a = splits.few_shot_indices(y, 5, seed=1)
+    assert np.array_equal(a, splits.few_shot_indices(y, 5, seed=1))
+    assert not np.array_equal(a, splits.few_shot_indices(y, 5, seed=2))
     assert [int(np.sum(y[a] == c)) for c in range(4)] == [5, 5, 3, 5]
 
 
 def test_parse_shots():
-    assert pf.parse_shots("20,1,all,2,2") == [1, 2, 20, "all"]
-    assert pf.parse_shots("") == []
+    assert splits.parse_shots("20,1,all,2,2") == [1, 2, 20, "all"]
+    assert splits.parse_shots("") == []
     with pytest.raises(InputError):
-        pf.parse_shots("0,1")
+        splits.parse_shots("0,1")
     with pytest.raises(InputError):
-        pf.parse_shots("one")
+        splits.parse_shots("one")
 
 
 def test_mlp_is_seeded_and_keeps_its_best_epoch():
     rng = np.random.default_rng(2)
     x, y = gaussian_classes(rng, k=4, d=20, n=40, spread=0.6)
-    tr, va = pf.stratified_holdout(y, 0.25, seed=0)
-    a = pf.fit_mlp(x[tr], y[tr], x[va], y[va], 4, seed=1, max_epochs=15, patience=3)
-    b = pf.fit_mlp(x[tr], y[tr], x[va], y[va], 4, seed=1, max_epochs=15, patience=3)
+    tr, va = splits.stratified_holdout(y, 0.25, seed=0)
+    a = mlp.fit_mlp(x[tr], y[tr], x[va], y[va], 4, seed=1, max_epochs=15, patience=3)
+    b = mlp.fit_mlp(x[tr], y[tr], x[va], y[va], 4, seed=1, max_epochs=15, patience=3)
     np.testing.assert_array_equal(a.layers[0][0], b.layers[0][0])
     curves = a.info["curves"]
     assert len(curves["val_loss"]) == a.info["epochs_run"]

@@ -1,4 +1,4 @@
-"""Classifiers on frozen features, pure computation on arrays: fits, the C sweep, splits, few-shot draws.
+"""Logistic regression on frozen features, pure computation on arrays: the fit and the C sweep.
 
 Inputs are feature matrices ``x`` ``(N, D)`` float32 (a pool map flattened
 channel-first) and integer labels ``y`` ``(N,)`` in ``0..K-1``. Nothing here
@@ -24,13 +24,8 @@ then the two log-midpoints around the best C; the best validation top-1 wins
 (ties: the smaller C, the stronger regularisation). The caller then refits on
 all training data at that C (the protocol of CLIP's linear probe).
 
-**MLP head** (:func:`fit_mlp`): Dense 256 + ReLU + Dense K (softmax in the
-loss), RMSprop, mini-batches, early stopping on the validation split's loss
-(the best epoch's weights are kept); the per-epoch curves are returned.
-
-**Splits** are stratified and seeded: :func:`stratified_holdout`,
-:func:`stratified_kfold`, :func:`few_shot_indices` (k images per class; a class
-with fewer images gives all it has). The same seed gives the same indices.
+The MLP head: :mod:`crossmodal.evaluate.probe.mlp`; stratified splits and few-shot draws:
+:mod:`crossmodal.evaluate.probe.splits`.
 """
 from __future__ import annotations
 
@@ -45,7 +40,6 @@ from crossmodal.errors import InputError
 
 #: The default C grid of the sweep (then refined around the best value).
 DEFAULT_C_GRID: tuple[float, ...] = tuple(float(10.0 ** e) for e in range(-4, 4))
-MLP_HIDDEN = 256
 
 
 # --------------------------------------------------------------------------- heads
@@ -94,14 +88,14 @@ def torch_device(device: str = "cpu") -> str:
     return device
 
 
-def _as_tensors(x, y, device: str):
+def as_tensors(x, y, device: str):
     import torch
     xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y, dtype=np.int64))
     return xt.to(device=device, dtype=torch.float32), yt.to(device=device, dtype=torch.int64)
 
 
-def _check_xy(x, y, n_classes: int) -> None:
+def check_xy(x, y, n_classes: int) -> None:
     if len(x) != len(y):
         raise InputError(f"{len(x)} feature rows for {len(y)} labels")
     if len(x) == 0:
@@ -136,9 +130,9 @@ def fit_logistic(x, y, n_classes: int, C: float, *, init: Head | None = None, ma
 
     if not C > 0:
         raise InputError(f"C must be positive, not {C}")
-    _check_xy(x, y, n_classes)
+    check_xy(x, y, n_classes)
     t0 = time.perf_counter()
-    xt, yt = _as_tensors(x, y, device)
+    xt, yt = as_tensors(x, y, device)
     mu, var = moments if moments is not None else column_moments(xt)
     n, d = xt.shape
     k = n_classes
@@ -294,7 +288,7 @@ def sweep_c(x_train, y_train, x_val, y_val, n_classes: int, *, grid: Sequence[fl
     grid = sorted(float(c) for c in grid)
     if not grid:
         raise InputError("the C grid is empty")
-    xt, yt = _as_tensors(x_train, y_train, device)
+    xt, yt = as_tensors(x_train, y_train, device)
     moments = column_moments(xt)
     y_val = np.asarray(y_val)
     tried: dict[float, tuple[float, Head]] = {}
@@ -334,139 +328,3 @@ def sweep_c(x_train, y_train, x_val, y_val, n_classes: int, *, grid: Sequence[fl
 def _best(tried: dict[float, tuple[float, Head]]) -> float:
     """Highest validation top-1; ties go to the smaller C."""
     return min(tried, key=lambda c: (-tried[c][0], c))
-
-
-# --------------------------------------------------------------------------- MLP head
-def fit_mlp(x_train, y_train, x_val, y_val, n_classes: int, *, hidden: int = MLP_HIDDEN, lr: float = 1e-3,
-            batch_size: int = 128, max_epochs: int = 100, patience: int = 5, seed: int = 0,
-            device: str = "cpu", log: Callable[[str], None] | None = None) -> Head:
-    """Dense ``hidden`` + ReLU + Dense ``n_classes`` on frozen features, RMSprop, early stopping.
-
-    Trains on ``(x_train, y_train)`` in shuffled mini-batches; after each epoch the
-    validation loss decides: the best epoch's weights are kept, and training stops
-    after ``patience`` epochs without improvement. ``info["curves"]`` holds per epoch
-    ``train_loss``, ``train_top1``, ``val_loss``, ``val_top1``; ``info["best_epoch"]``
-    (1-based). Seeded: the same seed gives the same head on the same device.
-    """
-    import torch
-
-    _check_xy(x_train, y_train, n_classes)
-    if len(x_val) == 0:
-        raise InputError("the MLP head needs a non-empty validation split for early stopping")
-    log = log or (lambda msg: None)
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(seed))
-    xt, yt = _as_tensors(x_train, y_train, device)
-    xv, yv = _as_tensors(x_val, y_val, device)
-    d = xt.shape[1]
-    torch.manual_seed(int(seed))
-    net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes))
-    net.to(device)
-    opt = torch.optim.RMSprop(net.parameters(), lr=lr)
-    lossf = torch.nn.CrossEntropyLoss()
-    curves = {"train_loss": [], "train_top1": [], "val_loss": [], "val_top1": []}
-    best = (math.inf, 0, None)
-    n = len(xt)
-    for epoch in range(1, max_epochs + 1):
-        net.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        total, hits = 0.0, 0
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            opt.zero_grad()
-            out = net(xt[idx])
-            loss = lossf(out, yt[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            hits += int((out.argmax(1) == yt[idx]).sum())
-        net.eval()
-        with torch.no_grad():
-            out = net(xv)
-            vloss, vacc = float(lossf(out, yv)), float((out.argmax(1) == yv).float().mean())
-        curves["train_loss"].append(total / n)
-        curves["train_top1"].append(hits / n)
-        curves["val_loss"].append(vloss)
-        curves["val_top1"].append(vacc)
-        if vloss < best[0]:
-            best = (vloss, epoch, [p.detach().cpu().numpy().copy() for p in net.parameters()])
-        elif epoch - best[1] >= patience:
-            break
-    log(f"MLP head: best epoch {best[1]} of {len(curves['val_loss'])} (validation loss {best[0]:.4f})")
-    w1, b1, w2, b2 = (np.asarray(p, dtype=np.float32) for p in best[2])
-    head = Head("mlp", [(w1, b1), (w2, b2)])
-    head.info = {"hidden": hidden, "optimizer": "RMSprop", "lr": lr, "batch_size": batch_size,
-                 "max_epochs": max_epochs, "patience": patience, "best_epoch": best[1],
-                 "epochs_run": len(curves["val_loss"]), "curves": curves, "seed": int(seed),
-                 "seconds": time.perf_counter() - t0, "device": str(xt.device)}
-    return head
-
-
-# --------------------------------------------------------------------------- splits
-def _per_class(y: np.ndarray) -> dict[int, np.ndarray]:
-    y = np.asarray(y)
-    return {int(c): np.flatnonzero(y == c) for c in np.unique(y)}
-
-
-def stratified_holdout(y, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_idx, val_idx)``, sorted: about ``fraction`` of each class's rows go to validation
-    (at least one when the class has two or more rows, never all of them). Seeded."""
-    if not 0 < fraction < 1:
-        raise InputError(f"validation fraction must lie in (0, 1), not {fraction}")
-    rng = np.random.default_rng([int(seed), 1])
-    train, val = [], []
-    for c, idx in _per_class(y).items():
-        idx = rng.permutation(idx)
-        k = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
-        val.append(idx[:k])
-        train.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def stratified_kfold(y, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` folds ``[(train_idx, test_idx)]``: each class's rows are shuffled and dealt out
-    round-robin from a random fold, so every fold holds ⌊n_c / k⌋ or ⌈n_c / k⌉ of class c.
-    Every class needs at least ``k`` rows (else ``InputError``)."""
-    if k < 2:
-        raise InputError(f"--cv needs at least 2 folds, not {k}")
-    y = np.asarray(y)
-    rng = np.random.default_rng([int(seed), 2])
-    fold_of = np.empty(len(y), dtype=np.int64)
-    for c, idx in _per_class(y).items():
-        if len(idx) < k:
-            raise InputError(f"class {c} has {len(idx)} images, fewer than the {k} folds")
-        idx = rng.permutation(idx)
-        fold_of[idx] = (np.arange(len(idx)) + rng.integers(k)) % k
-    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
-
-
-def few_shot_indices(y, shots: int, seed: int) -> np.ndarray:
-    """``shots`` rows per class drawn without replacement (all of a smaller class), sorted.
-    Reproducible: the draw depends only on ``(y, shots, seed)``."""
-    if shots < 1:
-        raise InputError(f"shots must be at least 1, not {shots}")
-    rng = np.random.default_rng([int(seed), int(shots), 3])
-    picks = [rng.permutation(idx)[:shots] for _, idx in _per_class(y).items()]
-    return np.sort(np.concatenate(picks))
-
-
-def parse_shots(value: str | Sequence | None) -> list[int | str]:
-    """``"1,2,5,10,all"`` → ``[1, 2, 5, 10, "all"]`` (sorted, without repeats)."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    numbers, want_all = set(), False
-    for item in (str(v).strip().lower() for v in items):
-        if not item:
-            continue
-        if item == "all":
-            want_all = True
-            continue
-        try:
-            n = int(item)
-        except ValueError:
-            raise InputError(f"--shots takes positive integers and 'all', not {item!r}") from None
-        if n < 1:
-            raise InputError(f"--shots takes positive integers and 'all', not {item!r}")
-        numbers.add(n)
-    return sorted(numbers) + (["all"] if want_all else [])
