@@ -22,8 +22,12 @@ import tracemalloc
 import numpy as np
 
 from crossmodal.evaluate.retrieval.metrics import (
-    BYTES_PER_PAIR, chance_map, default_chunk_size, mean_average_precision, retrieval_scores,
+
+    BYTES_PER_PAIR, default_chunk_size, mean_average_precision, retrieval_scores,
+
 )
+
+from crossmodal.evaluate.retrieval.chance import chance_map
 
 
 def rss_peak_mib() -> float:

@@ -14,8 +14,10 @@ from sklearn.metrics import average_precision_score
 from crossmodal.errors import InputError
 from crossmodal.evaluate.retrieval import published
 from crossmodal.evaluate.retrieval.metrics import (
-    BYTES_PER_PAIR, RetrievalResult, chance_map, chance_precision_at_k, chance_recall_at_k,
-    expected_random_ap, mean_average_precision, precision_at_k, recall_at_k, retrieval_scores,
+    BYTES_PER_PAIR, RetrievalResult, mean_average_precision, precision_at_k, recall_at_k, retrieval_scores,
+)
+from crossmodal.evaluate.retrieval.chance import (
+    chance_map, chance_precision_at_k, chance_recall_at_k, expected_random_ap,
 )
 
 

@@ -41,9 +41,8 @@ from crossmodal.data.datasets import (
     CONFIG_NAME, IMAGE_MODALITIES, TEXT_MODALITIES, Dataset, ModalityAbsent, load_config, modality_names,
     resolve_modality,
 )
-from crossmodal.evaluate.retrieval.metrics import (
-    METRICS, chance_map, chance_precision_at_k, chance_recall_at_k, retrieval_scores,
-)
+from crossmodal.evaluate.retrieval.metrics import METRICS, retrieval_scores
+from crossmodal.evaluate.retrieval.chance import chance_map, chance_precision_at_k, chance_recall_at_k
 from crossmodal.io.atomic import check_output_dir
 from crossmodal.reports.runs import RunRecord
 from crossmodal.io.runs import staged, utc_now

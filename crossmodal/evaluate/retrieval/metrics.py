@@ -1,4 +1,6 @@
-"""Category-level retrieval metrics (mAP, P@k, R@k) and their chance levels, pure NumPy.
+"""Category-level retrieval metrics (mAP, P@k, R@k), pure NumPy: the inputs checked, the chunked driver
+over the similarity matrix and the metric functions; the per-chunk ranking core is
+:mod:`~crossmodal.evaluate.retrieval.ranking`, the chance levels :mod:`~crossmodal.evaluate.retrieval.chance`.
 
 Conventions, shared by every function here:
 
@@ -50,11 +52,11 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.errors import InputError
+from crossmodal.evaluate.retrieval.ranking import chunk_scores, inverse_norm, rank, score_rows, score_rows_by_search
 
 __all__ = [
     "RetrievalResult", "RetrievalScores", "retrieval_scores", "mean_average_precision",
-    "precision_at_k", "recall_at_k", "nearest_targets", "expected_random_ap", "chance_map",
-    "chance_precision_at_k", "chance_recall_at_k", "default_chunk_size", "METRICS",
+    "precision_at_k", "recall_at_k", "nearest_targets", "default_chunk_size", "METRICS",
     "DEFAULT_CHUNK_BYTES", "BYTES_PER_PAIR",
 ]
 
@@ -174,7 +176,7 @@ def _label_codes(query_labels, target_labels) -> tuple[np.ndarray, np.ndarray]:
     return codes[: query_labels.size], codes[query_labels.size:]
 
 
-def _check_labels_only(query_labels, target_labels, same_set: bool):
+def check_labels_only(query_labels, target_labels, same_set: bool):
     q = np.asarray(query_labels)
     t = q if (same_set and target_labels is None) else np.asarray(target_labels)
     for y, name in ((q, "query_labels"), (t, "target_labels")):
@@ -188,7 +190,7 @@ def _check_labels_only(query_labels, target_labels, same_set: bool):
     return qc, tc
 
 
-def _relevant_counts(qcodes: np.ndarray, tcodes: np.ndarray, same_set: bool) -> np.ndarray:
+def relevant_counts(qcodes: np.ndarray, tcodes: np.ndarray, same_set: bool) -> np.ndarray:
     counts = np.bincount(tcodes, minlength=int(max(qcodes.max(), tcodes.max())) + 1)
     r = counts[qcodes].astype(np.int64)
     return r - 1 if same_set else r
@@ -215,131 +217,10 @@ def _validate(queries, query_labels, targets, target_labels, same_set, metric, c
         if t.shape[0] < 2:
             raise InputError("same_set=True needs at least 2 images")
     qc, tc = _label_codes(ql, tl)
-    n_rel = _relevant_counts(qc, tc, same_set)
+    n_rel = relevant_counts(qc, tc, same_set)
     if not np.any(n_rel > 0):
         raise InputError("every query is excluded: no query category has a relevant target")
     return q, t, qc, tc, n_rel
-
-
-# ----------------------------------------------------------------------------- ranking
-
-def _rank(scores: np.ndarray, n_keep: int) -> np.ndarray:
-    """Ranking of each row of ``scores`` ``(c, N)``: ``(c, n_keep)`` int64 target indices.
-
-    Descending score, ties by ascending index. ``scores`` is overwritten. Ties are
-    ordered only within the kept columns, so ``n_keep < N`` may cut off only entries
-    that score strictly below every kept one (the ``-inf`` of a left-out query).
-    """
-    neg = np.negative(scores, out=scores)
-    order = np.ascontiguousarray(np.argsort(neg, axis=1)[:, :n_keep])  # unstable: fixed below
-    sv = np.take_along_axis(neg, order, axis=1)
-    tie = np.zeros(order.shape, dtype=bool)  # tie[i, j]: rank j and j + 1 have equal scores
-    np.equal(sv[:, 1:], sv[:, :-1], out=tie[:, :-1])
-    del sv
-    pos = np.flatnonzero(tie)  # flat positions that start a tied pair (last column is False)
-    if pos.size:
-        # Every position in a run of equal scores, in order; a run continues from p to
-        # p + 1 exactly when tie[p]. Sort (run number << 32 | index) to reorder each run.
-        pos = np.union1d(pos, pos + 1)
-        tie_flat, order_flat = tie.reshape(-1), order.reshape(-1)
-        new_run = np.ones(pos.size, dtype=bool)
-        new_run[1:] = ~((pos[1:] == pos[:-1] + 1) & tie_flat[pos[:-1]])
-        key = np.cumsum(new_run, dtype=np.int64) << 32
-        key |= order_flat[pos]
-        key.sort()
-        order_flat[pos] = key & 0xFFFFFFFF
-    return order
-
-
-def _inverse_norm(x: np.ndarray) -> np.ndarray:
-    """``(n,)`` 1 / L2 norm of each row of ``x`` ``(n, D)``; 0 for a zero row."""
-    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-    return np.divide(1, norm, out=np.zeros_like(norm), where=norm > 0)
-
-
-def _chunk_scores(qc: np.ndarray, t: np.ndarray, t_aux: np.ndarray, metric: str, dtype):
-    """Similarity of a query chunk ``(c, D)`` to all targets ``(N, D)``: ``(c, N)``."""
-    qc = np.asarray(qc, dtype=dtype)
-    if metric == "cosine":  # scale the raw products: exact products stay exact ties
-        s = qc @ t.T
-        s *= _inverse_norm(qc)[:, None]
-        s *= t_aux  # 1/|t|
-    else:
-        s = qc @ t.T
-        s -= t_aux  # |t|^2 / 2
-    if not np.isfinite(s).all():
-        raise InputError("similarities overflowed; features are too large in magnitude")
-    return s
-
-
-def _score_rows(s, qcodes, tcodes, n_rel, n_keep, ap_out, hits_out) -> None:
-    """Rank rows ``s`` ``(c, N)`` (overwritten) and write AP and top-k hits into the outputs."""
-    order = _rank(s, n_keep)
-    rel = tcodes[order] == qcodes[:, None]
-    del order
-    for k, out in hits_out.items():
-        out[:] = np.count_nonzero(rel[:, :k], axis=1)
-    rows, cols = np.nonzero(rel)
-    del rel
-    # the j-th relevant target of a row (1-based) sits at rank cols + 1: AP = mean_j j / rank_j
-    counts = np.bincount(rows, minlength=s.shape[0])
-    first = np.cumsum(counts) - counts
-    j = np.arange(1, rows.size + 1) - first[rows]
-    sums = np.bincount(rows, weights=j / (cols + 1.0), minlength=s.shape[0])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap_out[:] = np.where(n_rel > 0, sums / n_rel, np.nan)
-
-
-def _sortable_keys(s: np.ndarray) -> np.ndarray:
-    """float32 ``(c, N)`` → uint32 keys in the same order (``a < b`` ⇔ ``key(a) < key(b)``;
-    equal floats, ``-0.0`` and ``0.0`` included, get equal keys)."""
-    u = (s + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0
-    return np.where(u >> 31 != 0, ~u, u | np.uint32(0x80000000))
-
-
-def _score_rows_by_search(s, qcodes, tcodes, n_rel, n_keep, ap_out, hits_out, self_cols=None) -> None:
-    """:func:`_score_rows` for float32 scores, from a sort of the scores and a search, not an argsort.
-
-    Each relevant target's rank is 1 + the number of targets scoring strictly higher,
-    found by searching its key in the row's sorted keys (rows are made disjoint by
-    putting the row number in the upper 32 bits of a uint64 key, so one search serves
-    the chunk). Rows where a relevant target ties with any other target go to
-    :func:`_score_rows`, whose ranking breaks ties by index. ``self_cols``: with
-    within-modal retrieval, each row's own column (its ``-inf``), never relevant.
-    """
-    c, n = s.shape
-    keys = _sortable_keys(s)
-    rel = tcodes[None, :] == qcodes[:, None]
-    if self_cols is not None:
-        rel[np.arange(c), self_cols] = False
-    rows, cols = np.nonzero(rel)
-    del rel
-    row_bits = np.arange(c, dtype=np.uint64)[:, None] << np.uint64(32)
-    wanted = keys[rows, cols].astype(np.uint64) | row_bits[rows, 0]
-    keys.sort(axis=1)
-    flat = (keys.astype(np.uint64) | row_bits).ravel()
-    del keys
-    above = np.searchsorted(flat, wanted, side="right")
-    tied = above - np.searchsorted(flat, wanted, side="left") > 1
-    del flat, wanted
-    rank = (rows + 1) * n - above + 1  # 1 + targets of the row scoring strictly higher
-    order = np.argsort(rows * (n + 1) + rank, kind="stable")  # by row, then rank
-    rows, rank = rows[order], rank[order]
-    counts = np.bincount(rows, minlength=c)
-    first = np.cumsum(counts) - counts
-    j = np.arange(1, rows.size + 1) - first[rows]
-    sums = np.bincount(rows, weights=j / rank, minlength=c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap_out[:] = np.where(n_rel > 0, sums / n_rel, np.nan)
-    for k, out in hits_out.items():
-        out[:] = np.bincount(rows[rank <= k], minlength=c)
-    redo = np.unique(rows[tied[order]])
-    if redo.size:  # exact ties: rank those rows by index as well
-        ap_part, hits_part = np.empty(redo.size), {k: np.empty(redo.size, np.int64) for k in hits_out}
-        _score_rows(s[redo], qcodes[redo], tcodes, n_rel[redo], n_keep, ap_part, hits_part)
-        ap_out[redo] = ap_part
-        for k, out in hits_out.items():
-            out[redo] = hits_part[k]
 
 
 def default_chunk_size(n_targets: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -379,7 +260,7 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
     dtype = np.float32 if (q.dtype == np.float32 and t.dtype == np.float32) else np.float64
     t = np.ascontiguousarray(t, dtype=dtype)
     if metric == "cosine":
-        t_aux = _inverse_norm(t)
+        t_aux = inverse_norm(t)
     else:
         t_aux = 0.5 * np.einsum("ij,ij->i", t, t)
 
@@ -389,19 +270,19 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, n_q, chunk_size):
             stop = min(start + chunk_size, n_q)
-            s = _chunk_scores(q[start:stop], t, t_aux, metric, dtype)
+            s = chunk_scores(q[start:stop], t, t_aux, metric, dtype)
             if same_set:  # the query itself sorts last and is cut off by n_keep
                 s[np.arange(stop - start), np.arange(start, stop)] = -np.inf
             # Sorting is single-threaded in NumPy but releases the GIL: split the rows.
             bounds = np.linspace(0, stop - start, min(workers, stop - start) + 1).astype(int)
             parts = [slice(start + a, start + b) for a, b in zip(bounds[:-1], bounds[1:])]
             if dtype == np.float32:  # sort + search (faster than an argsort); exact ties fall back
-                jobs = [pool.submit(_score_rows_by_search, s[p.start - start:p.stop - start], qcodes[p], tcodes,
+                jobs = [pool.submit(score_rows_by_search, s[p.start - start:p.stop - start], qcodes[p], tcodes,
                                     n_rel[p], n_keep, ap[p], {k: h[p] for k, h in hits.items()},
                                     np.arange(p.start, p.stop) if same_set else None)
                         for p in parts]
             else:
-                jobs = [pool.submit(_score_rows, s[p.start - start:p.stop - start], qcodes[p], tcodes,
+                jobs = [pool.submit(score_rows, s[p.start - start:p.stop - start], qcodes[p], tcodes,
                                     n_rel[p], n_keep, ap[p], {k: h[p] for k, h in hits.items()})
                         for p in parts]
             del s
@@ -437,14 +318,14 @@ def nearest_targets(query, targets, k: int, *, metric: str = "cosine",
         raise InputError(f"the query has {q.shape[1]} dimensions but targets have {t.shape[1]}")
     dtype = np.float32 if (q.dtype == np.float32 and t.dtype == np.float32) else np.float64
     t = np.ascontiguousarray(t, dtype=dtype)
-    t_aux = _inverse_norm(t) if metric == "cosine" else 0.5 * np.einsum("ij,ij->i", t, t)
-    s = _chunk_scores(q, t, t_aux, metric, dtype)
+    t_aux = inverse_norm(t) if metric == "cosine" else 0.5 * np.einsum("ij,ij->i", t, t)
+    s = chunk_scores(q, t, t_aux, metric, dtype)
     n_keep = t.shape[0]
     if exclude is not None:
         s[0, int(exclude)] = -np.inf
         n_keep -= 1
     values = s[0].copy()
-    order = _rank(s, n_keep)[0][: int(k)]  # rank all: _rank fixes ties only within what it keeps
+    order = rank(s, n_keep)[0][: int(k)]  # rank all: rank fixes ties only within what it keeps
     return order, values[order]
 
 
@@ -487,73 +368,3 @@ def recall_at_k(queries, query_labels, targets=None, target_labels=None, *, k: i
                          metric=metric, ks=(k,), chunk_size=chunk_size)
     res = s.result("recall", int(k))
     return res if return_per_query else res.value
-
-
-# ----------------------------------------------------------------------------- chance
-
-def _harmonic(n: np.ndarray) -> np.ndarray:
-    """H_n for an int array ``n >= 1`` (pairwise-summed, one sum per distinct n)."""
-    out = np.empty(n.shape, dtype=np.float64)
-    for value in np.unique(n):
-        out[n == value] = np.sum(1.0 / np.arange(1, value + 1, dtype=np.float64))
-    return out
-
-
-def expected_random_ap(n_relevant, n_targets):
-    """Exact expected AP of a uniformly random ranking of ``N`` targets, ``R`` relevant.
-
-    ``E[AP] = ((R - 1) / (N - 1) * (N - H_N) + H_N) / N`` with ``H_N`` the N-th
-    harmonic number; 1 when ``R == N`` (including ``N == 1``). Accepts scalars or
-    broadcastable int arrays with ``1 <= R <= N``; returns a float or an array.
-    """
-    r = np.asarray(n_relevant)
-    n = np.asarray(n_targets)
-    if r.dtype.kind not in "iu" or n.dtype.kind not in "iu":
-        raise InputError("n_relevant and n_targets must be integers")
-    r, n = np.broadcast_arrays(r.astype(np.int64), n.astype(np.int64))
-    if np.any(r < 1) or np.any(r > n):
-        raise InputError("expected_random_ap needs 1 <= n_relevant <= n_targets")
-    h = _harmonic(n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 1.0)
-        out = (frac * (n - h) + h) / n
-    out = np.where(r == n, 1.0, out)
-    return float(out) if out.ndim == 0 else out
-
-
-def _chance_counts(query_labels, target_labels, same_set):
-    qc, tc = _check_labels_only(query_labels, target_labels, same_set)
-    n_rel = _relevant_counts(qc, tc, same_set)
-    n = tc.size - 1 if same_set else tc.size
-    keep = n_rel > 0
-    if n < 1 or not keep.any():
-        raise InputError("every query is excluded: no query category has a relevant target")
-    return n_rel[keep], n
-
-
-def chance_map(query_labels, target_labels=None, *, same_set: bool = False) -> float:
-    """Expected mAP of random rankings, averaged over the non-excluded queries.
-
-    ``query_labels`` ``(Q,)``, ``target_labels`` ``(N,)`` (None with ``same_set``).
-    With ``same_set`` each query sees ``N - 1`` targets, ``R - 1`` of them relevant.
-    """
-    n_rel, n = _chance_counts(query_labels, target_labels, same_set)
-    return float(np.mean(expected_random_ap(n_rel, n)))
-
-
-def chance_precision_at_k(query_labels, target_labels=None, *, k: int = 10,
-                          same_set: bool = False) -> float:
-    """Expected P@k of random rankings: mean of ``R / N`` over non-excluded queries."""
-    n_rel, n = _chance_counts(query_labels, target_labels, same_set)
-    if not 1 <= k <= n:
-        raise InputError(f"k={k} is out of range: each query ranks {n} targets")
-    return float(np.mean(n_rel / n))
-
-
-def chance_recall_at_k(query_labels, target_labels=None, *, k: int = 10,
-                       same_set: bool = False) -> float:
-    """Expected R@k of random rankings: ``k / N`` (the same for every query)."""
-    _, n = _chance_counts(query_labels, target_labels, same_set)
-    if not 1 <= k <= n:
-        raise InputError(f"k={k} is out of range: each query ranks {n} targets")
-    return k / n
