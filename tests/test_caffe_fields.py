@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from crossmodal.readers import caffe_schema as schema
+from crossmodal.readers import caffe_wire
 
 #: (upstream line, message, label, type, field, number[, "packed"]); type: a scalar, a message,
 #: or "enum:<Enum path>" (Caffe nests most enums in their message, e.g. each parameter's Engine).
@@ -419,7 +420,7 @@ def test_upstream_encoding_decodes_field_for_field(msg_name):
     """Bytes written from Caffe's numbers read back by the schema with every value in its own field."""
     up = _fill(msg_name, [0])
     assert up.ListFields(), msg_name
-    ours = schema.parse_binary(msg_name, up.SerializeToString())
+    ours = caffe_wire.parse_binary(msg_name, up.SerializeToString())
     assert _as_dict(ours) == _as_dict(up)
     # and nothing lands in an unknown field: the bytes re-encode identically
     assert ours.SerializeToString(deterministic=True) == up.SerializeToString(deterministic=True)
@@ -479,8 +480,8 @@ def test_upstream_caffemodel_through_the_wire_walker(encoding):
         soft = net.layers.add(name="prob", type=20)  # SOFTMAX
         soft.softmax_param.axis = 2
     data = net.SerializeToString()
-    for decode in (schema.decode_caffemodel, schema.decode_caffemodel_protobuf):
-        layers, kind = decode(bytearray(data) if decode is schema.decode_caffemodel else data)
+    for decode in (caffe_wire.decode_caffemodel, caffe_wire.decode_caffemodel_protobuf):
+        layers, kind = decode(bytearray(data) if decode is caffe_wire.decode_caffemodel else data)
         assert kind == encoding
         by_name = {layer.name: (layer, arrays) for layer, arrays in layers}
         conv_l, conv_a = by_name["conv1"]

@@ -18,6 +18,7 @@ from crossmodal.ir import reference
 from crossmodal.ir.preprocess import PREPROCESS_PRESETS
 from crossmodal.ir.kinds import infer_shapes
 from crossmodal.readers import caffe_schema as schema
+from crossmodal.readers import caffe_wire
 from crossmodal.readers.from_caffe import read_caffe, read_mean_file, read_prototxt
 from crossmodal.errors import InputError, UnsupportedError
 from helpers import rel_err, shared_file
@@ -231,7 +232,7 @@ def test_unknown_fields_in_a_caffemodel_still_decode(tiny, tmp_path):
              + field(9999, b"fork parameter"))
     extra = tmp_path / "extra.caffemodel"
     extra.write_bytes(field(100, layer) + caffemodel.read_bytes() + field(4242, b"net-level unknown"))
-    decoded, _ = schema.decode_caffemodel(bytearray(extra.read_bytes()))
+    decoded, _ = caffe_wire.decode_caffemodel(bytearray(extra.read_bytes()))
     assert decoded[0][0].image_data_param.source == "x" and decoded[0][1] == []
     model = read_caffe(tiny["layer"][0], extra)
     assert np.array_equal(model.weights["conv1_1.weight"], written["conv1_1"][0])
@@ -279,8 +280,8 @@ def test_input_layer_bias_term_false_and_transposed_inner_product(tmp_path, batc
 def test_zero_copy_decoding_equals_protobuf_parsing(tiny):
     for enc in ("layer", "layers"):
         data = tiny[enc][1].read_bytes()
-        fast, enc_fast = schema.decode_caffemodel(bytearray(data))
-        slow, enc_slow = schema.decode_caffemodel_protobuf(data)
+        fast, enc_fast = caffe_wire.decode_caffemodel(bytearray(data))
+        slow, enc_slow = caffe_wire.decode_caffemodel_protobuf(data)
         assert enc_fast == enc_slow == enc
         assert [l.name for l, _ in fast] == [l.name for l, _ in slow]
         for (_, a), (_, b) in zip(fast, slow):

@@ -16,7 +16,7 @@ import numpy as np
 from crossmodal.ir.preprocess import PREPROCESS_PRESETS, Preprocess
 
 from crossmodal.ir.graph import Graph, Layer
-from crossmodal.readers import caffe_schema as schema
+from crossmodal.readers import caffe_wire
 from crossmodal.errors import InputError
 
 MEAN_MODES = ("channel", "image")
@@ -31,8 +31,8 @@ def read_mean_file(path: Path) -> np.ndarray:
     except OSError as exc:
         raise InputError(f"cannot read mean file ({exc.strerror or exc})", path) from None
     try:
-        mean = schema.decode_mean_blob(data)
-    except schema.WireError as exc:
+        mean = caffe_wire.decode_mean_blob(data)
+    except caffe_wire.WireError as exc:
         raise InputError(f"not a readable mean file (BlobProto .binaryproto): {exc}", path) from None
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]

@@ -1,0 +1,107 @@
+"""A ``.caffemodel``'s blobs matched to a read prototxt (:class:`~crossmodal.readers.from_caffe.CaffeNet`)
+by layer name: counts and shapes checked (the legacy 4-D padding with 1s allowed), BatchNorm's
+statistics divided by their scale-factor blob, every tensor a view of the file's one buffer.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from crossmodal.errors import InputError
+from crossmodal.readers import caffe_wire
+from crossmodal.readers.caffe_layers import SCALE_FACTOR
+
+if TYPE_CHECKING:  # the reader imports this module
+    from crossmodal.readers.from_caffe import CaffeNet
+
+
+def read_file_sha256(path: Path, chunk: int = 1 << 24) -> tuple[bytearray, str]:
+    """The whole file in one writable buffer (weights become views of it) and its SHA-256."""
+    size = path.stat().st_size
+    buf, digest = bytearray(size), hashlib.sha256()
+    view, pos = memoryview(buf), 0
+    with open(path, "rb") as f:
+        while pos < size:
+            n = f.readinto(view[pos:pos + chunk])
+            if not n:
+                break
+            digest.update(view[pos:pos + n])
+            pos += n
+    view.release()
+    if pos != size:
+        raise InputError(f"file shrank while being read ({pos} of {size} bytes)", path)
+    return buf, digest.hexdigest()
+
+
+def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``array`` as ``shape``, allowing the legacy 4-D padding with 1s (1×1×out×in, 1×C×1×1);
+    else None."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+
+    def core(s):
+        return [d for d in s if d != 1]
+    return array.reshape(shape) if core(array.shape) == core(shape) else None
+
+
+def _scale_factor(array: np.ndarray) -> np.float32:
+    """Caffe's BatchNorm factor: 1 / the stored moving-average sum, or 0 when that is 0."""
+    f = np.float32(array.reshape(-1)[0])
+    return np.float32(0) if f == 0 else np.float32(1) / f
+
+
+def load_weights(net: CaffeNet, caffemodel: Path, prototxt_name: str) -> tuple[dict[str, np.ndarray], str, str]:
+    """Decode ``caffemodel`` and match its blobs to ``net`` by layer name.
+
+    Returns (IR tensor name → float32 array, the file's SHA-256, the encoding).
+    Every missing layer, wrong blob count and blob whose shape disagrees with the
+    prototxt is listed in one :class:`InputError`. BatchNorm means and variances come
+    out divided by the layer's scale factor (0 → 0, as Caffe does).
+    """
+    if not caffemodel.is_file():
+        raise InputError("no such file", caffemodel)
+    buf, sha = read_file_sha256(caffemodel)
+    try:
+        decoded, encoding = caffe_wire.decode_caffemodel(buf)
+    except caffe_wire.WireError as exc:
+        raise InputError(f"not a readable caffemodel, truncated or corrupt ({exc})", caffemodel) from None
+    by_name: dict[str, list[np.ndarray]] = {}
+    for layer, arrays in decoded:
+        by_name.setdefault(layer.name, arrays)
+    missing, problems, weights = [], [], {}
+    for name, wanted in net.expected.items():
+        arrays = by_name.get(name)
+        if arrays is None:
+            missing.append(name)
+            continue
+        if len(arrays) != len(wanted):
+            roles = ", ".join(role for _, role, _ in wanted)
+            problems.append(f"{name} has {len(arrays)} blob(s), the prototxt needs {len(wanted)} ({roles})")
+            continue
+        fitted = {}
+        for (tensor, role, shape), array in zip(wanted, arrays):
+            fit = _fit(array, shape)
+            if fit is None:
+                problems.append(f"{name} {role} is {'x'.join(map(str, array.shape)) or 'empty'}, "
+                                f"the prototxt needs {'x'.join(map(str, shape))}")
+            elif name in net.transposed and role == "weight":
+                fitted[role] = np.ascontiguousarray(fit.T)
+            else:
+                fitted[role] = fit
+        if len(fitted) != len(wanted):
+            continue
+        if name in net.batch_norms:
+            factor = _scale_factor(fitted.pop(SCALE_FACTOR))
+            fitted = {role: (a * factor).astype(np.float32) for role, a in fitted.items()}
+        weights.update({tensor: fitted[role] for tensor, role, _ in wanted if tensor is not None})
+    if missing:
+        problems.insert(0, f"layer(s) missing from the caffemodel: {', '.join(missing)}")
+    if problems:
+        raise InputError(f"does not fit {prototxt_name}: " + "; ".join(problems), caffemodel)
+    for name in net.no_bias:
+        out = net.graph.layer(name).tensors["bias"].shape
+        weights[f"{name}.bias"] = np.zeros(out, np.float32)
+    return weights, sha, encoding
