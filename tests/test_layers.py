@@ -55,3 +55,14 @@ def test_the_wheel_carries_the_data_files(tmp_path):
     assert expected, "no data files found in the source tree"
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     assert "crossmodal/readers/caffe.proto" in names and "crossmodal/data/places205_aliases.csv" in names
+
+
+def test_sessions_and_keras_loads_are_made_in_the_runtime():
+    """ONNX Runtime sessions and Keras model loads that run a model are made in one module each
+    (plus the ONNX emitter's self-check): one runtime, not one per job."""
+    def modules_with(needle: str) -> set[str]:
+        return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                if needle in "\n".join(l for l in p.read_text(encoding="utf-8").splitlines()
+                                       if not l.lstrip().startswith("#") and "``" not in l)}
+    assert modules_with("InferenceSession(") == {"runtime/ort_session.py", "emitters/to_onnx.py"}
+    assert modules_with("saving.load_model(") == {"runtime/keras_engine.py"}

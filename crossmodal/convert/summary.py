@@ -129,12 +129,9 @@ def _summarize_onnx(path: Path) -> ModelSummary:
 
 
 def _summarize_keras(path: Path) -> ModelSummary:
-    import keras
+    from crossmodal.runtime.keras_engine import load_keras_model
 
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # keras raises many kinds on a bad archive
-        raise InputError(f"not a loadable Keras model ({exc.__class__.__name__}: {str(exc)[:120]})", path) from None
+    model = load_keras_model(path)
     rows = [LayerRow(l.name, l.__class__.__name__, ["N", *l.output.shape[1:]], int(l.count_params()))
             for l in model.layers]
     outputs = list(model.output_names)  # the producing layers' names: "predictions"
