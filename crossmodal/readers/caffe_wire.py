@@ -9,6 +9,8 @@ route (``ParseFromString`` + ``np.array``), kept as the cross-check in the tests
 """
 from __future__ import annotations
 
+import math
+
 from crossmodal.readers.caffe_schema import message
 
 
@@ -78,11 +80,12 @@ def blob_shape(meta) -> tuple[int, ...]:
 
 
 def _shaped(data, meta, where: str):
-    import numpy as np
     shape = blob_shape(meta)
     if not meta.HasField("shape") and not any(shape) and data.size:
         shape = (data.size,)  # no shape recorded at all: a flat vector
-    if int(np.prod(shape)) != data.size:
+    if any(d < 0 for d in shape):
+        raise WireError(f"{where}: a negative dimension in shape {shape}")
+    if math.prod(shape) != data.size:  # Python ints: no overflow on crafted dimensions
         raise WireError(f"{where}: {data.size} values for shape {shape}")
     return data.reshape(shape)
 

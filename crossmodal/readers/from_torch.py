@@ -126,6 +126,7 @@ def load_checkpoint(path: Path, *, trust_pickle: bool = False, with_torch: bool 
                 raw = None
         if raw is None:
             raw = _torch_load(path, trust_pickle)
+            check_views(raw, path)
     elif path.suffix == ".safetensors" and kind == "unknown":
         raise InputError("not a readable safetensors file (it does not start with an 8-byte header length "
                          "and a JSON header)", path)
@@ -180,6 +181,33 @@ def _torch_load(path: Path, trust_pickle: bool):
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         obj = obj.state_dict()
     return obj
+
+
+def check_views(obj, path: Path) -> None:
+    """Refuse tensors that hold more elements than their storages (stride-0 ``expand`` views), or
+    together more than ``VIEW_FACTOR`` times them: torch.load keeps them as cheap views, but every
+    later step would copy them whole (the bounds of :mod:`~crossmodal.readers.torch_pickle`). Looks
+    one level into training containers (``{'state_dict': …}``)."""
+    from crossmodal.readers.torch_pickle import VIEW_FACTOR
+
+    values = list(obj.values()) if isinstance(obj, Mapping) else []
+    values += [v for inner in values if isinstance(inner, Mapping) for v in inner.values()]
+    storages: dict[int, int] = {}
+    elements, seen = 0, set()
+    for value in values:
+        if not hasattr(value, "untyped_storage") or not hasattr(value, "element_size") or id(value) in seen:
+            continue
+        seen.add(id(value))
+        storage = value.untyped_storage()
+        held = storage.nbytes() // max(value.element_size(), 1)
+        if value.numel() > held:
+            raise InputError(f"refused: a tensor of {value.numel():,} elements on a storage of {held:,} "
+                             "(a stride-0 view, copied it would fill memory)", path)
+        storages[storage.data_ptr()] = held
+        elements += value.numel()
+    if elements > VIEW_FACTOR * sum(storages.values()):
+        raise InputError(f"refused: tensors that together hold more than {VIEW_FACTOR}× the elements of their "
+                         "storages", path)
 
 
 def _corrupt_global(name: str) -> bool:

@@ -14,10 +14,26 @@ Like torch's weights-only unpickler, only plain containers, ``OrderedDict``, sto
 the tensor/parameter rebuild functions are allowed; any other global raises
 :class:`NotWeightsOnly` (the caller then asks torch, which names it). Strings pickled by
 Python 2 are decoded as latin1. Little-endian files only.
+
+A downloaded checkpoint is untrusted data, so reading one costs time and memory bounded by
+the file's size plus the tensors it truly holds. A file that breaks these bounds is refused
+with :class:`~crossmodal.errors.InputError` (never passed on to torch):
+
+* every pickled object is built once, however often it is referenced (a pickle of shared
+  references nested 40 deep would otherwise be rebuilt 2⁴⁰ times), and at most
+  :data:`MAX_OBJECTS` containers and elements are built;
+* a tensor may hold no more elements than its storage (a stride-0 ``expand`` view of one
+  float would otherwise become gigabytes when copied), and all tensors together no more
+  than :data:`VIEW_FACTOR` times all storages (views of one storage are legitimate, a
+  thousand full views of it are not);
+* zip members are read only when stored uncompressed (torch writes them so; a deflated
+  member could inflate a megabyte into a gigabyte) and when a storage's declared size is
+  its element count × item size, checked before a byte is read.
 """
 from __future__ import annotations
 
 import collections
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -25,16 +41,29 @@ from typing import Any
 
 import numpy as np
 
+from crossmodal.errors import InputError
+
 #: torch storage class → NumPy dtype (bfloat16 has none: left to torch).
 STORAGE_DTYPES = {
     "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "LongStorage": "<i8",
     "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?",
 }
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+#: The most containers and container elements one checkpoint may build (a state dict of the
+#: largest family member, DenseNet-161, has about 1,000 entries).
+MAX_OBJECTS = 1_000_000
+#: Tensors may view one storage several times (a weight and its transpose, a row of it), but
+#: all tensors together hold at most this many times the elements of all storages.
+VIEW_FACTOR = 4
 
 
 class NotWeightsOnly(Exception):
     """Something this reader does not handle (a class, a dtype, a layout): ask torch."""
+
+
+class Hostile(Exception):
+    """Something no honest checkpoint holds and that would cost unbounded time or memory:
+    refused, never passed on to torch."""
 
 
 class _Storage:
@@ -48,6 +77,10 @@ class _Tensor:
     def __init__(self, storage: _Storage, offset: int, size, stride) -> None:
         self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
 
+    @property
+    def numel(self) -> int:
+        return math.prod(self.size)  # Python ints: no overflow on crafted sizes
+
     def build(self) -> np.ndarray:
         arr = self.storage.array
         if arr is None:
@@ -55,6 +88,9 @@ class _Tensor:
         if (self.offset < 0 or len(self.size) != len(self.stride) or any(n < 0 for n in self.size)
                 or any(st < 0 for st in self.stride)):
             raise NotWeightsOnly("a tensor with a negative offset, size or stride")  # as_strided must stay inside
+        if self.numel > len(arr):
+            raise Hostile(f"a tensor of {self.numel:,} elements on a storage of {len(arr):,} "
+                          "(a stride-0 view, copied it would fill memory)")
         need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
         if need > len(arr):
             raise NotWeightsOnly("a tensor beyond its storage")
@@ -107,47 +143,105 @@ class _Unpickler(pickle.Unpickler):
         if key not in self.storages:
             storage = _Storage(storage_type.dtype, numel)
             if self.read_zip is not None:
-                storage.array = np.frombuffer(self.read_zip(key), storage.dtype)
+                storage.array = np.frombuffer(self.read_zip(str(key), storage.numel, storage.dtype), storage.dtype)
             self.storages[key] = storage
         return self.storages[key]
 
 
-def _built(obj: Any) -> Any:
-    if isinstance(obj, _Tensor):
-        return obj.build()
-    if isinstance(obj, dict):
-        out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-        for k, v in obj.items():
-            out[k] = _built(v)
+class _Builder:
+    """Pickled objects → plain containers and arrays, each object built once (memo by identity)
+    within the bounds of the module docstring."""
+
+    def __init__(self) -> None:
+        self.memo: dict[int, Any] = {}
+        self.objects = 0
+        self.tensor_elements = 0
+        self.storage_elements: dict[int, int] = {}
+
+    def count(self, n: int) -> None:
+        self.objects += n
+        if self.objects > MAX_OBJECTS:
+            raise Hostile(f"more than {MAX_OBJECTS:,} pickled objects")
+
+    def __call__(self, obj: Any) -> Any:
+        key = id(obj)
+        if key in self.memo:
+            return self.memo[key]
+        if isinstance(obj, _Tensor):
+            if obj.numel > obj.storage.numel:
+                raise Hostile(f"a tensor of {obj.numel:,} elements on a storage of {obj.storage.numel:,} "
+                              "(a stride-0 view, copied it would fill memory)")
+            self.storage_elements[id(obj.storage)] = obj.storage.numel
+            self.tensor_elements += obj.numel
+            if self.tensor_elements > VIEW_FACTOR * sum(self.storage_elements.values()):
+                raise Hostile(f"tensors that together hold more than {VIEW_FACTOR}× the elements of their storages")
+            out = obj.build()
+        elif isinstance(obj, dict):
+            self.count(len(obj) + 1)
+            out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
+            self.memo[key] = out
+            for k, v in obj.items():
+                out[k] = self(v)
+        elif isinstance(obj, list):
+            self.count(len(obj) + 1)
+            out = []
+            self.memo[key] = out
+            out.extend(self(v) for v in obj)
+        elif isinstance(obj, tuple):
+            self.count(len(obj) + 1)
+            out = tuple(self(v) for v in obj)
+        elif isinstance(obj, _Storage):
+            raise NotWeightsOnly("a bare storage")
+        else:
+            out = obj
+        self.memo[key] = out
         return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_built(v) for v in obj)
-    if isinstance(obj, _Storage):
-        raise NotWeightsOnly("a bare storage")
-    return obj
 
 
 def load(path: Path, kind: str) -> Any:
     """The checkpoint at ``path`` (``kind`` ``zip`` or ``pickle``, from the sniffer) with every
-    tensor a NumPy array. Raises NotWeightsOnly for what only torch can read or judge."""
+    tensor a NumPy array. Raises NotWeightsOnly for what only torch can read or judge, and
+    :class:`~crossmodal.errors.InputError` for a file that would break the bounds (module
+    docstring)."""
     try:
-        return _built(_load_zip(path) if kind == "zip" else _load_legacy(path))
+        obj = _load_zip(path) if kind == "zip" else _load_legacy(path)
+        return _Builder()(obj)
+    except Hostile as exc:
+        raise InputError(f"refused: {exc}", path) from None
     except NotWeightsOnly:
         raise
+    except RecursionError:
+        raise InputError("refused: objects nested deeper than Python can follow", path) from None
     except Exception as exc:  # truncated, corrupt, odd: torch reads it again and says what is wrong
         raise NotWeightsOnly(f"{exc.__class__.__name__}: {exc}") from None
 
 
 def _load_zip(path: Path):
     with zipfile.ZipFile(path) as zf:
-        pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        infos = zf.infolist()
+        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise Hostile(f"compressed member {packed[0]!r} (torch stores every member uncompressed; "
+                          "inflating it could take any amount of memory)")
+        pkl = [i.filename for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
         if len(pkl) != 1:
             raise NotWeightsOnly("no single data.pkl")
         prefix = pkl[0][: -len("data.pkl")]
         if prefix + "byteorder" in zf.namelist() and zf.read(prefix + "byteorder").strip() != b"little":
             raise NotWeightsOnly("a big-endian file")
+
+        def read_storage(key: str, numel: int, dtype: np.dtype) -> bytes:
+            name = f"{prefix}data/{key}"
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                raise NotWeightsOnly(f"no member {name}") from None
+            if info.file_size != numel * dtype.itemsize:  # checked before a byte is read
+                raise Hostile(f"member {name} declares {info.file_size:,} bytes for {numel:,} "
+                              f"{dtype.name} values")
+            return zf.read(name)
         with zf.open(pkl[0]) as f:
-            return _Unpickler(f, {}, lambda key: zf.read(f"{prefix}data/{key}")).load()
+            return _Unpickler(f, {}, read_storage).load()
 
 
 class _PlainUnpickler(pickle.Unpickler):
