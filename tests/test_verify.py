@@ -302,7 +302,9 @@ def test_the_rgb_fold_is_checked_against_caffes_own_bgr_network(tmp_path, monkey
 def test_a_bgr_caffe_conversion_needs_no_channel_reversal(tmp_path):
     proto, caffemodel, bgr = _caffe_model(tmp_path, rgb_input=False)
     report = run_verify(bgr, engines=("ir",), source=caffemodel, prototxt=proto, random=2)
-    assert report.passed and report.comparisons["ir"]["conv1_1"].max_abs == 0.0
+    assert report.passed and report.engines["caffe-source"]["input"] == "BGR, as the IR"
+    # OpenCV computes in float32, the IR's evaluator in float64: rounding apart, no more
+    assert report.comparisons["ir"]["conv1_1"].rel < 1e-6
 
 
 # --- non-finite outputs, unobservable gates, nothing to compare --------------------------------

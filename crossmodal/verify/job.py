@@ -155,7 +155,8 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
     if prototxt is not None or source.suffix == ".caffemodel":
         if prototxt is None:
             raise InputError("a .caffemodel source needs --prototxt (the deploy prototxt)", source)
-        return S.caffe_source_engine(model, prototxt, source)
+        from crossmodal.verify.source_reference_caffe import caffe_source_engine
+        return caffe_source_engine(model, prototxt, source)
     return S.torch_source_engine(model, source, device=device, allow_tf32=allow_tf32, trust_pickle=trust_pickle)
 
 
@@ -164,7 +165,8 @@ def _reference_label(engine: Engine, source: Path) -> str:
         module = engine.info.get("module", "")
         what = module.split(",")[0] if "layout" in module else "plain torchvision VGG"
         return f"torch-source ({source.name} in a {what}, loaded without the reader's IR)"
-    return f"caffe-source ({source.name}: Caffe's own BGR network, NumPy float64)"
+    return f"caffe-source ({source.name}: Caffe's own BGR network in {engine.info.get('implementation')}, " \
+           f"OpenCV {engine.info.get('opencv')})"
 
 
 def run_verify(model_dir: Path, *, engines: Iterable[str] = ("torch", "ir", "keras", "onnx"),

@@ -12,9 +12,7 @@ layers. Nothing here goes through the IR, the reader's ``to_ir`` or the IR→tor
 emitter, so a fault in those (a conv kernel transposed H↔W, say) shows up as a
 divergence instead of being reproduced in the reference.
 
-A Caffe source is read without the optional BGR→RGB fold into ``conv1_1``: the
-reference is Caffe's own BGR network, and when the IR takes RGB it is fed the
-channel-reversed batch ``x[:, ::-1]``, so the fold itself is checked.
+A Caffe source is run by OpenCV's own Caffe importer (:mod:`~crossmodal.verify.source_reference_caffe`).
 
 Every engine takes the preprocessed float32 batch (N, C, H, W) in the IR's channel
 order and returns ``{ir_layer_name: array}``, maps NCHW, flat layers (N, F).
@@ -28,7 +26,7 @@ from typing import Mapping
 import numpy as np
 
 from crossmodal.runtime.devices import set_torch_precision, torch_device
-from crossmodal.runtime.engine import Engine, FunctionEngine, IrEngine
+from crossmodal.runtime.engine import Engine, FunctionEngine
 from crossmodal.ir.graph import IRModel
 from crossmodal.errors import InputError
 
@@ -139,30 +137,3 @@ def torch_source_engine(model: IRModel, source: Path, *, device: str = "cpu", al
                           info={"torch": torch.__version__, "device_name": name, "allow_tf32": allow_tf32,
                                 "source": str(source), "module": f"plain torchvision {spec.arch}, forward hooks"},
                           path=source)
-
-
-def caffe_source_engine(model: IRModel, prototxt: Path, caffemodel: Path) -> Engine:
-    """The Caffe network's own BGR weights (no RGB fold) in the NumPy evaluator, as ``caffe-source``.
-
-    When the IR takes RGB, the batch is fed channel-reversed (``x[:, ::-1]``, i.e. BGR,
-    the IR's RGB means reversed with it), so an IR whose fold is wrong or missing diverges
-    at the first convolution.
-    """
-    from crossmodal.readers.from_caffe import read_caffe
-
-    spec = model.graph.preprocess
-    rgb = spec.channel_order == "RGB"
-    # The preprocessing is the IR's, done once in NumPy before any engine; the reference
-    # only needs a spec that does not ask read_caffe to fold (BGR), and no mean image.
-    bgr = dataclasses.replace(spec, channel_order="BGR", mean=tuple(spec.mean[::-1]),
-                              std=tuple(spec.std[::-1]), mean_image=None) if rgb else \
-        dataclasses.replace(spec, mean_image=None)
-    src = read_caffe(prototxt, caffemodel, preprocess=bgr, rgb_input=False)
-    inner = IrEngine(src)
-
-    def run(x, layers):
-        return inner.run(np.ascontiguousarray(x[:, ::-1]) if rgb else x, layers)
-    return FunctionEngine("caffe-source", model.graph, run, inner.observable, device="cpu",
-                          info={**inner.info, "source": str(caffemodel), "prototxt": str(prototxt),
-                                "input": "BGR (the IR's RGB batch, channels reversed)" if rgb else "BGR, as the IR"},
-                          path=caffemodel)
