@@ -105,13 +105,11 @@ def wrap(net, world: World, device, *, find_unused: bool = False):
     else ``net`` itself. Called again whenever what trains changes (``--unfreeze-at``)."""
     if not world.distributed:
         return net
-    import torch
     from torch.nn.parallel import DistributedDataParallel
     if not any(p.requires_grad for p in net.parameters()):
         return net
     ids = [device.index] if getattr(device, "type", "") == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def sync_batchnorm(net, world: World, device):

@@ -46,7 +46,8 @@ def trained_ir(base: IRModel, net, *, classes: Sequence[str] | None, ident: dict
             continue
         i = net.names.index(layer.name)
         mods = net.modules_of(i)
-        mod = mods[net.tower_names.index(tower)] if len(mods) > 1 else mods[0]
+        in_tower = bool(net.tower_names) and net.tower_lo <= i < net.shared_from
+        mod = mods[net.tower_names.index(tower)] if in_tower and tower is not None else mods[0]
         arrays = module_arrays(mod)
         if layer.name == net.head and classes is not None:
             w, b = arrays["weight"], arrays["bias"]

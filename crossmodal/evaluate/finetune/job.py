@@ -189,7 +189,7 @@ def run_finetune(s: Settings, *, resume: bool = False, against: Path | None = No
                 results["models"] = export_models(ctx, outcome, stage, s_used, log)
                 if search_info is not None:
                     from crossmodal.evaluate.finetune.search import write_search_files
-                    files.update(write_search_files(stage, search_info, results))
+                    files.update({n: ctx.out_dir / n for n in write_search_files(stage, search_info, results)})
                 results["run"] = record.block()
                 written = write_reports(stage, results)
             files.update({name: ctx.out_dir / name for name in written})

@@ -143,6 +143,8 @@ def _define():
             self.towers = nn.ModuleDict({m: nn.ModuleDict({module_key(n): copy.deepcopy(self.layers[module_key(n)])
                                                            for n in self.names[first:self.shared_from]})
                                          for m in towers})
+            for n in (self.names[first:self.shared_from] if towers else ()):
+                del self.layers[module_key(n)]  # each modality runs its own copy
             self.freeze_shared = bool(freeze_shared)
             self.last_use = _uses(self.order)
             self.set_first(first)
