@@ -15,8 +15,8 @@
   ranks (padded to equal length so every rank takes the same number of steps), :func:`val_shard`
   splits validation exactly (no padding: each image once).
 
-Samples are ``(C, H, W)`` float32 (the IR's preprocessing); a file that fails to decode is dropped
-from its batch by :func:`collate` and reported (path, reason).
+Samples are ``(C, H, W)`` float32 (the IR's preprocessing); a training file that fails to decode is
+replaced by the next one that decodes, a validation file is dropped from its batch; both are reported.
 """
 from __future__ import annotations
 
@@ -141,11 +141,14 @@ def augment_image(img, level: str, rng: np.random.Generator, size: tuple[int, in
 
 class ImageSet:
     """A map-style data set for ``torch.utils.data.DataLoader``: item ``i`` → ``(x, label, modality,
-    i, failure)`` with ``x`` float32 ``(C, H, W)`` (None when the file did not decode; ``failure`` its
-    reason). Set :attr:`epoch` before each epoch's loader is made (workers copy it)."""
+    index, failures)`` with ``x`` float32 ``(C, H, W)`` and ``failures`` the ``(index, reason)`` of files
+    that did not decode. With ``substitute`` (training) a file that does not decode is replaced by the
+    next one that does (so every rank's batch is full and takes its step under DDP); without it
+    (validation) ``x`` is None. Set :attr:`epoch` before each epoch's loader is made (workers copy it)."""
 
     def __init__(self, split: Split, spec: Preprocess, mean_image: np.ndarray | None, augment: str,
-                 seed: int) -> None:
+                 seed: int, substitute: bool = False) -> None:
+        self.substitute = substitute
         from crossmodal.data.images import INTERPOLATIONS, crop_mean_image
         self.split, self.spec, self.augment, self.seed, self.epoch = split, spec, augment, int(seed), 0
         self.mean = None if mean_image is None else crop_mean_image(mean_image, tuple(spec.crop), spec.channels)
@@ -165,24 +168,24 @@ class ImageSet:
         return preprocess(img, self.direct, self.mean)
 
     def __getitem__(self, i: int):
-        i = int(i)
-        try:
-            x, failure = self.load(i, self.epoch), None
-        except ImageDecodeError as exc:
-            x, failure = None, exc.reason
-        return x, int(self.split.labels[i]), int(self.split.mods[i]), i, failure
+        i, failures = int(i), []
+        for j in ([i] + [(i + k) % len(self) for k in range(1, min(len(self), 64))] if self.substitute else [i]):
+            try:
+                x = self.load(j, self.epoch)
+            except ImageDecodeError as exc:
+                failures.append((j, exc.reason))
+                continue
+            return x, int(self.split.labels[j]), int(self.split.mods[j]), j, failures
+        return None, int(self.split.labels[i]), int(self.split.mods[i]), i, failures
 
 
 def collate(items):
     """Samples → ``{"x": (B, C, H, W), "y": (B,), "m": (B,), "idx": (B,), "failed": [(i, reason)]}``
-    (torch tensors; failed samples dropped, B may then be 0)."""
+    (torch tensors; samples that did not decode dropped, B may then be 0)."""
     import torch
     ok = [it for it in items if it[0] is not None]
-    failed = [(it[3], it[4]) for it in items if it[0] is None]
-    if ok:
-        x = torch.from_numpy(np.stack([it[0] for it in ok]))
-    else:
-        x = torch.zeros((0,))
+    failed = [f for it in items for f in it[4]]
+    x = torch.from_numpy(np.stack([it[0] for it in ok])) if ok else torch.zeros((0,))
     as_long = lambda k: torch.tensor([it[k] for it in ok], dtype=torch.int64)  # noqa: E731
     return {"x": x, "y": as_long(1), "m": as_long(2), "idx": as_long(3), "failed": failed}
 

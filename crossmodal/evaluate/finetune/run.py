@@ -105,7 +105,7 @@ def _train(ctx, s, resume, checkpoints, epoch0, on_epoch, log, progress) -> Outc
         return torch.compile(m) if s.compile else m
     model = wrapped()
     spec = ctx.graph.preprocess
-    train_set = ImageSet(ctx.data.train, spec, ctx.mean_image, s.augment, s.seed)
+    train_set = ImageSet(ctx.data.train, spec, ctx.mean_image, s.augment, s.seed, substitute=True)
     val_set = ImageSet(ctx.data.val, spec, ctx.mean_image, "none", s.seed)
     val_lists = batches(val_shard(len(ctx.data.val), world.rank, world.size), s.batch_size)
     n_mods = len(ctx.data.modalities)
@@ -194,6 +194,9 @@ def _train(ctx, s, resume, checkpoints, epoch0, on_epoch, log, progress) -> Outc
     finally:
         if board is not None:
             board.close()
+    for part in ddp.gather_objects(failed, world):  # every rank's undecodable files
+        for split in ("train", "val"):
+            failed[split].update(part[split])
     chosen_epoch = state["best_epoch"] if s.keep == "best" else len(history)
     if s.keep == "best" and best_state is not None:
         net.load_state_dict(best_state)

@@ -14,6 +14,7 @@ finish, and that trial's run is the one exported. Search trials write no checkpo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ def run_search(ctx, ss: SearchSettings, *, log: Callable[[str], None]):
         layer_index(ctx.graph, name, "--search-train-from")
     frozen = {k: v for k, v in s.to_dict().items() if k not in ("workers", "to", "device", "out_dir")}
     frozen["search"] = dataclasses.asdict(ss)
+    frozen = json.loads(json.dumps(frozen))  # as the storage gives it back (lists, not tuples)
     study = open_study(ctx.out_dir, ss, s.seed, frozen)
     best_path = ctx.out_dir / "search" / "best.pt"
     epoch0 = study.user_attrs.get("epoch0")
