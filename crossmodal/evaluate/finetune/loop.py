@@ -105,6 +105,7 @@ def train_epoch(tr: Trainer, batches: Iterable[dict], *, epoch: int, start_step:
     bad_step = torch.full((), -1, device=tr.device, dtype=torch.int64)
     trainable = [p for p in tr.net.parameters() if p.requires_grad]
     tr.model.train()
+    tr.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     step = start_step
 
@@ -133,13 +134,13 @@ def train_epoch(tr: Trainer, batches: Iterable[dict], *, epoch: int, start_step:
         with autocast(tr.device, s.precision):
             logits = tr.model(x, m)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
-        tr.optimizer.zero_grad(set_to_none=True)
         tr.scaler.scale(loss).backward()
         if s.clip_grad:
             tr.scaler.unscale_(tr.optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, s.clip_grad)
         tr.scaler.step(tr.optimizer)
         tr.scaler.update()
+        tr.optimizer.zero_grad(set_to_none=True)  # no gradient held through the next forward pass
         detached = loss.detach()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), torch.full_like(bad_step, step), bad_step)
         loss_acc += detached.double() * len(y)

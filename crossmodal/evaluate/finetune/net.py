@@ -3,8 +3,9 @@ with a boundary below which nothing trains, a new (or the original) head, and op
 
 * **What trains.** Layers run in graph order. Those before the first trainable layer (``--train-from``)
   run under ``torch.no_grad()`` in eval mode (no autograd, batch-norm statistics and dropout frozen),
-  and every value is dropped after its last reader, so the frozen part keeps no activations: training
-  from ``fc6`` holds one or two conv maps at a time, not the whole network's.
+  :data:`FROZEN_CHUNK` samples at a time, and every value is dropped after its last reader, so the
+  frozen part keeps no activations: training from ``fc6`` holds one chunk's two largest conv maps at a
+  time, not the whole network's for the whole batch.
 * **The head** is the last dense layer (only a softmax may follow it). ``--head new`` replaces it by a
   dense layer with one row per data-set class: a class that maps to a network label (the mapping of
   label muting, :func:`crossmodal.data.labels.build_mapping`) starts from that label's row and bias,
@@ -30,6 +31,11 @@ import numpy as np
 from crossmodal.emitters.to_torch import build_torch, module_key
 from crossmodal.errors import InputError
 from crossmodal.ir.graph import Graph, IRModel
+
+
+#: samples per pass through the frozen prefix: it keeps nothing for backward, so its working memory is
+#: one chunk's two largest maps, not the batch's
+FROZEN_CHUNK = 8
 
 
 def head_name(graph: Graph) -> str:
@@ -209,11 +215,11 @@ def _define():
 
         def forward_values(self, x, m=None, keep: Sequence[str] = ()):
             keep = set(keep)
-            values = {self.input_name: x}
-            with torch.no_grad():
-                values = self._run(values, 0, self.first if not self.tower_names else min(self.first, self.tower_lo),
-                                   keep)
             lo = self.first if not self.tower_names else min(self.first, self.tower_lo)
+            with torch.no_grad():  # the frozen prefix, a few samples at a time (eval mode: per sample)
+                parts = [self._run({self.input_name: c}, 0, lo, keep) for c in x.split(FROZEN_CHUNK)]
+            values = parts[0] if len(parts) == 1 else {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
+            del parts
             if self.tower_names:
                 if m is None:
                     raise ValueError("a tower network needs the modality of every sample")
