@@ -28,7 +28,7 @@ import json, sys, torch
 sys.path.insert(0, {bench!r})
 import finetune_measure as fm
 net = fm.make_net({arch!r}, {train_from!r}, {device!r})
-data = fm.batches(3, {batch}, {device!r}, seed=1)
+data = fm.batches(3, {batch}, {device!r}, net.bench_input, seed=1)
 if torch.device({device!r}).type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 else:  # the peak from here on: training, not the model's construction (IR arrays + module copies)
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     out = {"arch": args.arch, "device": args.device}
     low, whole = fm.TRAIN_FROM[args.arch]
     net = fm.make_net(args.arch, low, args.device)
-    data = fm.batches(args.steps, args.batch, args.device)
+    data = fm.batches(args.steps, args.batch, args.device, net.bench_input)
     loop = fm.compare(net, data, device=args.device)
     del net, data
     out["loop"] = {"train_from": low, "batch": args.batch, "steps": args.steps, **loop}

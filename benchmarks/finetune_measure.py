@@ -18,17 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: per network: the first layer of the last block, and the whole network's first layer
-TRAIN_FROM = {"vgg16": ("conv5_1", "conv1_1"), "resnet50": ("layer4.0.conv1", "conv1")}
+#: per network: the first layer of the last block, and the whole network's first layer (the tiny ones:
+#: gpu_check --smoke)
+TRAIN_FROM = {"vgg16": ("conv5_1", "conv1_1"), "resnet50": ("layer4.0.conv1", "conv1"),
+              "vgg_tiny3": ("conv3_1", "conv1_1"), "resnet_tiny": ("layer4.0.conv1", "conv1")}
 
 
 def random_ir(arch: str):
-    """A full-size IR with seeded random weights (no file written)."""
+    """An IR with seeded random weights (no file written): ``vgg16`` is VGG16-Places365."""
     from crossmodal.ir.graph import IRModel
-    if arch == "vgg16":
+    from crossmodal.models.vgg import list_models
+    if arch == "vgg16" or arch in list_models():
         from crossmodal.models.synthetic import random_state_dict
         from crossmodal.models.vgg import build_graph, create_spec
-        spec = create_spec("vgg16_places365")
+        spec = create_spec("vgg16_places365" if arch == "vgg16" else arch)
         return IRModel(build_graph(spec), random_state_dict(spec, seed=0))
     from crossmodal.models import registry
     from crossmodal.models.synthetic_zoo import create_spec, random_ir_weights
@@ -47,6 +50,7 @@ def make_net(arch: str, train_from: str, device: str = "cpu", classes: int = 205
     rng = np.random.default_rng(0)
     net = build(ir, first=layer_index(ir.graph, train_from),
                 head=((rng.standard_normal((classes, d)) * 0.01).astype(np.float32), np.zeros(classes, np.float32)))
+    net.bench_input = tuple(int(v) for v in ir.graph.input.shape)
     del ir
     dev = torch.device(device)
     net.to(dev)
@@ -55,11 +59,11 @@ def make_net(arch: str, train_from: str, device: str = "cpu", classes: int = 205
     return net
 
 
-def batches(n: int, batch: int, device: str, size: int = 224, classes: int = 205, seed: int = 0) -> list[dict]:
-    """``n`` pre-decoded batches (host memory, as a data loader hands them over)."""
+def batches(n: int, batch: int, device: str, shape=(3, 224, 224), classes: int = 205, seed: int = 0) -> list[dict]:
+    """``n`` pre-decoded batches ``(batch, *shape)`` (host memory, as a data loader hands them over)."""
     import torch
     g = torch.Generator().manual_seed(seed)
-    return [{"x": torch.randn(batch, 3, size, size, generator=g), "y": torch.randint(0, classes, (batch,), generator=g),
+    return [{"x": torch.randn(batch, *shape, generator=g), "y": torch.randint(0, classes, (batch,), generator=g),
              "m": torch.zeros(batch, dtype=torch.int64), "idx": torch.arange(batch), "failed": []} for _ in range(n)]
 
 
@@ -126,3 +130,51 @@ def compare(net, data, *, device: str, precision: str = "fp32", rounds: int = 2)
         bare.append(bare_rate(net, data, device=device, precision=precision))
         tool.append(tool_rate(net, data, device=device, precision=precision))
     return {"tool_images_per_s": max(tool), "bare_images_per_s": max(bare), "ratio": max(tool) / max(bare)}
+
+
+def section(archs, *, device: str, precision: str, batch: int, steps: int, peak_batch: int, budget_left,
+            log=print) -> list[dict]:
+    """gpu_check's fine-tuning rows: per network and ``--train-from`` (last block, whole network) the tool's
+    loop against the bare loop at ``precision`` (channels-last on a GPU), and on a GPU the peak memory
+    allocated of two steps from the head's first dense layer against the whole network."""
+    import torch
+    rows = []
+    for arch in archs:
+        for tf in TRAIN_FROM[arch]:
+            row = {"network": arch, "train_from": tf, "precision": precision, "batch": batch}
+            if budget_left() < 30:
+                row["skipped"] = "time budget spent"
+                rows.append(row)
+                continue
+            try:
+                net = make_net(arch, tf, device)
+                data = batches(steps, batch, device, net.bench_input)
+                row.update(compare(net, data, device=device, precision=precision))
+                log(f"  finetune {arch:<8} from {tf:<15} {precision} batch {batch}: tool "
+                    f"{row['tool_images_per_s']:8.1f} img/s, bare loop {row['bare_images_per_s']:8.1f}, "
+                    f"ratio {row['ratio']:.3f}")
+                del net, data
+            except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                log(f"  finetune {arch} from {tf}: {row['error']}")
+            rows.append(row)
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
+    if torch.device(device).type == "cuda" and budget_left() > 30:
+        for arch in archs:
+            head_from = "fc6" if arch.startswith("vgg") else "fc"
+            peaks = {}
+            for tf in (head_from, TRAIN_FROM[arch][1]):
+                net = make_net(arch, tf, device)
+                data = batches(2, peak_batch, device, net.bench_input, seed=1)
+                torch.cuda.reset_peak_memory_stats()
+                tool_rate(net, data, device=device, precision=precision)
+                peaks[tf] = torch.cuda.max_memory_allocated()
+                del net, data
+                torch.cuda.empty_cache()
+            ratio = peaks[head_from] / peaks[TRAIN_FROM[arch][1]]
+            rows.append({"network": arch, "peak_allocated_bytes": peaks, "peak_ratio": ratio, "batch": peak_batch,
+                         "precision": precision})
+            log(f"  finetune {arch} peak allocated, batch {peak_batch}: " + ", ".join(
+                f"from {k} {v / 2**30:.2f} GiB" for k, v in peaks.items()) + f", ratio {ratio:.3f}")
+    return rows
