@@ -208,3 +208,29 @@ def test_help_names_the_options():
     for opt in ("--train-from", "--unfreeze-at", "--head", "--augment", "--precision", "--resume", "--towers",
                 "--search", "--against", "--keep", "--patience"):
         assert opt in res.output
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_under_autocast(ft_model, ft_root, tmp_path, precision, monkeypatch):
+    import torch
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **k: compiled.append(m) or m)
+    code, output, r = finetune("--model", str(ft_model), "--modality", "sketch", "--data-root", str(ft_root),
+                               "--out", str(tmp_path / precision), "--train-from", "fc6", "--epochs", "1",
+                               "--precision", precision, "--compile", "--clip-grad", "1.0", *FAST)
+    assert code == 0, output
+    assert r["precision"] == precision and np.isfinite(r["history"][0]["train_loss"]) and len(compiled) == 1
+
+
+def test_tensorboard_scalars_are_written_when_it_is_installed(tmp_path):
+    from helpers import require_module
+    require_module("tensorboard", "the train extra: TensorBoard scalars of crossmodal finetune")
+    from crossmodal.evaluate.finetune.reports import Board
+    board = Board(tmp_path / "tb")
+    board.epoch({"epoch": 1, "train_loss": 1.5, "val_top1": 0.25, "lr": 0.01})
+    board.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert {"train/loss", "val/top1", "lr"} <= set(acc.Tags()["scalars"])
+    assert acc.Scalars("val/top1")[0].value == pytest.approx(0.25)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import require_module
 from finetune_fixtures import (  # noqa: F401  (fixtures)
     FAST, command, env, ft_model, ft_root, ir_tensors, run,
 )
@@ -90,7 +91,7 @@ def test_two_gloo_processes_under_torchrun_train_towers_and_write_one_set_of_mod
 
 
 def test_a_search_resumes_after_sigkill_without_repeating_finished_trials(ft_model, ft_root, tmp_path):
-    import optuna
+    optuna = require_module("optuna", "the train extra: crossmodal finetune --search")
     out = tmp_path / "search"
     args = command("--model", str(ft_model), "--modality", "sketch", "--data-root", str(ft_root), "--out", str(out),
                    "--search", "4", "--search-epochs", "3", "--search-sampler", "random", "--search-train-from",

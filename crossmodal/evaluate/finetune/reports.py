@@ -40,6 +40,7 @@ def plot_curves(path: Path, rows: list[dict], title: str, baseline: float | None
                 unfreeze_at: int | None = None) -> Path:
     """Loss and top-1 per epoch, train and val (the transfer-learning guide's history plots); the
     unadjusted network's muted top-1 dashed; the unfreezing epoch marked."""
+    from matplotlib.ticker import MaxNLocator
     fig = new_figure(10, 3.8)
     epochs = [r["epoch"] for r in rows]
     for col, (key, label) in enumerate((("loss", "loss"), ("top1", "top-1 (%)"))):
@@ -52,6 +53,7 @@ def plot_curves(path: Path, rows: list[dict], title: str, baseline: float | None
         if unfreeze_at is not None:
             ax.axvline(unfreeze_at + 0.5, color="black", linestyle=":", linewidth=0.8, label="unfrozen")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
