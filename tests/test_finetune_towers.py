@@ -21,11 +21,11 @@ def tower_run(ft_model, ft_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("towers")
     common = ["--model", str(ft_model), "--modality", "sketch,clipart", "--data-root", str(ft_root), "--epochs", "2",
               "--lr", "0.02", *FAST, "--to", "ir,onnx"]
-    code, output, shared = finetune(*common, "--out", str(base / "shared"), "--train-from", "conv2_1")
+    code, output, shared = finetune(*common, "--out", str(base / "one-network"), "--train-from", "conv2_1")
     assert code == 0, output
     code, output, r = finetune(*common, "--out", str(base / "towers"), "--towers", "per-modality", "--shared-from",
                                "fc6", "--train-from", "conv2_1", "--freeze-shared", "--keep", "last",
-                               "--against", str(base / "shared"))
+                               "--against", str(base / "one-network"))
     assert code == 0, output
     r["_settings"] = r["settings"]
     return base / "towers", r, shared
@@ -37,7 +37,7 @@ def test_a_tower_run_exports_one_whole_model_per_modality_and_compares(tower_run
     assert set(r["per_modality"]) == set(shared["per_modality"]) == {"sketch", "clipart"}
     p = r["params"]
     assert set(p["tower_params"]) == {"sketch", "clipart"} and p["tower_params"]["sketch"] == 111
-    assert r["against"]["towers"] == "shared" and set(r["against"]["per_modality"]) == {"sketch", "clipart"}
+    assert r["against"]["towers"] == shared["towers"] != r["towers"] and set(r["against"]["per_modality"]) == {"sketch", "clipart"}
     md = (out / "finetune.md").read_text()
     assert "## Against" in md and "per tower sketch 111" in md
     for m in ("sketch", "clipart"):
