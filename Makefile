@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (Python 3.11): `make demo` and `make test`.
 # Both create .venv on first use, installing torch 2.13.0 (CPU build) first, then the package with
-# the CPU extra and the exact versions CI tests (constraints.txt).
+# the CPU, test and train extras and the exact versions CI tests (constraints.txt).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -10,7 +10,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[cpu,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[cpu,test,train]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -17,9 +17,12 @@ Prints, and writes as JSON (``gpu_check.json``) and Markdown (``gpu_check.md``) 
    ORT-CUDA only (torch eager where onnxruntime has no CUDA provider), at the largest batch;
 3. **decode alone**: images/s of the toolkit's JPEG decode + preprocessing on the
    CPU threads (and nvJPEG through ``torchvision.io.decode_jpeg`` when torchvision is there);
-4. **end to end** from JPEG files on disk through :func:`~crossmodal.evaluate.features.extract_features`
+4. **fine-tuning** images/s of ResNet-50 and VGG16 at bf16 + channels-last, the tool's training loop
+   against a bare PyTorch loop, from the last block and the whole network, and the peak memory
+   allocated from the head's first dense layer against the whole network (``finetune_measure.py``);
+5. **end to end** from JPEG files on disk through :func:`~crossmodal.evaluate.features.extract_features`
    (decode threads overlapping inference, cache writes included) per engine and precision;
-5. **verify's table on the GPU**: fp32 with TF32 off, and the fp16 parity gate.
+6. **verify's table on the GPU**: fp32 with TF32 off, and the fp16 parity gate.
 
 Every measurement runs a warm-up, then batches for at least ``--seconds``. A time
 budget (``--budget``, default 420 s) keeps the whole run under 8 minutes: what does
@@ -420,6 +423,17 @@ def section_end_to_end(args, model_dir, paths, budget) -> list[dict]:
     return rows
 
 
+def section_finetune(args, budget) -> list[dict]:
+    """Fine-tuning images/s (``benchmarks/finetune_measure.py``): ResNet-50 and VGG16 at bf16 +
+    channels-last, the tool's loop against a bare loop, from the last block and the whole network."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import finetune_measure as fm
+    precision = "fp32" if args.device == "cpu" else "bf16"
+    archs = ("vgg_tiny3", "resnet_tiny") if args.smoke else ("resnet50", "vgg16")
+    return fm.section(archs, device=args.device, precision=precision, batch=4 if args.smoke else 64,
+                      steps=2 if args.smoke else 8, peak_batch=32, budget_left=budget.left, log=log)
+
+
 def section_verify(args, model_dir, ckpt, out: Path | None) -> dict:
     from crossmodal.verify.job import run_verify
     from crossmodal.verify.report import console, markdown
@@ -522,11 +536,13 @@ def main(argv=None) -> dict:
         f"{report['setup_seconds']['convert']} s, fp16 model in {report['setup_seconds']['fp16_model']} s")
 
     paths: list[Path] = []
-    for name in ("throughput", "decode", "end_to_end", "verify", "zoo"):
+    for name in ("throughput", "finetune", "decode", "end_to_end", "verify", "zoo"):
         log(f"## {name}")
         try:
             if name == "throughput":
                 report[name] = _collect(section_network, args, model_dir, flops, peak, budget)
+            elif name == "finetune":
+                report[name] = section_finetune(args, budget)
             elif name == "decode":
                 paths = make_jpegs(args.work / "jpegs", args.images, 256 if not args.smoke else 48)
                 report[name] = section_decode(args, paths, model_dir)
@@ -579,6 +595,21 @@ def markdown(report: dict) -> str:
             frac = f"{100 * m['fp16_peak_fraction']:.1f}" if m.get("fp16_peak_fraction") else "?"
             lines.append(f"| {row['engine']} | {row['precision']} | {bs} | {m['images_per_second']:.1f} | "
                          f"{m['tflops']:.1f} | {frac} | {where} |")
+    rows = report.get("finetune") if isinstance(report.get("finetune"), list) else []
+    if rows:
+        lines += ["", "## fine-tuning (tool loop vs bare loop)", "", "| network | train from | precision | batch | "
+                  "tool images/s | bare images/s | ratio |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "ratio" in r:
+                lines.append(f"| {r['network']} | {r['train_from']} | {r['precision']} | {r['batch']} | "
+                             f"{r['tool_images_per_s']:.1f} | {r['bare_images_per_s']:.1f} | {r['ratio']:.3f} |")
+            elif "peak_ratio" in r:
+                lines.append(f"| {r['network']} | peak allocated " + ", ".join(
+                    f"{k} {v / 2**30:.2f} GiB" for k, v in r["peak_allocated_bytes"].items())
+                    + f" | {r['precision']} | {r['batch']} | | | {r['peak_ratio']:.3f} |")
+            else:
+                lines.append(f"| {r['network']} | {r['train_from']} | {r['precision']} | {r['batch']} | "
+                             f"{r.get('skipped') or r.get('error')} | | |")
     for key in ("decode", "end_to_end", "zoo", "verify"):
         lines += ["", f"## {key}", "", "```", json.dumps(report.get(key), indent=1, default=str)[:4000], "```"]
     return "\n".join(lines) + "\n"

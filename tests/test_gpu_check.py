@@ -44,5 +44,10 @@ def test_smoke_mode_runs_every_section_on_the_cpu(tmp_path):
     assert all(r.get("images_per_second", 0) > 0 and r["failed"] == 0 for r in e2e.values()), e2e
     assert data["verify"]["fp32"]["passed"] and data["verify"]["fp16"]["passed"]
     assert data["zoo"][0]["network"] == "vgg_tiny" and data["zoo"][0]["fp16"]["images_per_second"] > 0
+    tuned = [r for r in data["finetune"] if "ratio" in r]
+    assert {(r["network"], r["train_from"]) for r in tuned} == {("vgg_tiny3", "conv3_1"), ("vgg_tiny3", "conv1_1"),
+                                                               ("resnet_tiny", "layer4.0.conv1"), ("resnet_tiny", "conv1")}
+    assert all(r["tool_images_per_s"] > 0 and r["bare_images_per_s"] > 0 for r in tuned)
+    assert "## fine-tuning" in (tmp_path / "gpu_check.md").read_text()
     assert (tmp_path / "verify_fp16.md").is_file() and "| ort-cuda | fp16 |" in (tmp_path / "gpu_check.md").read_text()
     assert report["seconds"] < 120

@@ -26,6 +26,7 @@ COMMANDS = {
     "probe": "crossmodal.cli.probe:probe",
     "predict": "crossmodal.cli.predict:predict",
     "explain": "crossmodal.cli.explain:explain",
+    "finetune": "crossmodal.cli.finetune:finetune",
 }
 
 

@@ -10,8 +10,11 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 
 
 @click.command("retrieval")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="A converted model folder (model.json + weights.h5, model.onnx / model.keras).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="A converted model folder (model.json + weights.h5, model.onnx / model.keras), or a fine-tune "
+                   "run folder with tower models (model-<modality>/).")
+@click.option("--model-per-modality", "per_modality", default=None,
+              help="Towers: each modality's images through its own model, e.g. sketch=DIR,clipart=DIR.")
 @click.option("--query", "queries", help="Query modality (natural, clipart, sketch, or one of the config); "
                                          "several comma-separated.")
 @click.option("--target", "targets", help="Target modality (several comma-separated) [default: the queries].")
@@ -52,7 +55,7 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
-def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_root, config, split, backend, device,
+def retrieval(model_dir, per_modality, queries, targets, all_pairs, layer, metric, k, data_root, config, split, backend, device,
               precision, trt, batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir,
               quiet, as_json):
     """Category-level retrieval with a photo-trained network's features: for each query image,
@@ -66,15 +69,28 @@ def retrieval(model_dir, queries, targets, all_pairs, layer, metric, k, data_roo
       crossmodal retrieval --model models/vgg16-pt --all --data-root /data/cmplaces --show 10
     """
     from crossmodal.evaluate.retrieval.job import run_retrieval
+    from crossmodal.evaluate.retrieval.towers import run_tower_retrieval, tower_models
+    from crossmodal.ir.store import is_ir_dir
 
+    if (model_dir is None) == (per_modality is None):
+        raise click.UsageError("give --model DIR or --model-per-modality MODALITY=DIR,... (not both)")
     quiet_all = quiet or as_json
+    towers = tower_models(per_modality) if per_modality else (
+        None if is_ir_dir(model_dir) or not any(model_dir.glob("model-*")) else tower_models(model_dir))
     with ProgressBars(disable=quiet_all) as bars:
-        run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
-                            metric=metric, k=k, data_root=data_root, config=config, split=split, backend=backend,
-                            device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
-                            cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt, show=show,
-                            show_query=show_query, on_step=step_printer(quiet_all), on_start=bars.start,
-                            on_batch=bars.update)
+        if towers is not None:
+            run = run_tower_retrieval(towers, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
+                                      metric=metric, k=k, data_root=data_root, config=config, split=split,
+                                      backend=backend, device=device, batch_size=batch_size, workers=workers,
+                                      threads=threads, cache_dir=cache_dir, draft=not no_draft, precision=precision,
+                                      on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
+        else:
+            run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
+                                metric=metric, k=k, data_root=data_root, config=config, split=split,
+                                backend=backend, device=device, batch_size=batch_size, workers=workers,
+                                threads=threads, limit=limit, cache_dir=cache_dir, draft=not no_draft,
+                                precision=precision, trt=trt, show=show, show_query=show_query,
+                                on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
     if as_json:
         echo_json({"weights": run.results["weights"], "banner": run.results["banner"], "pairs": run.results["pairs"],
                    "files": {n: str(p) for n, p in run.files.items()}, "run": run.results["run"]})

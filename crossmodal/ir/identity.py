@@ -13,7 +13,10 @@
 * ``{"kind": "probe", "base": <identity>, "head": ..., "layer": ..., "train_modality": ...,
   "base_fingerprint": ...}`` — a network ``crossmodal probe`` adjusted: the base model's
   weights (``base``, any of the kinds above) with a head trained on its features. It is
-  random (:func:`is_random`, the banner) exactly when its base is.
+  random (:func:`is_random`, the banner) exactly when its base is;
+* ``{"kind": "finetune", "base": <identity>, "modalities": [...], "train_from": ..., "head": ...,
+  "tower": ..., "base_fingerprint": ...}`` — a network ``crossmodal finetune`` trained further (a
+  modality's tower when ``tower`` names one); random exactly when its base is.
 
 Every command that reports on a model calls :func:`describe` (one line for people),
 :func:`identity` (the dict for JSON) and :func:`banner` (the warning that tops every
@@ -33,6 +36,8 @@ from typing import Any, Mapping
 
 RANDOM_BANNER = "random weights: these numbers mean nothing about Places365"
 ORIGIN_SUFFIX = ".origin.json"
+#: identities of networks derived from a base network (random exactly when the base is)
+DERIVED = ("probe", "finetune")
 
 
 def identity(graph_or_identity: Any) -> dict[str, Any]:
@@ -44,7 +49,7 @@ def identity(graph_or_identity: Any) -> dict[str, Any]:
         prov = graph_or_identity.provenance
         ident = dict(prov.weights_identity or {})
         sha = prov.source_sha256
-    if ident.get("kind") == "probe":
+    if ident.get("kind") in DERIVED:
         return {**ident, "base": identity(ident.get("base") or {})}
     if ident.get("kind") not in ("random", "card", "unknown"):
         ident = {"kind": "unknown", "sha256": sha or ""}
@@ -53,7 +58,7 @@ def identity(graph_or_identity: Any) -> dict[str, Any]:
 
 def is_random(graph_or_identity: Any) -> bool:
     ident = identity(graph_or_identity)
-    return ident["kind"] == "random" or (ident["kind"] == "probe" and is_random(ident["base"]))
+    return ident["kind"] == "random" or (ident["kind"] in DERIVED and is_random(ident["base"]))
 
 
 def describe(graph_or_identity: Any) -> str:
@@ -65,6 +70,11 @@ def describe(graph_or_identity: Any) -> str:
         trained = f" trained on {ident['train_modality']}" if ident.get("train_modality") else ""
         return (f"a probe head ({ident.get('head', '?')} on {ident.get('layer', '?')}{trained}) on "
                 f"{describe(ident['base'])}")
+    if ident["kind"] == "finetune":
+        mods = ", ".join(ident.get("modalities") or []) or "?"
+        tower = f", the {ident['tower']} tower" if ident.get("tower") else ""
+        return (f"fine-tuned on {mods} (from {ident.get('train_from', '?')}, head {ident.get('head', '?')}{tower}) "
+                f"from {describe(ident['base'])}")
     if ident["kind"] == "random":
         return f"random weights (seed {ident.get('seed', '?')})"
     if ident["kind"] == "card":
