@@ -19,7 +19,6 @@ order and returns ``{ir_layer_name: array}``, maps NCHW, flat layers (N, F).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Mapping
 

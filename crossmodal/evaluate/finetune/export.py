@@ -16,7 +16,6 @@ from typing import Sequence
 
 import numpy as np
 
-from crossmodal.emitters.to_torch import module_key
 from crossmodal.ir import identity
 from crossmodal.ir.graph import IRModel, Labels, Layer, Provenance, TensorSpec
 

@@ -122,7 +122,7 @@ def prepare(s: Settings, *, need_device: bool = True) -> Context:
 
 def open_device(device: str, world: ddp.World):
     """The run's ``torch.device`` (each rank's own under torchrun), the process group joined."""
-    from crossmodal.runtime.engines import torch_device
+    from crossmodal.runtime.devices import torch_device
     dev = torch_device(ddp.device_for(world, device))
     if dev.type == "cuda" and dev.index is not None:
         import torch

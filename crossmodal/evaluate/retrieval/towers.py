@@ -55,7 +55,8 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
     docstring); the same files as ``retrieval`` (``retrieval.json`` names the model of each modality)."""
     from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
     from crossmodal.evaluate.retrieval import reports
-    from crossmodal.runtime.backends import SharedBackend, check_device
+    from crossmodal.runtime.devices import check_device
+    from crossmodal.runtime.engine import SharedEngine
 
     t0, started = time.perf_counter(), utc_now()
     step = on_step or (lambda msg: None)
@@ -92,7 +93,7 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
     with staged(out_dir) as stage:
         feats, ran = {}, {}
         for n in names:
-            runner = SharedBackend(backend, models[n], ["logits", layer], device=device, graph=graphs[n],
+            runner = SharedEngine(backend, models[n], ["logits", layer], device=device, graph=graphs[n],
                                    threads=threads, precision=precision)
             try:
                 step(f"{n}: {len(datasets[n].records)} images through {models[n]}")
@@ -102,7 +103,7 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
                                       on_start=(lambda d, t, m=n: on_start(m, d, t)) if on_start else None,
                                       on_batch=(lambda d, t, m=n: on_batch(m, d, t)) if on_batch else None)
                 feats[n] = as_modality_features(n, datasets[n], fs, layer)
-                ran[n] = runner.backend.describe() if runner.backend is not None else None
+                ran[n] = runner.engine.describe() if runner.engine is not None else None
             finally:
                 runner.close()
         pairs = [score_pair(feats[q], feats[t], metric=metric, k=k) for q in q_names for t in t_names]
