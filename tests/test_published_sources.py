@@ -37,26 +37,27 @@ def test_the_retrieval_report_prints_the_full_citations():
     assert json.dumps(pub).count("tracker") == 0
 
 
-def test_unchecked_tables_say_why_and_the_sketch_mapping_is_flagged():
-    """The papers' results tables could not be read: nothing claims a table number, and the
-    SPT -> sketch pairing (the CVPR paper's Figure 1 also shows spatial text) is marked unchecked."""
+def test_unchecked_tables_say_why_and_the_sketch_mapping_follows_figure_1():
+    """The papers' results tables could not be read: nothing claims a table number; sketches are the
+    papers' line drawings (LDR), spatial text (SPT) is kept under its own name (their Figure 1)."""
     data = published.load_published()
     for name, table in data["tables"].items():
         assert table["location"] == {"castrejon2016": None, "aytar2016": None}, name
         assert "could not be read" in table["location_note"] and "values" in table["location_note"], name
-    assert data["modalities"]["sketch"] == "SPT"
-    assert "spatial text" in data["modalities_note"] and "not been confirmed" in data["modalities_note"]
+    assert data["toolkit_modalities"] == {"natural": "NAT", "clipart": "CLP", "sketch": "LDR"}
+    assert data["modalities"]["SPT"] == "spatial text" and data["modalities"]["LDR"].startswith("line drawings")
+    assert "Figure 1" in data["modalities_note"] and "transcription" in data["modalities_note"]
 
 
 def _report_results(pub: dict) -> dict:
-    pairs = [{"query": "sketch", "target": "natural", "map": 0.05, "precision_at_k": 0.08, "k": 10},
+    pairs = [{"query": "natural", "target": "clipart", "map": 0.05, "precision_at_k": 0.08, "k": 10},
              {"query": "sketch", "target": "sketch", "map": 0.3, "precision_at_k": 0.4, "k": 10}]
     return {"published": pub, "pairs": pairs, "model": {"name": "m"}, "layer": "fc7", "metric": "cosine"}
 
 
 def test_the_markdown_report_says_where_each_table_is_printed():
     from crossmodal.evaluate.retrieval import reports as rr
-    pub = rr.published_comparison([{"query": "sketch", "target": "natural"},
+    pub = rr.published_comparison([{"query": "natural", "target": "clipart"},
                                    {"query": "sketch", "target": "sketch"}])
     assert pub["locations"]["cross_modal_map"]["location"] == {"castrejon2016": None, "aytar2016": None}
     md = "\n".join(rr._published_tables(_report_results(pub)))
@@ -74,7 +75,7 @@ def test_a_checked_location_is_printed_beside_its_table(monkeypatch):
         table["location"] = {"castrejon2016": f"Table {i + 1}: Caption A", "aytar2016": f"Table {i + 5}: Caption B"}
     monkeypatch.setattr(rr, "load_published", lambda: data)
     md = "\n".join(rr._published_tables(_report_results(rr.published_comparison(
-        [{"query": "sketch", "target": "natural"}, {"query": "sketch", "target": "sketch"}]))))
+        [{"query": "natural", "target": "clipart"}, {"query": "sketch", "target": "sketch"}]))))
     assert "Printed in: castrejon2016: Table 1: Caption A; aytar2016: Table 5: Caption B." in md  # within-modal
     assert "Printed in: castrejon2016: Table 2: Caption A; aytar2016: Table 6: Caption B." in md  # cross-modal
     assert "not yet checked against the paper;" not in md and "> Values and table numbers" not in md

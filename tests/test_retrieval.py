@@ -114,9 +114,9 @@ def test_cross_modal_map_matches_sklearn_on_reference_features(cross_run, model,
 def test_outputs_for_people(cross_run, root):
     out, data = cross_run
     md = (out / "retrieval.md").read_text()
-    assert "| query \\ target | natural (NAT) |" in md and "| sketch (SPT) |" in md
-    # published SPT→NAT numbers, beside this run, with the caveat
-    assert "SPT→NAT" in md and "| BL-Individual | 7.0 |" in md and "| unspecified | 21.1 |" in md
+    assert "| query \\ target | natural (NAT) |" in md and "| sketch (LDR) |" in md
+    # a sketch query has no published cross-modal value: "–", and no spatial-text number beside it
+    assert "LDR→NAT" in md and "| BL-Individual | – |" in md and "21.1" not in md
     assert "this run" in md and "not a like-for-like" in md
     for name in ("retrieval.png", "neighbours_sketch_to_natural.png"):
         with Image.open(out / name) as im:

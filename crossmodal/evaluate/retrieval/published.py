@@ -15,11 +15,13 @@ table's ``location`` and notes beside the values). They are
 **reference** values: the published networks were trained for cross-modal
 alignment, unlike the Places365 networks this toolkit evaluates.
 
-Values are percentages as printed in the papers. Modalities are keyed
-``natural`` / ``clipart`` / ``sketch``; :func:`modality_key` also accepts the
-papers' abbreviations ``NAT`` / ``CLP`` / ``SPT`` (any case). That ``SPT`` holds the
-sketch values is how they were transcribed, not checked against the papers' tables:
-the CVPR paper's Figure 1 also shows a spatial-text modality (``modalities_note``).
+Values are percentages as the study transcribed them. The papers' five modalities (their
+Figure 1: real images, clip art, sketches, spatial text, descriptions) are keyed by their
+abbreviations ``NAT``, ``CLP``, ``SPT`` (spatial text), ``LDR`` (line drawings: the sketches)
+and ``DSC`` (descriptions); this toolkit's image modalities map onto three of them
+(:data:`ABBREVIATIONS`: natural → NAT, clipart → CLP, sketch → LDR). Spatial text and
+descriptions are no image modality here: their values stay under their own names and are never
+shown beside a sketch run. With LDR (or DSC) as the query the papers give no cross-modal value.
 """
 from __future__ import annotations
 
@@ -31,23 +33,30 @@ from importlib import resources
 from crossmodal.errors import InputError
 
 __all__ = [
-    "MODALITIES", "ABBREVIATIONS", "modality_key", "load_published", "published_within_modal",
+    "MODALITIES", "ABBREVIATIONS", "PAPER_MODALITIES", "modality_key", "load_published", "published_within_modal",
     "published_cross_modal", "published_chance_map",
 ]
 
 _FILE = "published_cmplaces.json"
 MODALITIES: tuple[str, ...] = ("natural", "clipart", "sketch")
-#: Modality key → the papers' abbreviation.
-ABBREVIATIONS: dict[str, str] = {"natural": "NAT", "clipart": "CLP", "sketch": "SPT"}
+#: This toolkit's modality → the papers' abbreviation of the same modality.
+ABBREVIATIONS: dict[str, str] = {"natural": "NAT", "clipart": "CLP", "sketch": "LDR"}
+#: The papers' five modalities, by abbreviation.
+PAPER_MODALITIES: dict[str, str] = {"NAT": "natural images", "CLP": "clip art", "SPT": "spatial text",
+                                    "LDR": "line drawings (sketches)", "DSC": "descriptions"}
 _CROSS_TABLES = {"map": "cross_modal_map", "precision_at_10": "cross_modal_precision_at_10"}
 
 
 def modality_key(name: str) -> str:
-    """``"NAT"``, ``"nat"`` or ``"natural"`` → ``"natural"`` (likewise CLP, SPT)."""
+    """``"NAT"``, ``"nat"`` or ``"natural"`` → ``"natural"`` (likewise CLP → clipart, LDR → sketch);
+    the papers' spatial text (SPT) and descriptions (DSC) are no image modality of this toolkit."""
     low = str(name).strip().lower()
     for key, abbr in ABBREVIATIONS.items():
         if low in (key, abbr.lower()):
             return key
+    if low.upper() in PAPER_MODALITIES:
+        raise InputError(f"{low.upper()} is the papers' {PAPER_MODALITIES[low.upper()]}, not an image modality "
+                         "of this toolkit (sketches are the papers' line drawings, LDR)")
     raise InputError(f"unknown modality {name!r}; use one of "
                      + ", ".join(f"{k} ({a})" for k, a in ABBREVIATIONS.items()))
 
@@ -66,12 +75,13 @@ def load_published() -> dict:
 
 
 def published_within_modal() -> dict[str, dict[str, float]]:
-    """Within-modal fc7 mAP (%): ``{method: {modality: value}}``."""
+    """Within-modal fc7 mAP (%): ``{method: {paper modality (NAT, CLP, SPT, LDR, DSC): value}}``."""
     return copy.deepcopy(_load()["tables"]["within_modal_map"]["values"])
 
 
 def published_cross_modal(metric: str = "map") -> dict[str, dict[tuple[str, str], float]]:
-    """Cross-modal fc7 results (%): ``{method: {(query, target): value}}``.
+    """Cross-modal fc7 results (%): ``{method: {(query, target): value}}``, modalities by the papers'
+    abbreviations (a pair the papers give no value for is absent).
 
     ``metric`` is ``"map"`` or ``"precision_at_10"`` (the latter's method is not
     named by the source and is stored as ``"unspecified"``).

@@ -36,17 +36,20 @@ def published_comparison(pairs: Sequence[dict]) -> dict:
         q, t = p["query"], p["target"]
         if q not in ABBREVIATIONS or t not in ABBREVIATIONS:
             continue
+        qa, ta = ABBREVIATIONS[q], ABBREVIATIONS[t]
         if q == t:
-            maps = {m: v[q] for m, v in within.items() if q in v}
+            maps = {m: v[qa] for m, v in within.items() if qa in v}
             precision = {}
-        else:
-            maps = {m: v[(q, t)] for m, v in cross.items() if (q, t) in v}
-            precision = {m: v[(q, t)] for m, v in p10.items() if (q, t) in v}
-        rows.append({"query": q, "target": t, "map_percent": maps, "precision_at_10_percent": precision})
+        else:  # LDR as the query: the papers give none, the table shows "–"
+            maps = {m: v[(qa, ta)] for m, v in cross.items() if (qa, ta) in v}
+            precision = {m: v[(qa, ta)] for m, v in p10.items() if (qa, ta) in v}
+        rows.append({"query": q, "target": t, "query_paper": qa, "target_paper": ta, "map_percent": maps,
+                     "precision_at_10_percent": precision})
     locations = {name: {"location": dict(table["location"]), "location_note": table.get("location_note")}
                  for name, table in data["tables"].items()}
     return {"note": data["note"], "sources": {k: v["citation"] for k, v in data["sources"].items()},
             "locations": locations, "modalities_note": data.get("modalities_note"),
+            "methods": {name: list(table["values"]) for name, table in data["tables"].items()},
             "chance_map_percent": data["chance_map_percent"], "pairs": rows}
 
 
@@ -101,11 +104,13 @@ def _published_tables(results: dict) -> list[str]:
             ("Cross-modal mAP (%)", cross, "map_percent", "map", "cross_modal_map"),
             ("Cross-modal P@10 (%)", cross, "precision_at_10_percent", "precision_at_k",
              "cross_modal_precision_at_10")):
-        methods = list(dict.fromkeys(m for r in rows for m in r[key]))
-        if not methods:
+        if not rows or (metric != "map" and not any(r[key] for r in rows)):
             continue
+        # every method of the table, "–" where the papers give no value (e.g. line drawings as the query)
+        methods = pub.get("methods", {}).get(table) or list(dict.fromkeys(m for r in rows for m in r[key]))
         heads = [ABBREVIATIONS[r["query"]] if r["query"] == r["target"] else
                  f"{ABBREVIATIONS[r['query']]}→{ABBREVIATIONS[r['target']]}" for r in rows]
+        missing = [h for r, h in zip(rows, heads) if not r[key]]
         lines += [f"### {title}", "", "| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(rows)]
         for m in methods:
             lines.append(f"| {m} | " + " | ".join(f"{r[key][m]:.1f}" if m in r[key] else "–" for r in rows) + " |")
@@ -114,7 +119,9 @@ def _published_tables(results: dict) -> list[str]:
         lines.append(f"| {this_run}{note} | " + " | ".join(
             f"{100 * ours[(r['query'], r['target'])][metric]:.1f}" for r in rows) + " |")
         where = locations.get(table)
-        lines += ["", f"Printed in: {location_line(where)}."]
+        lines += [""] + ([f"No published value for {', '.join(missing)}: the papers report none with line drawings "
+                          "(sketches) as the query.", ""] if missing and metric == "map" else []) \
+            + [f"Printed in: {location_line(where)}."]
         if where and not all(where["location"].values()) and where.get("location_note") \
                 and where["location_note"] not in notes:
             notes.append(where["location_note"])
