@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_errors, json_option, precision_option,
-                                    step_printer, trt_option)
+from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_errors, json_option, locks_output,
+                                    precision_option, step_printer, trt_option)
 
 
 @click.command("baseline")
@@ -54,6 +54,7 @@ from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_er
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
+@locks_output("out_dir", "baseline")
 def baseline(model_dir, modality, data_root, config, split, images, list_file, categories, backend, device,
              precision, trt, batch_size, workers, threads, limit, label_map, unmapped, features, out_dir, cache_dir,
              no_draft, quiet, as_json):

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_size_option, json_option, step_printer
+from crossmodal.cli.options import locks_output
 
 
 @click.command("convert")
@@ -46,6 +47,7 @@ from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_siz
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @json_option
 @handle_errors
+@locks_output("out_dir", "convert")
 def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel, mean_file, mean_mode,
             rgb_input, opset, onnx_outputs, input_size, arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import handle_errors, step_printer
+from crossmodal.cli.options import handle_errors, step_printer, locks_output
 from crossmodal.errors import InputError
 
 SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -90,6 +90,7 @@ LAYOUTS = ["named", "torchvision", "csail", "dataparallel", "safetensors", "rele
 @click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With a Caffe --arch: its deploy prototxt (default: $CROSSMODAL_SHARED_DATA/places365/).")
 @handle_errors
+@locks_output("out_dir", "demo")
 def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     """Write a full-size Places365 network (VGG16 by default; --arch) with SEEDED RANDOM weights in
     the published checkpoint layout, convert it to the IR, Keras 3 and ONNX, verify every layer on

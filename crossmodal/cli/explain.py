@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer, locks_output
 
 
 class Progress:
@@ -61,6 +61,7 @@ class Progress:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
+@locks_output("out_dir", "explain")
 def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run, per_class, categories, device,
             batch_size, threads, no_overlays, no_draft, quiet, as_json):
     """Where the network looks: class activation maps (CAM on GAP + dense networks, Grad-CAM

@@ -2,12 +2,14 @@
 to the whole network), resumable, data-parallel under torchrun; towers per modality; a search."""
 from __future__ import annotations
 
+import os
+
 import sys
 from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer, locks_output
 
 
 class Bars:
@@ -84,6 +86,7 @@ class Bars:
 @click.option("--quiet", "-q", is_flag=True)
 @json_option
 @handle_errors
+@locks_output("out_dir", "finetune", when=lambda kw: os.environ.get("RANK", "0") == "0")
 def finetune(model_dir, modality, data_root, config, train_split, val_split, balance, out_dir, train_from, unfreeze_at,
              base_lr_mult, head, label_map, augment, augment_preview, workers, epochs, batch_size, lr, optimizer,
              weight_decay, label_smoothing, sched, warmup_epochs, step_every, clip_grad, precision, compile_, patience,

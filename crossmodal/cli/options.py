@@ -26,6 +26,23 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def locks_output(param: str, command: str, *, when: Callable[[dict], bool] | None = None) -> Callable:
+    """Hold the lock of the folder given as ``param`` for the whole command: one run per output
+    folder (:func:`crossmodal.io.locks.output_lock`); ``when(kwargs)`` False skips it (a folder the
+    run does not write, a torchrun rank other than 0). Goes under :func:`handle_errors`."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            folder = kwargs.get(param)
+            if folder is None or (when is not None and not when(kwargs)):
+                return fn(*args, **kwargs)
+            from crossmodal.io.locks import output_lock
+            with output_lock(folder, command):
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
 def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(fn)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.explain import Progress
-from crossmodal.cli.options import echo_json, handle_errors, json_option
+from crossmodal.cli.options import echo_json, handle_errors, json_option, locks_output
 
 
 @click.command("predict")
@@ -32,6 +32,7 @@ from crossmodal.cli.options import echo_json, handle_errors, json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 @handle_errors
+@locks_output("cam_dir", "predict", when=lambda kw: bool(kw.get("cam")))
 def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir, backend, device, batch_size, threads,
             no_draft, quiet, as_json):
     """Classify images (files or folders): the top-k scenes with probabilities, the

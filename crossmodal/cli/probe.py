@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_option, step_printer
+from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_option, step_printer, locks_output
 
 
 @click.command("probe")
@@ -55,6 +55,7 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
+@locks_output("out_dir", "probe")
 def probe(model_dir, modality, train_modality, all_pairs, data_root, config, train_split, test_split, layer,
           classifier, C, cv, shots, seeds, seed, backend, device, batch_size, workers, threads, cache_dir, no_draft,
           no_model, out_dir, quiet, as_json):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json_option, precision_option,
+from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json_option, locks_output, precision_option,
                                     step_printer, trt_option)
 
 
@@ -55,6 +55,7 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
+@locks_output("out_dir", "retrieval")
 def retrieval(model_dir, per_modality, queries, targets, all_pairs, layer, metric, k, data_root, config, split, backend, device,
               precision, trt, batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir,
               quiet, as_json):

@@ -1,0 +1,78 @@
+"""One run per output folder: a command that writes a folder holds a lock on it for the whole run.
+
+The lock is a file beside the folder, not inside it (``runs/.baseline.crossmodal.lock`` for
+``--out runs/baseline``), since a run's staged outputs are renamed into the folder; it is an OS
+lock (:mod:`filelock`), released when its process ends, even killed. A second run on the same
+folder does not wait: it refuses at once with :class:`~crossmodal.errors.InputError` (exit 2),
+naming the run that holds the folder (its command, process id and start time, read from
+``.NAME.crossmodal-run.json`` beside the lock, written once the lock is held). So a folder always
+ends holding exactly one run's files.
+
+The lock file itself stays (0 bytes): deleting it on release would let a process that opened
+it just before the delete hold a lock on a file nobody else sees. When the folder's parent did
+not exist and the run wrote nothing, the parent folders the lock created are removed again.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from crossmodal.errors import InputError
+
+
+def lock_paths(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """(the lock file, the holder's description) beside ``folder``."""
+    folder = Path(os.path.abspath(folder))
+    return (folder.with_name(f".{folder.name}.crossmodal.lock"),
+            folder.with_name(f".{folder.name}.crossmodal-run.json"))
+
+
+def _holder(info: Path) -> str:
+    try:
+        data = json.loads(info.read_text())
+        return f"`{data['command']}` (pid {data['pid']}, started {data['started_utc']} UTC)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another crossmodal run"
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for the block, or refuse at once naming the run that holds it."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(os.path.abspath(folder))
+    lock_file, info = lock_paths(folder)
+    created = [p for p in [lock_file.parent, *lock_file.parent.parents] if not p.exists()]
+    lock = FileLock(str(lock_file))
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(f"another run is writing to this folder: {_holder(info)}; wait for it to finish or "
+                         "choose another output folder", folder) from None
+    except OSError:  # no folder can be made or locked here: no other run can write here either, and the
+        yield        # command's own check names the problem (a file in the way, a read-only disk)
+        return
+    try:
+        record = {"command": f"crossmodal {command}", "argv": list(sys.argv), "pid": os.getpid(),
+                  "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        try:
+            info.write_text(json.dumps(record))
+        except OSError:  # the description is a courtesy; the lock is what counts
+            pass
+        yield
+    finally:
+        info.unlink(missing_ok=True)
+        lock.release()
+        if created and not folder.exists():  # nothing written: leave the tree as it was
+            lock_file.unlink(missing_ok=True)
+            for parent in created:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break

@@ -1,0 +1,102 @@
+"""One run per output folder: a second run on a folder another run is writing refuses at once (exit 2,
+one line naming the other run), and the folder ends holding exactly one run's files."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from crossmodal.cli import main
+from crossmodal.errors import InputError
+from crossmodal.io.locks import lock_paths, output_lock
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.argv = ["crossmodal", "baseline", "--out", sys.argv[1]]
+    from crossmodal.io.locks import output_lock
+    with output_lock(sys.argv[3], "baseline"):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def _hold(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_refuses_naming_the_first_and_the_lock_dies_with_its_process(tmp_path):
+    out = tmp_path / "runs" / "baseline"
+    holder = _hold(out)
+    try:
+        with pytest.raises(InputError, match=rf"another run is writing to this folder: `crossmodal baseline` "
+                                             rf"\(pid {holder.pid}, started "):
+            with output_lock(out, "probe"):
+                pass
+        lock_file, info = lock_paths(out)
+        assert lock_file.parent == out.parent and json.loads(info.read_text())["pid"] == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with output_lock(out, "probe"):  # an OS lock: released when its process died, even killed
+        assert json.loads(lock_paths(out)[1].read_text())["command"] == "crossmodal probe"
+    assert not lock_paths(out)[1].exists()
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "new" / "deeper" / "out"
+    with output_lock(out, "convert"):
+        assert lock_paths(out)[0].is_file()
+    assert not (tmp_path / "new").exists()
+
+
+def test_every_folder_writing_command_refuses_while_another_run_holds_the_folder(tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    runner = CliRunner()
+    holder = _hold(out)
+    try:
+        commands = [
+            ["convert", str(tiny_ckpt[0]), "--input-size", "20x28", "--out-dir", str(out), "-q"],
+            ["baseline", "--model", str(tmp_path / "m"), "--modality", "natural", "--data-root", str(tmp_path),
+             "--out", str(out), "-q"],
+            ["retrieval", "--model", str(tmp_path / "m"), "--all", "--data-root", str(tmp_path), "--out", str(out)],
+            ["probe", "--model", str(tmp_path / "m"), "--modality", "sketch", "--data-root", str(tmp_path),
+             "--out", str(out)],
+            ["explain", "--model", str(tmp_path / "m"), str(tmp_path), "--out", str(out)],
+            ["fetch", "places365-labels", "--dest", str(out)],
+            ["demo", "--out-dir", str(out)],
+        ]
+        for args in commands:
+            result = runner.invoke(main, args)
+            assert result.exit_code == 2, (args[0], result.output)
+            assert "another run is writing to this folder: `crossmodal baseline`" in result.output, args[0]
+            assert result.output.count("\n") == 1, (args[0], result.output)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_converts_started_at_once_leave_one_complete_model(tmp_path, tiny_ckpt):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "crossmodal", "convert", str(tiny_ckpt[0]), "--input-size", "20x28", "--to",
+           "ir,onnx", "--out-dir", str(out), "-q"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 2], [0, 0]), results  # [0, 0]: the first had finished before the second began
+    if codes == [0, 2]:
+        refused = next(err for code, err in results if code == 2)
+        assert "another run is writing to this folder: `crossmodal convert`" in refused
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "weights.h5"]
+    from crossmodal.ir.store import load_ir
+    load_ir(out)  # complete: every tensor's hash checks
+    assert not lock_paths(out)[1].exists()
