@@ -18,10 +18,15 @@ import crafted
 LIMIT_S = 60
 LIMIT_KIB = int(1.5 * 2**20)  # 1.5 GiB in KiB, as ru_maxrss counts on Linux
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a large pytest process
+# would report its parent's size; VmHWM is this address space's own peak.
 RUNNER = textwrap.dedent("""
-    import atexit, resource, sys
+    import atexit, re, sys
     out = sys.argv[1]
-    atexit.register(lambda: open(out, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+    def peak():
+        status = open("/proc/self/status").read()
+        open(out, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+    atexit.register(peak)
     from crossmodal.cli import main
     sys.argv = ["crossmodal", *sys.argv[2:]]
     main()

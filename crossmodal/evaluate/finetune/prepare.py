@@ -69,7 +69,7 @@ def mapping_for(graph, classes, label_map=None):
 
 def prepare(s: Settings, *, need_device: bool = True) -> Context:
     """Check ``s`` and read what the run needs (module docstring); joins the process group under torchrun."""
-    from crossmodal.evaluate.features import model_fingerprint, read_mean_image
+    from crossmodal.evaluate.feature_cache import model_fingerprint, read_mean_image
     from crossmodal.ir.consistency import check as check_consistency
     from crossmodal.ir.store import load_ir
 

@@ -53,7 +53,8 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
                         on_start=None, on_batch=None) -> RetrievalRun:
     """Score every (query, target) pair with each modality's features from its own model (module
     docstring); the same files as ``retrieval`` (``retrieval.json`` names the model of each modality)."""
-    from crossmodal.evaluate.features import extract_features, model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.feature_cache import model_fingerprint, run_cache_dir
+    from crossmodal.evaluate.features import extract_features
     from crossmodal.evaluate.retrieval import reports
     from crossmodal.runtime.devices import check_device
     from crossmodal.runtime.engine import SharedEngine
