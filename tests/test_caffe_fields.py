@@ -516,3 +516,73 @@ def test_future_layer_parameters_are_transcribed():
         assert any(m == msg for (m, _) in ROWS), msg
     for name in ("lrn_param", "concat_param", "eltwise_param", "batch_norm_param", "scale_param", "bias_param"):
         assert ("LayerParameter", name) in ROWS
+
+
+# --------------------------------------------------------------------------- against BVLC's own file
+def _parse_upstream_proto(text: str):
+    """BVLC ``caffe.proto`` text → (fields {(message, name): (line, label, type, number, packed)},
+    enums {"Message.Enum" or "Enum": {name: (line, number)}}). A small proto2 reader for this file's
+    grammar: top-level messages holding fields and nested enums, top-level enums."""
+    import re
+    fields, enums, stack = {}, {}, []
+    field_re = re.compile(r"^(optional|repeated|required)\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*(\[[^\]]*\])?\s*;")
+    value_re = re.compile(r"^(\w+)\s*=\s*(-?\d+)\s*(\[[^\]]*\])?\s*;")
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("//", 1)[0].strip()
+        if not line:
+            continue
+        opened = re.match(r"^(message|enum)\s+(\w+)\s*\{", line)
+        if opened:
+            stack.append((opened.group(1), opened.group(2)))
+            continue
+        if line.startswith("}"):
+            stack.pop()
+            continue
+        if not stack:
+            continue
+        kind, name = stack[-1]
+        if kind == "message" and (m := field_re.match(line)):
+            label, ftype, fname, number, opts = m.groups()
+            fields[(name, fname)] = (lineno, label, ftype, int(number), bool(opts and "packed = true" in opts))
+        elif kind == "enum" and (m := value_re.match(line)):
+            path = ".".join(n for _, n in stack)
+            enums.setdefault(path, {})[m.group(1)] = (lineno, int(m.group(2)))
+    return fields, enums
+
+
+@pytest.fixture(scope="module")
+def bvlc():
+    from helpers import require_shared
+    return _parse_upstream_proto(require_shared("caffe", "caffe.proto").read_text(encoding="utf-8"))
+
+
+def _type_of(ftype: str) -> str:
+    return ftype[5:].split(".")[-1] if ftype.startswith("enum:") else ftype
+
+
+def test_the_transcription_is_bvlcs_file_line_for_line(bvlc):
+    """Every row of ``UPSTREAM`` / ``UPSTREAM_ENUMS`` is in ``../shared/data/caffe/caffe.proto`` (BVLC's
+    own text, commit 9b8915401) at the line it names, with its label, type, number and packing."""
+    fields, enums = bvlc
+    assert len(fields) > 400  # the whole file was read
+    for line, msg, label, ftype, name, number, *extra in UPSTREAM:
+        assert (msg, name) in fields, f"{msg}.{name} is not in BVLC caffe.proto"
+        up_line, up_label, up_type, up_number, up_packed = fields[(msg, name)]
+        assert (up_line, up_label, up_number, up_packed) == (line, label, number, "packed" in extra), (msg, name)
+        assert up_type.split(".")[-1] == _type_of(ftype), (msg, name, up_type, ftype)
+    for path, values in UPSTREAM_ENUMS.items():
+        assert {n: (line, number) for line, n, number in values}.items() <= enums[path].items(), path
+
+
+def test_every_schema_field_is_bvlcs(bvlc):
+    """The reader's schema straight against BVLC's file: every message, field number, label, type and
+    packing it declares is Caffe's."""
+    fields, enums = bvlc
+    for msg, label, ftype, name, number, extra in _schema_fields():
+        assert (msg, name) in fields, f"{msg}.{name} is not in BVLC caffe.proto"
+        _, up_label, up_type, up_number, up_packed = fields[(msg, name)]
+        assert (up_label, up_number, up_packed) == (label, number, "packed" in extra), (msg, name)
+        assert up_type.split(".")[-1] == _type_of(ftype), (msg, name, up_type, ftype)
+    for path, values in schema.ENUMS.items():
+        key = path if path in enums else next(p for p in enums if p.endswith("." + path) or p == path)
+        assert {n: v for n, v in values} == {n: num for n, (_, num) in enums[key].items() if n in dict(values)}, path

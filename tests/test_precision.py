@@ -67,6 +67,24 @@ def test_fp16_model_is_built_once_beside_fp32_and_keyed_by_its_fingerprint(model
     assert not list(model_dir.glob(".*tmp*"))                                   # no temporary left
 
 
+def test_a_cached_fp16_model_edited_after_it_was_made_is_rebuilt_not_trusted(model_dir):
+    """The cache key names the fp32 source; the cached file's own SHA-256 is checked before reuse,
+    so a damaged or replaced model.fp16.onnx (its key still valid) is remade."""
+    import onnx
+
+    path = P.fp16_onnx(model_dir)
+    good = path.read_bytes()
+    proto = onnx.load(str(path))
+    w = next(t for t in proto.graph.initializer if t.name == "fc8.bias")
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr[0] += np.float16(5.0)
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    onnx.save(proto, str(path))  # same key in the sidecar, other weights
+    notes = []
+    assert P.fp16_onnx(model_dir, log=notes.append) == path
+    assert any("SHA-256 differs" in n for n in notes) and path.read_bytes() == good
+
+
 def test_fp16_model_is_rebuilt_when_the_fp32_model_changes(model_dir):
     import onnx
 
@@ -193,7 +211,10 @@ def test_fp16_gate_fails_on_an_injected_fault_and_shows_where_the_error_grows(mo
     w = next(t for t in proto.graph.initializer if t.name == "conv2_1.weight")
     arr = onnx.numpy_helper.to_array(w) * np.float16(1.05)  # a 5 % fault in one fp16 layer
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
-    onnx.save(proto, str(path))  # the key in the sidecar still matches: the cache trusts it
+    onnx.save(proto, str(path))
+    from crossmodal.io.hashing import file_sha256
+    sidecar = Path(f"{path}.json")  # as if the converter itself had made the faulty model: the cache trusts it
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "sha256": file_sha256(path)}))
 
     report = run_verify(model_dir, source=tiny_ckpt[0], random=6, seed=2, precision="fp16",
                         engines=("torch", "onnx"))

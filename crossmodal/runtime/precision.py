@@ -171,10 +171,23 @@ def fp16_location(model_dir: str | os.PathLike, digest: str, cache_dir=None) -> 
 
 def cached_fp16_key(path: Path) -> str | None:
     """The key digest recorded in ``path``'s sidecar, or None (absent, unreadable)."""
+    return _sidecar(path).get("key_sha256")
+
+
+def _sidecar(path: Path) -> dict:
     try:
-        return json.loads(Path(f"{path}.json").read_text())["key_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        data = json.loads(Path(f"{path}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_fp16_intact(path: Path) -> bool:
+    """Whether the cached fp16 model is the file its sidecar recorded (its own SHA-256): a model
+    edited, truncated or replaced after it was made is rebuilt, not trusted for its key alone."""
+    from crossmodal.io.hashing import file_sha256
+    recorded = _sidecar(path).get("sha256")
+    return bool(recorded) and path.is_file() and file_sha256(path) == recorded
 
 
 def convert_fp16(proto):
@@ -191,6 +204,7 @@ def fp16_onnx(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None 
     import onnx
 
     from crossmodal.io.atomic import atomic_path, write_text_atomic
+    from crossmodal.io.hashing import file_sha256
 
     log = log or (lambda msg: None)
     model_dir = Path(model_dir)
@@ -198,7 +212,9 @@ def fp16_onnx(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None 
     digest = key_digest(parts)
     path = fp16_location(model_dir, digest, cache_dir)
     if path.is_file() and cached_fp16_key(path) == digest:
-        return path
+        if cached_fp16_intact(path):
+            return path
+        log(f"the cached fp16 model {path} is not the file that was made (its SHA-256 differs): remaking it")
     log(f"making the fp16 ONNX model {path} from model.onnx ({parts['converter']}, fp32 inputs/outputs)")
     try:
         proto = onnx.load(str(model_dir / "model.onnx"))
@@ -216,7 +232,9 @@ def fp16_onnx(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None 
     Path(f"{path}.json").unlink(missing_ok=True)  # no valid key while the model changes
     with atomic_path(path) as tmp:
         onnx.save(half, str(tmp))
-    write_text_atomic(Path(f"{path}.json"), json.dumps({"key_sha256": digest, "key": parts}, indent=2))
+        made = file_sha256(tmp)
+    write_text_atomic(Path(f"{path}.json"), json.dumps({"key_sha256": digest, "key": parts, "sha256": made},
+                                                       indent=2))
     return path
 
 
