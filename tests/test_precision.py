@@ -6,6 +6,8 @@ import os
 import shutil
 import stat
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
