@@ -117,9 +117,11 @@ def load_checkpoint(path: Path, *, trust_pickle: bool = False, with_torch: bool 
     if kind == "safetensors":
         raw = _safetensors_load(path)
     elif kind in ("zip", "pickle"):
+        from crossmodal.readers import torch_pickle
         raw = None
+        if kind == "zip":  # before either reader: torch.load would inflate a compressed member
+            torch_pickle.check_zip(path)
         if not (trust_pickle or with_torch):
-            from crossmodal.readers import torch_pickle
             try:
                 raw = torch_pickle.load(path, kind)
             except torch_pickle.NotWeightsOnly:

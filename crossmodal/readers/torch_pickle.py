@@ -216,13 +216,30 @@ def load(path: Path, kind: str) -> Any:
         raise NotWeightsOnly(f"{exc.__class__.__name__}: {exc}") from None
 
 
+def _check_members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    infos = zf.infolist()
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise Hostile(f"compressed member {packed[0]!r} (torch stores every member uncompressed; "
+                      "inflating it could take any amount of memory)")
+    return infos
+
+
+def check_zip(path: Path) -> None:
+    """Refuse (InputError) a torch.save zip with a compressed member before anyone reads it: torch's
+    own reader inflates them (a 1 MB member to 1 GB), so this guards the ``torch.load`` path too."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            _check_members(zf)
+    except Hostile as exc:
+        raise InputError(f"refused: {exc}", path) from None
+    except (zipfile.BadZipFile, OSError, ValueError):  # not readable as a zip: the readers say why
+        pass
+
+
 def _load_zip(path: Path):
     with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
-        if packed:
-            raise Hostile(f"compressed member {packed[0]!r} (torch stores every member uncompressed; "
-                          "inflating it could take any amount of memory)")
+        infos = _check_members(zf)
         pkl = [i.filename for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
         if len(pkl) != 1:
             raise NotWeightsOnly("no single data.pkl")
