@@ -70,7 +70,6 @@ def test_every_folder_writing_command_refuses_while_another_run_holds_the_folder
             ["probe", "--model", str(tmp_path / "m"), "--modality", "sketch", "--data-root", str(tmp_path),
              "--out", str(out)],
             ["explain", "--model", str(tmp_path / "m"), str(tmp_path), "--out", str(out)],
-            ["fetch", "places365-labels", "--dest", str(out)],
             ["demo", "--out-dir", str(out)],
         ]
         for args in commands:
@@ -100,3 +99,16 @@ def test_two_converts_started_at_once_leave_one_complete_model(tmp_path, tiny_ck
     from crossmodal.ir.store import load_ir
     load_ir(out)  # complete: every tensor's hash checks
     assert not lock_paths(out)[1].exists()
+
+
+def test_fetch_locks_its_folder_in_the_cache_and_leaves_nothing_beside_or_in_it(tmp_path, monkeypatch):
+    """``fetch --dest .`` adds files to a folder it does not own: its lock lives in the user's cache."""
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path / "cache"))
+    dest = tmp_path / "weights"
+    dest.mkdir()
+    with output_lock(dest, "fetch", central=True):
+        with pytest.raises(InputError, match="`crossmodal fetch`"):
+            with output_lock(dest, "fetch", central=True):
+                pass
+        assert lock_paths(dest, central=True)[0].parent == tmp_path / "cache" / "locks"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "weights"] and not list(dest.iterdir())

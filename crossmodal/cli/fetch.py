@@ -37,7 +37,7 @@ RECORD_SUFFIX = ".sha256"  # DEST/<file>.sha256: the hash computed where the car
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds without data before a try counts as failed.")
 @handle_errors
-@locks_output("dest", "fetch", when=lambda kw: not kw.get("list_only"))
+@locks_output("dest", "fetch", when=lambda kw: not kw.get("list_only"), central=True)
 def fetch(names, dest, url, base_url, sha256, list_only, as_json, no_progress, force, retries, timeout):
     """Download the files of model card NAME (several NAMEs, or `all` for every card).
 

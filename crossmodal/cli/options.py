@@ -26,10 +26,12 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def locks_output(param: str, command: str, *, when: Callable[[dict], bool] | None = None) -> Callable:
+def locks_output(param: str, command: str, *, when: Callable[[dict], bool] | None = None,
+                 central: bool = False) -> Callable:
     """Hold the lock of the folder given as ``param`` for the whole command: one run per output
-    folder (:func:`crossmodal.io.locks.output_lock`); ``when(kwargs)`` False skips it (a folder the
-    run does not write, a torchrun rank other than 0). Goes under :func:`handle_errors`."""
+    folder (:func:`crossmodal.io.locks.output_lock`; ``central``: the lock in the user's cache);
+    ``when(kwargs)`` False skips it (a folder the run does not write, a torchrun rank other than 0).
+    Goes under :func:`handle_errors`."""
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -37,7 +39,7 @@ def locks_output(param: str, command: str, *, when: Callable[[dict], bool] | Non
             if folder is None or (when is not None and not when(kwargs)):
                 return fn(*args, **kwargs)
             from crossmodal.io.locks import output_lock
-            with output_lock(folder, command):
+            with output_lock(folder, command, central=central):
                 return fn(*args, **kwargs)
         return wrapper
     return decorate

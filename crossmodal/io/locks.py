@@ -9,12 +9,15 @@ naming the run that holds the folder (its command, process id and start time, re
 ends holding exactly one run's files.
 
 The lock file itself stays (0 bytes): deleting it on release would let a process that opened
-it just before the delete hold a lock on a file nobody else sees. When the folder's parent did
-not exist and the run wrote nothing, the parent folders the lock created are removed again.
+it just before the delete hold a lock on a file nobody else sees. When the lock had to create
+folders and the run wrote nothing beside it, those folders are removed again. ``fetch``, which
+adds files to a folder it does not own (``--dest .``), keeps its lock in the user's cache
+(:func:`lock_dir`, named by the folder's path), so nothing appears beside or in that folder.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import sys
@@ -25,9 +28,22 @@ from typing import Iterator
 from crossmodal.errors import InputError
 
 
-def lock_paths(folder: str | os.PathLike) -> tuple[Path, Path]:
-    """(the lock file, the holder's description) beside ``folder``."""
+def lock_dir() -> Path:
+    """Where central locks live: ``$CROSSMODAL_CACHE/locks``, else ``$XDG_CACHE_HOME/crossmodal/locks``
+    (``~/.cache/crossmodal/locks``)."""
+    if os.environ.get("CROSSMODAL_CACHE"):
+        return Path(os.environ["CROSSMODAL_CACHE"]).expanduser() / "locks"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crossmodal" / "locks"
+
+
+def lock_paths(folder: str | os.PathLike, central: bool = False) -> tuple[Path, Path]:
+    """(the lock file, the holder's description) beside ``folder``; ``central``: in :func:`lock_dir`,
+    named by the folder's path, for a command that adds files to a folder it does not own (``fetch
+    --dest .``), which must leave no file beside or in it."""
     folder = Path(os.path.abspath(folder))
+    if central:
+        key = hashlib.sha256(str(folder).encode()).hexdigest()[:24]
+        return lock_dir() / f"{key}.lock", lock_dir() / f"{key}.json"
     return (folder.with_name(f".{folder.name}.crossmodal.lock"),
             folder.with_name(f".{folder.name}.crossmodal-run.json"))
 
@@ -41,12 +57,12 @@ def _holder(info: Path) -> str:
 
 
 @contextmanager
-def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+def output_lock(folder: str | os.PathLike, command: str, *, central: bool = False) -> Iterator[None]:
     """Hold ``folder``'s lock for the block, or refuse at once naming the run that holds it."""
     from filelock import FileLock, Timeout
 
     folder = Path(os.path.abspath(folder))
-    lock_file, info = lock_paths(folder)
+    lock_file, info = lock_paths(folder, central)
     created = [p for p in [lock_file.parent, *lock_file.parent.parents] if not p.exists()]
     lock = FileLock(str(lock_file))
     try:
@@ -69,7 +85,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
     finally:
         info.unlink(missing_ok=True)
         lock.release()
-        if created and not folder.exists():  # nothing written: leave the tree as it was
+        if created and not central and set(lock_file.parent.iterdir()) == {lock_file}:  # made for the lock alone
             lock_file.unlink(missing_ok=True)
             for parent in created:
                 try:
