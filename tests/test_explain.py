@@ -320,7 +320,7 @@ def test_predict_follows_the_demo_rules(places_model, photos, tmp_path):
     data = json.loads(r.stdout)
     assert [Path(d["path"]).name for d in data] == [f"img{i}.png" for i in range(5)]
     ir = load_ir(places_model)
-    x = np.stack([load_image(photos / f"img{i}.png", ir.graph.preprocess, draft=True) for i in range(5)])
+    x = np.stack([load_image(photos / f"img{i}.png", ir.graph.preprocess) for i in range(5)])
     ref = reference.run(ir, x, ["fc8a", "relu7"])
     attr_names = [ln.strip() for ln in open(names) if ln.strip()]
     for d, (idx, probs, io, attrs) in zip(data, _demo_rules(ref["fc8a"], ref["relu7"], W,

@@ -89,12 +89,12 @@ def make_cmplaces_tree(root: Path, per_category: int = 4, seed: int = 0) -> dict
 
 
 def reference_logits(model_dir: Path, paths, layers=("logits",)) -> dict[str, np.ndarray]:
-    """The IR's float64 NumPy evaluator on the same preprocessed images (draft decoding on)."""
+    """The IR's float64 NumPy evaluator on the same preprocessed images (full decoding: the default)."""
     from crossmodal.ir import reference
     from crossmodal.ir.store import load_ir
     from crossmodal.data.images import load_image
     model = load_ir(model_dir)
-    x = np.stack([load_image(p, model.graph.preprocess, draft=True) for p in paths])
+    x = np.stack([load_image(p, model.graph.preprocess) for p in paths])
     out = reference.run(model, x, [model.graph.resolve(l) for l in layers])
     return {l: out[model.graph.resolve(l)] for l in layers}
 
@@ -222,7 +222,7 @@ def test_backends_agree(backend, tiny_model, tree, clean):
     from crossmodal.runtime.engine import open_engine
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
-    x, _ = load_batch(clean.paths, load_graph(tiny_model).preprocess, draft=True)
+    x, _ = load_batch(clean.paths, load_graph(tiny_model).preprocess)
     name, opts = ("onnx", {"io_binding": True}) if backend == "onnx-iobinding" else (backend, {})
     with open_engine(name, tiny_model, ("logits", "fc7", "pool5"), device="cpu", **opts) as b:
         out = b.run(x)
@@ -257,6 +257,6 @@ def test_cache_metadata_records_the_run(clean):
         assert json.loads(f.attrs["layers"]) == ["logits", "fc7"]
         assert json.loads(f.attrs["backends"])[0]["backend"] == "onnx"
         parts = json.loads(f.attrs["key_parts"])
-        assert parts["draft"] is True and parts["preprocess"]["crop"] == [20, 28]
+        assert parts["draft"] is False and parts["preprocess"]["crop"] == [20, 28]
         status = f["status"][()]
         assert (status == 2).sum() == len(BROKEN) and (status == 0).sum() == 0

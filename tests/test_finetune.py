@@ -107,8 +107,7 @@ def test_baseline_reads_the_exported_model_and_scores_the_runs_figures(fc6_run, 
     out, r = fc6_run
     for model, key in ((out / "model", "val_top1"), (ft_model, "baseline_top1")):
         res = CliRunner().invoke(main, ["baseline", "--model", str(model), "--modality", "sketch", "--data-root",
-                                        str(ft_root), "--out", str(tmp_path / key), "--device", "cpu", "-q",
-                                        "--no-draft"])  # full decodes, as training reads them
+                                        str(ft_root), "--out", str(tmp_path / key), "--device", "cpu", "-q"])
         assert res.exit_code == 0, res.output
         metrics = json.loads(next((tmp_path / key).rglob("metrics.json")).read_text())
         assert metrics["top1"] == pytest.approx(r[key]), key

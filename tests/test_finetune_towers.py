@@ -89,8 +89,7 @@ def test_retrieval_through_two_towers_equals_features_computed_by_hand(tower_run
     from crossmodal.ir.store import load_ir
     out, r, _ = tower_run
     res = CliRunner().invoke(main, ["retrieval", "--model", str(out), "--query", "sketch", "--target", "clipart",
-                                    "--data-root", str(ft_root), "--out", str(tmp_path / "ret"), "--device", "cpu",
-                                    "--no-draft", "-q", "--json"])
+                                    "--data-root", str(ft_root), "--out", str(tmp_path / "ret"), "--device", "cpu", "-q", "--json"])
     assert res.exit_code == 0, res.output
     pair = json.loads(res.stdout)["pairs"][0]
     feats = {}
@@ -108,6 +107,6 @@ def test_retrieval_through_two_towers_equals_features_computed_by_hand(tower_run
     spec = CliRunner().invoke(main, ["retrieval", "--model-per-modality",
                                      f"sketch={out / 'model-sketch'},clipart={out / 'model-clipart'}", "--query",
                                      "sketch", "--target", "clipart", "--data-root", str(ft_root), "--out",
-                                     str(tmp_path / "ret2"), "--device", "cpu", "--no-draft", "-q", "--json"])
+                                     str(tmp_path / "ret2"), "--device", "cpu", "-q", "--json"])
     assert spec.exit_code == 0, spec.output
     assert json.loads(spec.stdout)["pairs"][0]["map"] == pytest.approx(pair["map"])

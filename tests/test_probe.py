@@ -137,7 +137,7 @@ def test_exported_model_is_fc8_replaced_and_its_logits_are_the_head_on_the_cache
     from crossmodal.runtime.engine import open_engine
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
-    batch, failed = load_batch(paths, load_graph(exported).preprocess, None, draft=True)
+    batch, failed = load_batch(paths, load_graph(exported).preprocess, None)
     assert not failed
     with open_engine("onnx", exported, ["logits"], device="cpu") as onnx:
         logits = onnx.run(batch)["logits"]
@@ -189,7 +189,7 @@ def test_mlp_head_on_pool5_exports_a_cut_network(model, root, pair_run, tmp_path
     from crossmodal.runtime.engine import open_engine
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
-    batch, _ = load_batch([p for p, _ in val], load_graph(out / "model").preprocess, None, draft=True)
+    batch, _ = load_batch([p for p, _ in val], load_graph(out / "model").preprocess, None)
     with open_engine("onnx", out / "model", ["logits"], device="cpu") as onnx:
         np.testing.assert_allclose(onnx.run(batch)["logits"], head, rtol=1e-4, atol=1e-4)
     assert r["top1"] == pytest.approx(np.mean(np.argmax(head, 1) == [DATA_CATEGORIES.index(c) for _, c in val]))

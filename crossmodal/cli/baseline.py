@@ -5,8 +5,18 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_errors, json_option, locks_output,
-                                    precision_option, step_printer, trt_option)
+from crossmodal.cli.options import (
+    ProgressBars,
+    csv_list,
+    echo_json,
+    fast_decode_option,
+    handle_errors,
+    json_option,
+    locks_output,
+    precision_option,
+    step_printer,
+    trt_option,
+)
 
 
 @click.command("baseline")
@@ -50,14 +60,14 @@ from crossmodal.cli.options import (ProgressBars, csv_list, echo_json, handle_er
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder [default: $CROSSMODAL_CACHE, else <out>/cache]. An interrupted run "
                    "resumes from it.")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default).")
+@fast_decode_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
 @locks_output("out_dir", "baseline")
 def baseline(model_dir, modality, data_root, config, split, images, list_file, categories, backend, device,
              precision, trt, batch_size, workers, threads, limit, label_map, unmapped, features, out_dir, cache_dir,
-             no_draft, quiet, as_json):
+             fast_decode, quiet, as_json):
     """Evaluate a converted scene CNN, unadjusted, on CMPlaces modalities (natural images, clip
     art, sketches): top-1/top-5 with label muting, 95 % intervals, per-class accuracy, confusion
     matrix. Writes metrics.json, per_class.csv, predictions.csv, report.md and PNG plots to --out.
@@ -75,7 +85,7 @@ def baseline(model_dir, modality, data_root, config, split, images, list_file, c
                            images=images, list_file=list_file, categories=categories, backend=backend,
                            device=device, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
                            label_map=label_map, unmapped=unmapped, features=None if features is None else csv_list(features),
-                           cache_dir=cache_dir, draft=not no_draft, precision=precision, trt=trt,
+                           cache_dir=cache_dir, draft=fast_decode, precision=precision, trt=trt,
                            on_step=step_printer(quiet_all),
                            on_start=bars.start, on_batch=bars.update)
     if as_json:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer, locks_output
+from crossmodal.cli.options import (
+    csv_list,
+    echo_json,
+    fast_decode_option,
+    handle_errors,
+    json_option,
+    locks_output,
+    step_printer,
+)
 
 
 class Progress:
@@ -56,14 +64,13 @@ class Progress:
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads on the CPU.")
 @click.option("--no-overlays", is_flag=True, help="Only cams.npz and the JSON (no PNG per image).")
-@click.option("--no-draft", is_flag=True,
-              help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
+@fast_decode_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @json_option
 @handle_errors
 @locks_output("out_dir", "explain")
 def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run, per_class, categories, device,
-            batch_size, threads, no_overlays, no_draft, quiet, as_json):
+            batch_size, threads, no_overlays, fast_decode, quiet, as_json):
     """Where the network looks: class activation maps (CAM on GAP + dense networks, Grad-CAM
     or Grad-CAM++ elsewhere) for images and folders, or across modalities from a baseline run.
 
@@ -83,7 +90,7 @@ def explain(model_dir, inputs, out_dir, method, layer, class_name, top, from_run
     if from_run and (class_name is not None or top != 1):
         raise InputError("--from-run explains each image's predicted class; --class and --top do not apply")
     quiet_all = quiet or as_json
-    model = load_model(model_dir, backend="torch", device=device, threads=threads, draft=not no_draft)
+    model = load_model(model_dir, backend="torch", device=device, threads=threads, draft=fast_decode)
     bar = Progress("explain", disable=quiet_all)
     progress = bar.update
     with model:

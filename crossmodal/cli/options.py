@@ -45,6 +45,13 @@ def locks_output(param: str, command: str, *, when: Callable[[dict], bool] | Non
     return decorate
 
 
+def fast_decode_option(fn: Callable) -> Callable:
+    """``--fast-decode``: JPEG draft decoding, an opt-in speed option (the default is the reference)."""
+    return click.option("--fast-decode", is_flag=True,
+                        help="Decode JPEGs in PIL's draft mode (reduced-size DCT before the resize): faster, but "
+                             "not the reference preprocessing; every report and chart title says so.")(fn)
+
+
 def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(fn)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.explain import Progress
-from crossmodal.cli.options import echo_json, handle_errors, json_option, locks_output
+from crossmodal.cli.options import echo_json, fast_decode_option, handle_errors, json_option, locks_output
 
 
 @click.command("predict")
@@ -27,14 +27,13 @@ from crossmodal.cli.options import echo_json, handle_errors, json_option, locks_
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
-@click.option("--no-draft", is_flag=True,
-              help="Decode JPEGs at full size (draft mode is on by default, as in baseline).")
+@fast_decode_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 @handle_errors
 @locks_output("cam_dir", "predict", when=lambda kw: bool(kw.get("cam")))
 def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir, backend, device, batch_size, threads,
-            no_draft, quiet, as_json):
+            fast_decode, quiet, as_json):
     """Classify images (files or folders): the top-k scenes with probabilities, the
     indoor/outdoor vote when the model carries IO labels, and SUN scene attributes with
     --attributes. Images that do not decode are skipped, counted and listed.
@@ -54,21 +53,25 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
     if (attributes_path is None) != (attribute_names is None):
         raise InputError("--attributes and --attribute-names go together")
     attrs = load_attributes(attributes_path, attribute_names) if attributes_path else None
-    model = load_model(model_dir, backend=backend, device=device, threads=threads, draft=not no_draft)
+    model = load_model(model_dir, backend=backend, device=device, threads=threads, draft=fast_decode)
     model.check_attributes(attrs)
     if cam:
         from crossmodal.io.atomic import check_output_dir
         check_output_dir(cam_dir)
         model.explain_setup()  # refuse a model that cannot be explained before any work
     from crossmodal.ir import identity
+    from crossmodal.reports.text import decoding
     weights = identity.identity(model.graph)
     bar = Progress("predict", disable=quiet or as_json)
     announced = []
 
     def progress(done, total):
-        if not announced and identity.banner(weights):  # once the input has passed its checks
+        if not announced:  # once the input has passed its checks
             announced.append(True)
-            click.echo(f"*** {identity.banner(weights).upper()} ***", err=True)
+            if identity.banner(weights):
+                click.echo(f"*** {identity.banner(weights).upper()} ***", err=True)
+            if fast_decode:
+                click.echo(f"decoding: {decoding(True)}", err=True)
         bar.update(done, total)
 
     def show(r):
@@ -93,7 +96,8 @@ def predict(model_dir, inputs, k, attributes_path, attribute_names, cam, cam_dir
         bar.close()
     if as_json:
         described = {**weights, "description": identity.describe(weights)}
-        echo_json([{**r, "weights": described, "banner": identity.banner(weights)} for r in results])
+        echo_json([{**r, "weights": described, "banner": identity.banner(weights), "decoding": decoding(fast_decode)}
+                   for r in results])
     else:
         if model.io_labels:
             click.echo(f"indoor/outdoor rule: {IO_RULE}")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_option, step_printer, locks_output
+from crossmodal.cli.options import (
+    ProgressBars,
+    echo_json,
+    fast_decode_option,
+    handle_errors,
+    json_option,
+    locks_output,
+    step_printer,
+)
 
 
 @click.command("probe")
@@ -48,7 +56,7 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder, shared with baseline and retrieval "
                    "[default: $CROSSMODAL_CACHE, else <out>/cache].")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default).")
+@fast_decode_option
 @click.option("--no-model", is_flag=True, help="Do not write the adjusted network (OUT/model/).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("probe-out"),
               show_default=True, help="Output folder: probe.json, probe.md, PNGs, per_class.csv, model/.")
@@ -57,7 +65,7 @@ from crossmodal.cli.options import ProgressBars, echo_json, handle_errors, json_
 @handle_errors
 @locks_output("out_dir", "probe")
 def probe(model_dir, modality, train_modality, all_pairs, data_root, config, train_split, test_split, layer,
-          classifier, C, cv, shots, seeds, seed, backend, device, batch_size, workers, threads, cache_dir, no_draft,
+          classifier, C, cv, shots, seeds, seed, backend, device, batch_size, workers, threads, cache_dir, fast_decode,
           no_model, out_dir, quiet, as_json):
     """Train a classifier on the frozen network's features of one modality's training images
     and score it on test images (the linear-probe protocol: C swept on a validation split carved
@@ -79,7 +87,7 @@ def probe(model_dir, modality, train_modality, all_pairs, data_root, config, tra
                         data_root=data_root, config=config, train_split=train_split, test_split=test_split,
                         layer=layer, classifier=classifier, C=C, cv=cv, shots=shots, seeds=seeds, seed=seed,
                         backend=backend, device=device, batch_size=batch_size, workers=workers, threads=threads,
-                        cache_dir=cache_dir, draft=not no_draft, export_model=not no_model,
+                        cache_dir=cache_dir, draft=fast_decode, export_model=not no_model,
                         on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
     if as_json:
         echo_json(run.results)

@@ -5,8 +5,17 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json_option, locks_output, precision_option,
-                                    step_printer, trt_option)
+from crossmodal.cli.options import (
+    ProgressBars,
+    echo_json,
+    fast_decode_option,
+    handle_errors,
+    json_option,
+    locks_output,
+    precision_option,
+    step_printer,
+    trt_option,
+)
 
 
 @click.command("retrieval")
@@ -44,7 +53,7 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder; give baseline's (e.g. runs/baseline/cache) to reuse its features "
                    "[default: $CROSSMODAL_CACHE, else <out>/cache].")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (draft mode is on by default).")
+@fast_decode_option
 @click.option("--show", type=click.IntRange(0), default=0,
               help="For each pair, a PNG of the N nearest targets of the query image --show-query.")
 @click.option("--show-query", default="0", show_default=True,
@@ -57,7 +66,7 @@ from crossmodal.cli.options import (ProgressBars, echo_json, handle_errors, json
 @handle_errors
 @locks_output("out_dir", "retrieval")
 def retrieval(model_dir, per_modality, queries, targets, all_pairs, layer, metric, k, data_root, config, split, backend, device,
-              precision, trt, batch_size, workers, threads, limit, cache_dir, no_draft, show, show_query, out_dir,
+              precision, trt, batch_size, workers, threads, limit, cache_dir, fast_decode, show, show_query, out_dir,
               quiet, as_json):
     """Category-level retrieval with a photo-trained network's features: for each query image,
     rank the target modality's images by similarity; relevant = same scene category. Reports
@@ -83,13 +92,13 @@ def retrieval(model_dir, per_modality, queries, targets, all_pairs, layer, metri
             run = run_tower_retrieval(towers, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
                                       metric=metric, k=k, data_root=data_root, config=config, split=split,
                                       backend=backend, device=device, batch_size=batch_size, workers=workers,
-                                      threads=threads, cache_dir=cache_dir, draft=not no_draft, precision=precision,
+                                      threads=threads, cache_dir=cache_dir, draft=fast_decode, precision=precision,
                                       on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
         else:
             run = run_retrieval(model_dir, queries, targets, all_pairs=all_pairs, out_dir=out_dir, layer=layer,
                                 metric=metric, k=k, data_root=data_root, config=config, split=split,
                                 backend=backend, device=device, batch_size=batch_size, workers=workers,
-                                threads=threads, limit=limit, cache_dir=cache_dir, draft=not no_draft,
+                                threads=threads, limit=limit, cache_dir=cache_dir, draft=fast_decode,
                                 precision=precision, trt=trt, show=show, show_query=show_query,
                                 on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
     if as_json:

@@ -84,7 +84,7 @@ class FeatureSet:
 def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="onnx",
                      layers: Sequence[str] | None = None, *, device: str = "auto", batch_size: int = 32,
                      workers: int | None = None, cache_dir: str | os.PathLike | None = None,
-                     draft: bool = True, threads: int | None = None,
+                     draft: bool = False, threads: int | None = None,
                      on_start: Callable[[int, int], None] | None = None,
                      on_batch: Callable[[int, int], None] | None = None,
                      log: Callable[[str], None] | None = None,

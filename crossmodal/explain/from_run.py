@@ -38,6 +38,7 @@ from crossmodal.explain import render
 from crossmodal.explain.job import batches
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
 from crossmodal.reports.runs import RunRecord
+from crossmodal.reports.text import decoding, decoding_lines
 from crossmodal.io.runs import staged, utc_now
 
 NEEDED = ("path", "true", "pred1", "prob1")
@@ -186,7 +187,8 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
                             fig_rows.append((f"{modality}\n{kind}", cells))
                 if fig_rows:
                     png = f"categories/{render.safe_name(cat)}.png"
-                    render.category_png(stage / png, cat, fig_rows, per_class, identity.banner(model.graph))
+                    render.category_png(stage / png, cat, fig_rows, per_class, identity.banner(model.graph),
+                                        model.draft)
                     figures[cat] = png
             if not records:
                 raise InputError("none of the run's selected images could be read: "
@@ -195,19 +197,19 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
         finally:
             writer.close()
         means = {m: (s / max(n, 1), n) for m, (s, n) in sums.items() if n}
-        render.mean_maps_png(stage / "mean_maps.png", means, identity.banner(model.graph))
+        render.mean_maps_png(stage / "mean_maps.png", means, identity.banner(model.graph), model.draft)
         summary = {"format": "crossmodal-explain-from-run", "model": str(model.model_dir),
                    "baseline_run": str(run_dir),
                    "weights": {**weights, "description": identity.describe(weights)},
-                   "banner": identity.banner(weights),
+                   "banner": identity.banner(weights), "decoding": decoding(model.draft),
                    "method": method, "layer": chosen_layer, "grid": list(grid), "crop": [H, W],
                    "images": len(records), "per_class": per_class, "modalities": [m for m, _ in runs],
                    "categories": figures, "failed": [{"path": p, "reason": r} for p, r in failures],
                    "mean_map_images": {m: n for m, (_, n) in means.items()}, "maps": records,
                    "run": record.block()}
         write_text_atomic(stage / "explain.json", json.dumps(summary, indent=1) + "\n")
-        write_text_atomic(stage / "explain.md", from_run_markdown(summary, records,
-                                                                   identity.markdown_lines(model.graph)))
+        write_text_atomic(stage / "explain.md", from_run_markdown(
+            summary, records, [*identity.markdown_lines(model.graph), *decoding_lines(model.draft)]))
     return summary
 
 

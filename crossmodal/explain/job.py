@@ -36,6 +36,7 @@ from crossmodal.data.images import IMAGE_EXTENSIONS, list_images
 from crossmodal.explain import render
 from crossmodal.io.atomic import check_output_dir, write_text_atomic
 from crossmodal.reports.runs import RunRecord
+from crossmodal.reports.text import decoding, decoding_lines, decoding_title
 from crossmodal.io.runs import staged, utc_now
 
 Progress = Callable[[int, int], None]
@@ -147,7 +148,8 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
                         png = f"overlays/{render.safe_name(key)}__{render.safe_name(label)}.png"
                         if pictures is not None:
                             render.overlay_png(stage / png, pictures[i], res.maps[i, j],
-                                               identity.titled(title(label, prob), weights))
+                                               identity.titled(decoding_title(title(label, prob), model.draft),
+                                                               weights))
                         rows.append({"path": src, "key": key, "rank": j + 1, "label": label,
                                      "index": int(res.targets[i, j]), "prob": prob,
                                      "png": png if pictures is not None else None})
@@ -164,11 +166,13 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
         summary = {"format": "crossmodal-explain", "model": str(model.model_dir),
                    "weights": {**weights, "description": identity.describe(weights)},
                    "banner": identity.banner(weights), "method": method, "layer": chosen,
+                   "decoding": decoding(model.draft),
                    "grid": list(grid), "crop": list(model.input_size), "images": images,
                    "classes": "top-%d" % top if classes is None else labels[classes[0]],
                    "failed": [{"path": p, "reason": r} for p, r in failures], "maps": rows,
                    "files": {"cams.npz": "cams.npz", "explain.md": "explain.md"}, "run": record.block()}
         write_text_atomic(stage / "explain.json", json.dumps(summary, indent=1) + "\n")
         write_text_atomic(stage / "explain.md", render.gallery_markdown(
-            {**summary, "weights_lines": identity.markdown_lines(model.graph)}, rows, failures))
+            {**summary, "weights_lines": [*identity.markdown_lines(model.graph), *decoding_lines(model.draft)]},
+            rows, failures))
     return summary

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.reports.figures import new_figure, save_png
+from crossmodal.reports.text import decoding_title
 
 COLORMAP = "jet"
 ALPHA = 0.45
@@ -109,13 +110,14 @@ def overlay_png(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> P
 
 
 def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[dict]]], per_class: int,
-                 banner: str | None = None) -> Path:
+                 banner: str | None = None, draft: bool = False) -> Path:
     """One figure per category: ``rows`` = ``(row title, cells)``; a cell is ``{image, cam,
     title, correct}``; correct cells titled green, wrong ones red; empty slots blank."""
     n = max(1, len(rows))
     fig = new_figure(2.1 * per_class + 1.2, 2.3 * n)
     fig.suptitle((f"{banner.upper()}\n" if banner else "")
-                 + f"{category}: where the network looks (green: correct, red: wrong)", fontsize=11)
+                 + decoding_title(f"{category}: where the network looks (green: correct, red: wrong)", draft),
+                 fontsize=11)
     for r, (label, cells) in enumerate(rows):
         for c in range(per_class):
             ax = fig.add_subplot(n, per_class, r * per_class + c + 1)
@@ -131,12 +133,13 @@ def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[d
     return save_png(fig, path, dpi=90)
 
 
-def mean_maps_png(path: Path, means: dict[str, tuple[np.ndarray, int]], banner: str | None = None) -> Path:
+def mean_maps_png(path: Path, means: dict[str, tuple[np.ndarray, int]], banner: str | None = None,
+                  draft: bool = False) -> Path:
     """Mean map per modality (``name → (mean (H, W), images)``), one panel each, same scale."""
     n = max(1, len(means))
     fig = new_figure(3.0 * n + 0.8, 3.3)
     fig.suptitle((f"{banner.upper()}\n" if banner else "")
-                 + "Mean map per modality: where attention sits on average", fontsize=11)
+                 + decoding_title("Mean map per modality: where attention sits on average", draft), fontsize=11)
     vmax = max([float(m.max()) for m, _ in means.values()] + [1e-6])
     im = None
     for i, (name, (mean, count)) in enumerate(means.items()):

@@ -75,3 +75,24 @@ def run_lines(run: dict | None) -> list[str]:
         return []
     return [f"Run: `{run['command']}` started {run['started_utc']}, finished {run['finished_utc']} (UTC), "
             f"crossmodal {run.get('crossmodal_version', '?')}; command line `{' '.join(run.get('argv', []))}`.", ""]
+
+
+#: How a run decoded JPEGs, as its reports name it (``--fast-decode``: PIL's draft mode).
+FULL_DECODE = "full (the reference preprocessing: decode, resize, crop)"
+FAST_DECODE = "fast (JPEG draft mode: reduced-size DCT decoding before the resize; not the reference preprocessing)"
+
+
+def decoding(draft: bool) -> str:
+    """The ``decoding`` entry of a run's JSON."""
+    return FAST_DECODE if draft else FULL_DECODE
+
+
+def decoding_lines(draft: bool) -> list[str]:
+    """A Markdown report's note on fast decoding (nothing for the reference decoding)."""
+    return [f"> **Decoding: {FAST_DECODE}.** Accuracies differ from the reference preprocessing's.", ""] \
+        if draft else []
+
+
+def decoding_title(title: str, draft: bool) -> str:
+    """A chart title, with a last line saying fast decoding was used (unchanged otherwise)."""
+    return f"{title}\n[fast JPEG decoding: draft mode]" if draft else title

@@ -200,13 +200,15 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
     reports.write_per_class_csv(files["per_class.csv"], rows)
     reports.write_predictions_csv(files["predictions.csv"], [features.paths[i] for i in inc],
                                   [names[int(features.labels[i])] for i in inc], predicted, probs, k=TOP_K)
-    weights = identity.identity(graph)
+    weights, draft = identity.identity(graph), bool(settings.get("draft"))
     figures.plot_confusion(files["confusion.png"], met.confusion, class_names,
-                           title=identity.titled(f"{prep.modality}: confusion matrix ({len(class_names)} classes, "
-                                                 f"rows normalised)", weights))
+                           title=text.decoding_title(identity.titled(
+                               f"{prep.modality}: confusion matrix ({len(class_names)} classes, rows normalised)",
+                               weights), draft))
     figures.plot_per_class(files["per_class.png"], class_names, met.per_class_top1, met.per_class_images,
                            overall=met.top1, chance=met.chance["chance_top1"],
-                           title=identity.titled(f"{prep.modality}: per-class top-1 accuracy", weights))
+                           title=text.decoding_title(identity.titled(f"{prep.modality}: per-class top-1 accuracy",
+                                                                     weights), draft))
 
     ips, ips_source = features.stats.get("images_per_second"), "this run"
     if ips is None:
@@ -223,6 +225,7 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
         "backend_info": backend_info, "features_from_cache": features.backend is None,
         "precision": backend_info.get("precision", settings.get("precision", "fp32")),
         "providers": backend_info.get("providers"),
+        "decoding": text.decoding(draft),
         "model": {"dir": str(model_dir), "name": graph.name, "fingerprint": fingerprint,
                   "num_labels": len(mapping.source_labels), "preprocess": graph.preprocess.to_dict()},
         "dataset": {"root": str(dataset.root), "layout": dataset.layout, "origin": dataset.origin,
@@ -269,7 +272,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
                  images=None, list_file=None, categories=None, backend: str = "onnx", device: str = "auto",
                  batch_size: int = 32, workers: int | None = None, threads: int | None = None,
                  limit: int | None = None, label_map=None, unmapped: str = "exclude",
-                 features: Sequence[str] | None = None, cache_dir=None, draft: bool = True,
+                 features: Sequence[str] | None = None, cache_dir=None, draft: bool = False,
                  backend_options: dict | None = None, precision: str = "fp32", trt: bool = False,
                  on_step: Callable[[str], None] | None = None,
                  on_start: Callable[[str, int, int], None] | None = None,
@@ -416,6 +419,7 @@ def write_comparison(out_dir: Path, results: Sequence[BaselineResult]) -> dict[s
     first = runs[0] if runs else {}
     text.write_json(files["comparison.json"], {"format": "crossmodal-baseline-comparison", "version": 1,
                                                   "banner": first.get("banner"), "weights": first.get("weights"),
+                                                  "decoding": first.get("decoding"),
                                                   "reference": reports.PLACES365_REFERENCE, "runs": rows,
                                                   "run": first.get("run")})
     return files

@@ -14,7 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.reports.figures import new_figure, save_png
-from crossmodal.reports.text import pct, pct_interval, run_lines, weights_lines, write_csv
+from crossmodal.reports.text import (
+    decoding_lines, decoding_title, pct, pct_interval, run_lines, weights_lines, write_csv,
+)
 
 #: Places365 VGG16 on the Places365 validation set (natural photos, 365 classes), as
 #: published by the Places365 authors; a *different* data set from CMPlaces.
@@ -82,7 +84,7 @@ def plot_modalities(path: Path, runs: Sequence[dict], reference: dict = PLACES36
     ax.set_xticklabels(labels)
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
-    title = "Baseline accuracy per modality"
+    title = decoding_title("Baseline accuracy per modality", bool(runs and runs[0].get("settings", {}).get("draft")))
     if runs and runs[0].get("banner"):
         title = f"{runs[0]['banner'].upper()}\n{title}"
     ax.set_title(title, fontsize=11)
@@ -97,6 +99,7 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         f"# Baseline: {m['modality']} ({m['split']})",
         "",
         *weights_lines(m),
+        *decoding_lines(bool(m.get("settings", {}).get("draft"))),
         f"Model `{m['model']['name']}` (fingerprint `{m['model']['fingerprint'][:16]}…`) from "
         f"`{m['model']['dir']}`, run on **{m['backend']} / {m['device']}**"
         + f" at {m.get('precision') or 'fp32'}"
@@ -184,6 +187,7 @@ COMPARISON_KEYS = ("modality", "split", "backend", "device", "num_images", "num_
 
 def comparison_markdown(runs: Sequence[dict], reference: dict = PLACES365_REFERENCE) -> str:
     lines = ["# Baseline across modalities", "", *weights_lines(runs[0] if runs else {}),
+             *decoding_lines(bool(runs and runs[0].get("settings", {}).get("draft"))),
              "| modality | images scored | classes | top-1 (95 % CI) | top-5 (95 % CI) | top-1 unmuted | "
              "mean class acc. | chance top-1 | failed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

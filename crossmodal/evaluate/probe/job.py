@@ -54,6 +54,7 @@ from crossmodal.evaluate.probe import splits
 from crossmodal.data.datasets import modality_names
 from crossmodal.io.atomic import check_output_dir
 from crossmodal.reports.runs import RunRecord
+from crossmodal.reports.text import decoding
 from crossmodal.io.runs import staged, utc_now
 from crossmodal.evaluate.probe.data import (
     ModalityData, class_labels, default_feature, no_train_split, resolve_split, same_images, split_files,
@@ -76,7 +77,7 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
               test_split: str = "val", layer: str | None = None, classifier: str = "logistic",
               C: float | None = None, cv: int | None = None, shots="1,2,5,10,20,all", seeds: int = 3, seed: int = 0,
               backend: str = "onnx", device: str = "auto", batch_size: int = 32, workers: int | None = None,
-              threads: int | None = None, cache_dir=None, draft: bool = True, export_model: bool = True,
+              threads: int | None = None, cache_dir=None, draft: bool = False, export_model: bool = True,
               on_step: Callable[[str], None] | None = None,
               on_start: Callable[[str, int, int], None] | None = None,
               on_batch: Callable[[str, int, int], None] | None = None) -> ProbeRun:
@@ -283,6 +284,7 @@ def _fit_and_write(stage: Path, out_dir: Path, model_dir: Path, graph: Graph, fe
         "not_trained_on": skipped,
         "backend": ran or {"backend": backend, "note": "every feature came from the cache"},
         "settings": settings,
+        "decoding": decoding(draft),
         "pairs": pairs,
     }
     if not all_pairs:

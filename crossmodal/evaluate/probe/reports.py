@@ -21,7 +21,7 @@ import numpy as np
 from crossmodal.ir import identity
 from crossmodal.evaluate.metrics import wilson_interval
 from crossmodal.reports.figures import new_figure, plot_confusion, save_png
-from crossmodal.reports.text import json_safe, pct, pct_interval, run_lines, write_json
+from crossmodal.reports.text import decoding_lines, decoding_title, json_safe, pct, pct_interval, run_lines, write_json
 from crossmodal.io.atomic import write_text_atomic
 
 FILES = {
@@ -149,6 +149,7 @@ def markdown(results: dict) -> str:
     m = results["model"]
     lines = [f"# Probe: {results['classifier']} on `{results['layer']}` features", "",
              *identity.markdown_lines(results.get("weights") or {}),
+             *decoding_lines(bool(results.get("settings", {}).get("draft"))),
              f"Base model `{m['name']}` (fingerprint `{m['fingerprint'][:16]}…`) from `{m['dir']}`, frozen; "
              f"a new classifier is trained on its `{results['layer']}` features of the training images and "
              f"scored on the test images. Mode: {results['mode']}"
@@ -209,6 +210,10 @@ def write_probe(out_dir: Path, results: dict, extras: dict) -> dict[str, Path]:
     files: dict[str, Path] = {}
     pairs = results["pairs"]
     weights = results.get("weights") or {}
+    draft = bool(results.get("settings", {}).get("draft"))
+
+    def titled(title: str) -> str:  # the banner on random weights; the decoding when it was fast
+        return identity.titled(decoding_title(title, draft), weights)
     for p in pairs:
         extra = extras[(p["train_modality"], p["modality"])]
         folder = _pair_dir(out_dir, results, p["train_modality"], p["modality"])
@@ -216,22 +221,22 @@ def write_probe(out_dir: Path, results: dict, extras: dict) -> dict[str, Path]:
         files[f"{tag}per_class.csv"] = per_class_csv(folder / "per_class.csv", extra["class_names"], extra["arrays"])
         files[f"{tag}confusion.png"] = plot_confusion(
             folder / "confusion.png", extra["arrays"]["confusion"], extra["class_names"],
-            title=identity.titled(f"probe {p['train_modality']} → {p['modality']}: confusion matrix "
-                                  f"({len(extra['class_names'])} classes, rows normalised)", weights),
+            title=titled(f"probe {p['train_modality']} → {p['modality']}: confusion matrix "
+                         f"({len(extra['class_names'])} classes, rows normalised)"),
             xlabel="predicted category (probe top-1)")
     curves = {p["train_modality"]: extras[(p["train_modality"], p["modality"])]["curves"] for p in pairs}
     for train, c in curves.items():
         if c:
             name = "training_curves.png" if len(curves) == 1 else f"training_curves-{train}.png"
             files[name] = plot_curves(out_dir / name, c,
-                                      title=identity.titled(f"MLP head trained on {train}", weights))
+                                      title=titled(f"MLP head trained on {train}"))
     shot_pairs = [p for p in pairs if p["few_shot"] and (results["mode"] != "grid" or p["train_modality"] == p["modality"])]
     if shot_pairs:
         files["few_shot.png"] = plot_few_shot(out_dir / "few_shot.png", shot_pairs,
-                                            identity.titled(few_shot_title(shot_pairs), weights))
+                                            titled(few_shot_title(shot_pairs)))
     if results["mode"] == "grid":
         files["transfer.png"] = plot_transfer(out_dir / "transfer.png", pairs,
-                                              identity.titled(transfer_title(pairs), weights))
+                                              titled(transfer_title(pairs)))
     return files
 
 

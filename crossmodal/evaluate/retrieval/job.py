@@ -45,6 +45,7 @@ from crossmodal.evaluate.retrieval.metrics import METRICS, retrieval_scores
 from crossmodal.evaluate.retrieval.chance import chance_map, chance_precision_at_k, chance_recall_at_k
 from crossmodal.io.atomic import check_output_dir
 from crossmodal.reports.runs import RunRecord
+from crossmodal.reports.text import decoding
 from crossmodal.io.runs import staged, utc_now
 
 FORMAT = "crossmodal-retrieval"
@@ -164,7 +165,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
                   layer: str | None = None, metric: str = "cosine", k: int = 10, data_root=None, config=None,
                   split: str = "val", backend: str = "onnx", device: str = "auto", batch_size: int = 32,
                   workers: int | None = None, threads: int | None = None, limit: int | None = None,
-                  cache_dir=None, draft: bool = True, show: int = 0, show_query: str = "0",
+                  cache_dir=None, draft: bool = False, show: int = 0, show_query: str = "0",
                   precision: str = "fp32", trt: bool = False,
                   on_step: Callable[[str], None] | None = None,
                   on_start: Callable[[str, int, int], None] | None = None,
@@ -300,6 +301,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
             "pairs": pairs,
             "published": reports.published_comparison(pairs),
             "precision": precision,
+            "decoding": decoding(draft),
             "settings": settings,
             "timings_s": {"total": round(time.perf_counter() - t_start, 3)},
         }

@@ -15,7 +15,7 @@ from crossmodal.errors import InputError
 from crossmodal.evaluate.retrieval.published import ABBREVIATIONS, load_published, published_cross_modal, \
     published_within_modal
 from crossmodal.ir.identity import markdown_lines
-from crossmodal.reports.text import json_safe, pct, run_lines, write_json
+from crossmodal.reports.text import decoding_lines, decoding_title, json_safe, pct, run_lines, write_json
 from crossmodal.reports.figures import new_figure, save_png
 from crossmodal.io.atomic import write_text_atomic
 
@@ -140,6 +140,7 @@ def markdown(results: dict) -> str:
     k = results["k"]
     lines = [f"# Retrieval: {results['layer']} features of {results['model']['name']}", "",
              *(markdown_lines(results["weights"]) if results.get("weights") else []),
+             *decoding_lines(_draft(results)),
              f"Category-level retrieval (relevant = same scene category), {results['metric']} similarity, "
              f"split `{results['split']}`. Rows: query modality; columns: target modality; the diagonal "
              f"(bold) is within-modal retrieval, where each query is left out of its own ranking. "
@@ -168,7 +169,12 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _draft(results: dict) -> bool:
+    return bool(results.get("settings", {}).get("draft"))
+
+
 def _titled(title: str, results: dict) -> str:
+    title = decoding_title(title, _draft(results))
     return f"{results['banner'].upper()}\n{title}" if results.get("banner") else title
 
 
@@ -223,7 +229,8 @@ def pick_query(paths: Sequence[Path], which: str, *, failed: Sequence[tuple[Path
     raise InputError(f"--show-query {which!r} is not among {modality}'s {what}")
 
 
-def neighbours_figure(query, target, index: int, n: int, metric: str, banner: str | None = None):
+def neighbours_figure(query, target, index: int, n: int, metric: str, banner: str | None = None,
+                      draft: bool = False):
     """The figure of :func:`plot_neighbours` (a matplotlib ``Figure``, not yet saved).
 
     Constrained layout places the tiles, their two-line captions and the title so that
@@ -263,14 +270,15 @@ def neighbours_figure(query, target, index: int, n: int, metric: str, banner: st
         tile(r + 1, target.paths[j], f"#{r} {target.labels[j]}\n{'✓' if hit else '✗'} {s:.3f}",
              "tab:green" if hit else "tab:red")
     title = f"{query.modality} → {target.modality}: top {len(order)} by {metric} (green: same category)"
+    title = decoding_title(title, draft)
     fig.suptitle(f"{banner.upper()}\n{title}" if banner else title, fontsize=9)
     return fig
 
 
 def plot_neighbours(path: Path, query, target, index: int, n: int, metric: str,
-                    banner: str | None = None) -> Path:
+                    banner: str | None = None, draft: bool = False) -> Path:
     """The query image and its ``n`` nearest targets, each titled with its category; hits framed green."""
-    return save_png(neighbours_figure(query, target, index, n, metric, banner), path)
+    return save_png(neighbours_figure(query, target, index, n, metric, banner, draft), path)
 
 
 def write_retrieval(out_dir: Path, results: dict, feats: dict | None = None, *, show: int = 0,
@@ -285,7 +293,8 @@ def write_retrieval(out_dir: Path, results: dict, feats: dict | None = None, *, 
             q, t = feats[p["query"]], feats[p["target"]]
             i = pick_query(q.paths, show_query, failed=q.failed, modality=f"query modality {q.modality!r}")
             name = f"neighbours_{p['query']}_to_{p['target']}.png"
-            plot_neighbours(out_dir / name, q, t, i, show, results["metric"], banner=results.get("banner"))
+            plot_neighbours(out_dir / name, q, t, i, show, results["metric"], banner=results.get("banner"),
+                            draft=_draft(results))
             files[name] = out_dir / name
             shown.append({"pair": [p["query"], p["target"]], "query_image": str(q.paths[i]), "file": name})
         results["neighbours"] = shown

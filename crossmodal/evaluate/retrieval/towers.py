@@ -21,6 +21,7 @@ from crossmodal.io.runs import staged, utc_now
 from crossmodal.ir import identity
 from crossmodal.ir.store import is_ir_dir, load_graph
 from crossmodal.reports.runs import RunRecord
+from crossmodal.reports.text import decoding
 
 
 def tower_models(value: str | os.PathLike) -> dict[str, Path]:
@@ -48,7 +49,7 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
                         targets: str | Sequence[str] | None = None, *, all_pairs: bool = False, out_dir,
                         layer: str | None = None, metric: str = "cosine", k: int = 10, data_root=None, config=None,
                         split: str = "val", backend: str = "onnx", device: str = "auto", batch_size: int = 32,
-                        workers: int | None = None, threads: int | None = None, cache_dir=None, draft: bool = True,
+                        workers: int | None = None, threads: int | None = None, cache_dir=None, draft: bool = False,
                         precision: str = "fp32", on_step: Callable[[str], None] | None = None,
                         on_start=None, on_batch=None) -> RetrievalRun:
     """Score every (query, target) pair with each modality's features from its own model (module
@@ -119,7 +120,7 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
             "layer": layer, "metric": metric, "k": k, "split": split, "queries": q_names, "targets": t_names,
             "backend": next((b for b in ran.values() if b), None) or {"backend": backend, "note": "from the cache"},
             "modalities": {n: f.describe() for n, f in feats.items()}, "pairs": pairs,
-            "published": reports.published_comparison(pairs), "precision": precision, "settings": settings,
+            "published": reports.published_comparison(pairs), "precision": precision, "decoding": decoding(draft), "settings": settings,
             "timings_s": {"total": round(time.perf_counter() - t0, 3)},
         }
         results["run"] = record.block()
