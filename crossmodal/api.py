@@ -137,6 +137,8 @@ class Model:
         self.mean_image = read_mean_image(self.model_dir, self.graph)
         self._backend = None
         self._torch = None
+        #: ``(path, reason)`` of the files the last ``predict`` / ``cam`` with ``on_error="skip"`` left out
+        self.skipped: list[tuple[str, str]] = []
         self._shapes: dict[str, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ metadata
@@ -284,8 +286,11 @@ class Model:
         """``(B, num_classes)`` pre-softmax scores."""
         return self.run(self.load(images).x, ["logits"])["logits"]
 
-    def features(self, images: Any, layer: str = "fc7") -> np.ndarray:
-        """One layer's output for the images: ``(B, F)`` vectors or ``(B, C, h, w)`` maps (NCHW)."""
+    def features(self, images: Any, layer: str | None = None) -> np.ndarray:
+        """One layer's output for the images: ``(B, F)`` vectors or ``(B, C, h, w)`` maps (NCHW);
+        ``layer`` defaults to the network's feature blob (``fc7`` on VGG16/AlexNet, ``avgpool`` on
+        the PyTorch ResNets and DenseNets, ``pool5`` on the Caffe GoogLeNet/ResNet), as the CLI's."""
+        layer = layer or self.graph.feature_blob
         self.graph.resolve(layer)
         return self.run(self.load(images).x, [layer])[layer]
 
@@ -295,8 +300,21 @@ class Model:
         "attributes"}``. ``io`` ("indoor"/"outdoor", the demo's vote, :data:`IO_RULE`) needs
         the model's IO labels, else None; ``attributes`` (top 9 ``{label, score}``) needs an
         :class:`Attributes` whose width matches :attr:`feature_width`, else None."""
-        batch = self.load(images, on_error)
+        batch = self._load_skipping(images, on_error)
         return self.predict_batch(batch, k, attributes)
+
+    def _load_skipping(self, images: Any, on_error: str) -> Batch:
+        """:meth:`load` for the public calls: with ``on_error="skip"`` the files left out are kept in
+        :attr:`skipped` and named in a warning, as the CLI names them (never dropped without a word)."""
+        batch = self.load(images, on_error)
+        self.skipped = list(batch.failures)
+        if batch.failures:
+            import warnings
+            shown = "; ".join(f"{p}: {r}" for p, r in batch.failures[:3])
+            more = f" and {len(batch.failures) - 3} more" if len(batch.failures) > 3 else ""
+            warnings.warn(f"{len(batch.failures)} image(s) skipped (did not decode): {shown}{more}",
+                          UserWarning, stacklevel=3)
+        return batch
 
     def check_attributes(self, attributes: Attributes | None) -> None:
         if attributes is not None and attributes.W.shape[1] != self.feature_width:
@@ -364,7 +382,7 @@ class Model:
         if target is not None:
             targets = target if isinstance(target, (list, tuple)) else [target]
             classes = [self.class_index(t) for t in targets]
-        return self.cam_batch(self.load(images, on_error), classes, top, method, chosen, head)
+        return self.cam_batch(self._load_skipping(images, on_error), classes, top, method, chosen, head)
 
     def cam_batch(self, batch: Batch, classes, top: int, method: str, layer: str, head) -> CamResult:
         """Maps of a loaded batch; ``classes``: None (top-``top``), ``(K,)`` for every row or

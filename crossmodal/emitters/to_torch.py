@@ -202,6 +202,10 @@ def build_torch(model: IRModel):
         def forward(self, x):
             return self.forward_layers(x, {logits}, stop=logits)[logits]
 
+        def layer(self, name: str) -> nn.Module:
+            """The sub-module computing IR layer ``name`` (stored under :func:`module_key`)."""
+            return self.layers[module_key(name)]
+
     module = IRModule().eval()
     return module
 

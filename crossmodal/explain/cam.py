@@ -166,7 +166,7 @@ def compute_maps(module, graph: Graph, x, layer: str, method: str, *, classes=No
             out = module.forward_layers(x, {head.features, logits_name}, stop=logits_name)
         A, y = out[head.features].float(), out[logits_name].float()
         targets = target_classes(y.cpu().numpy(), classes, top)
-        w = module.layers[head.dense].weight.detach().float()                 # (K_all, C)
+        w = module.layer(head.dense).weight.detach().float()                 # (K_all, C)
         wt = w[torch.from_numpy(targets).to(w.device)]                         # (B, K, C)
         maps = torch.einsum("bkc,bchw->bkhw", wt, A)
         return maps.cpu().numpy().astype(np.float32), targets, y.cpu().numpy()
@@ -174,7 +174,7 @@ def compute_maps(module, graph: Graph, x, layer: str, method: str, *, classes=No
     def swap(_mod, _inp, output):
         return output.detach().requires_grad_(True)
 
-    handle = module.layers[layer].register_forward_hook(swap)
+    handle = module.layer(layer).register_forward_hook(swap)
     try:
         with torch.enable_grad():
             out = module.forward_layers(x, {layer, logits_name}, stop=logits_name)
