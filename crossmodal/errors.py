@@ -27,3 +27,8 @@ class InputError(CrossmodalError, ValueError):
 
 class UnsupportedError(InputError):
     """The input is well formed but uses something the toolkit cannot convert."""
+
+
+class FormatNote(UserWarning):
+    """Something a reader ignored and says so (a field of a newer minor IR format): the CLI prints
+    it as one ``note:`` line; in Python it is an ordinary warning."""

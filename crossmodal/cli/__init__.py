@@ -93,3 +93,21 @@ def main(verbose: bool = False) -> None:
     them layer by layer, and evaluate them on natural images, clip art and sketches."""
     from crossmodal.cli import quiet
     quiet.verbose() if verbose else quiet.install()
+    _notes_as_lines()
+
+
+def _notes_as_lines() -> None:
+    """The toolkit's :class:`~crossmodal.errors.FormatNote` warnings as one ``note:`` line on stderr
+    each (other warnings keep Python's own format)."""
+    import warnings
+
+    from crossmodal.errors import FormatNote
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FormatNote):
+            click.echo(f"note: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+    warnings.simplefilter("always", FormatNote)

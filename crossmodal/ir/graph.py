@@ -35,7 +35,21 @@ from crossmodal.ir.preprocess import Preprocess
 #: 1.2 added the kinds of the Places365 family (grouped/dilated and bias-free convolution,
 #: LRN, batch norm, scale, element-wise and concat layers, global average pooling, leaky
 #: ReLU), ``keras_names`` and ``feature_blob``. Older 1.x files still load.
+#:
+#: The compatibility rule: a *minor* version (1.2 → 1.3) only adds optional fields, so a reader
+#: loads a file of a newer minor version, ignoring the fields it does not know with a note
+#: (:class:`~crossmodal.errors.FormatNote`), while the same unknown field in a file of its own or an
+#: older version is an error (a malformed file); a *major* version (2.x) changes meanings and is
+#: refused with a message naming both versions.
 FORMAT_VERSION = "1.2"
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    try:
+        major, minor = (int(v) for v in (str(text).split(".") + ["0"])[:2])
+    except ValueError:
+        return None
+    return major, minor
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -185,30 +199,37 @@ class Graph:
         if d.get("format") != "crossmodal-ir":
             raise InputError("not a crossmodal IR graph (missing 'format': 'crossmodal-ir')", source)
         version = str(d.get("format_version", ""))
-        if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
-            raise InputError(f"IR format version {version} is not readable by this version "
-                             f"(reads {FORMAT_VERSION.split('.')[0]}.x)", source)
+        theirs, ours = _version(version), _version(FORMAT_VERSION)
+        if theirs is None or theirs[0] != ours[0]:
+            raise InputError(f"IR format version {version or '(none)'} was written by another major version "
+                             f"of crossmodal; this one reads format {ours[0]}.x (its own is {FORMAT_VERSION}): "
+                             "convert the model again with this version", source)
+        ignored: list[str] = []
+        keep = _known_fields(theirs > ours, ignored)
         try:
             layers = [
                 Layer(
                     name=l["name"], kind=l["kind"], inputs=list(l["inputs"]),
                     attrs=_untuple(l.get("attrs", {})),
-                    tensors={r: TensorSpec(**{**t, "shape": tuple(t["shape"])})
+                    tensors={r: TensorSpec(**keep(TensorSpec, {**t, "shape": tuple(t["shape"])}, "tensor"))
                              for r, t in l.get("tensors", {}).items()},
+                    **{k: v for k, v in keep(Layer, l, "layer").items()
+                       if k not in ("name", "kind", "inputs", "attrs", "tensors")},
                 )
                 for l in d["layers"]
             ]
             inp = d["input"]
+            keep(cls, d, "graph")  # top-level fields this version does not know: only noted
             graph = cls(
                 name=d["name"],
-                input=InputSpec(**{**inp, "shape": tuple(inp["shape"])}),
+                input=InputSpec(**keep(InputSpec, {**inp, "shape": tuple(inp["shape"])}, "input")),
                 layers=layers,
                 outputs=list(d["outputs"]),
-                preprocess=Preprocess.from_dict(d["preprocess"], source),
-                labels=None if d.get("labels") is None else Labels(**d["labels"]),
-                provenance=Provenance(**d.get("provenance", {})),
+                preprocess=Preprocess.from_dict(keep(Preprocess, d["preprocess"], "preprocess"), source),
+                labels=None if d.get("labels") is None else Labels(**keep(Labels, d["labels"], "labels")),
+                provenance=Provenance(**keep(Provenance, d.get("provenance", {}), "provenance")),
                 blobs=dict(d.get("blobs", {})),
-                tensors={n: TensorSpec(**{**t, "shape": tuple(t["shape"])})
+                tensors={n: TensorSpec(**keep(TensorSpec, {**t, "shape": tuple(t["shape"])}, "tensor"))
                          for n, t in (d.get("tensors") or {}).items()},
                 keras_names=dict(d.get("keras_names") or {}),
                 feature_blob=str(d.get("feature_blob") or "fc7"),
@@ -216,7 +237,30 @@ class Graph:
             )
         except (KeyError, TypeError) as exc:
             raise InputError(f"malformed IR graph: {exc!r}", source) from None
+        if ignored:
+            import warnings
+            from crossmodal.errors import FormatNote
+            where = f"{source}: " if source else ""
+            warnings.warn(FormatNote(f"{where}IR format {version} is newer than this crossmodal's {FORMAT_VERSION}; "
+                                     f"ignored the fields it does not know: {', '.join(sorted(set(ignored)))}"),
+                          stacklevel=2)
         return graph
+
+
+def _known_fields(newer: bool, ignored: list[str]):
+    """``keep(cls, data, where)`` → ``data`` without the keys ``cls`` does not have, each recorded in
+    ``ignored`` — but only for a file of a newer minor version; otherwise ``data`` as it is (an unknown
+    key then fails as malformed)."""
+    def keep(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+        data = dict(data)
+        if not newer:
+            return data
+        names = {f.name for f in dataclasses.fields(cls)} | {"format"}
+        for key in [k for k in data if k not in names]:
+            ignored.append(f"{where}.{key}")
+            del data[key]
+        return data
+    return keep
 
 
 def _jsonable(value: Any) -> Any:
