@@ -194,3 +194,50 @@ def test_score_input_checks():
         score(np.zeros((1, 6)), [4], m)
     with pytest.raises(InputError, match="exclude"):
         score(np.zeros((1, 6)), [0], m, unmapped="drop")
+
+
+def test_hybrid1365_categories_match_imagenet_synsets_by_any_of_their_names():
+    """The hybrid network's first 1,000 labels are ImageNet synsets ("n01440764 tench, Tinca tinca"):
+    a category matches each comma-separated name, and one that matches a scene too keeps both."""
+    from helpers import require_shared
+    from crossmodal.readers.label_files import parse_categories
+    path = require_shared("places365", "categories_hybrid1365.txt")
+    labels = parse_categories(path.read_text(), path)
+    m = build_mapping(labels, ["tench", "bookstore", "coast", "airfield", "crane", "no_such_place"])
+    names = lambda t: [labels[s] for s in m.target_sources[m.target_categories.index(t)]]  # noqa: E731
+    assert names("tench") == ["n01440764 tench, Tinca tinca"]
+    assert sorted(names("bookstore")) == ["/b/bookstore", "n02871525 bookshop, bookstore, bookstall"]
+    assert sorted(names("coast")) == ["/c/coast", "n09428293 seashore, coast, seacoast, sea-coast"]
+    assert names("airfield") == ["/a/airfield"] and "airfield" not in m.matches  # a plain exact match
+    assert len(names("crane")) == 2  # two synsets are called crane (the bird, the machine): both count
+    assert m.unmapped == ("no_such_place",)
+    assert set(m.matches) == {"tench", "bookstore", "coast", "crane"}
+    # scoring: predicting the synset of a category that also has a scene label is correct
+    logits = np.zeros((1, len(labels)))
+    logits[0, labels.index("n09428293 seashore, coast, seacoast, sea-coast")] = 5.0
+    s = score(logits, [m.target_categories.index("coast")], m)
+    assert s.top1.tolist() == [True]
+
+
+def test_a_label_map_can_add_labels_and_name_synsets_by_their_id():
+    labels = ["/c/coast", "/b/beach", "n09428293 seashore, coast, seacoast, sea-coast", "n09421951 sandbar, sand bar"]
+    added = build_mapping(labels, ["beach"], {"beach": "+n09421951"})
+    assert [labels[s] for s in added.target_sources[0]] == ["/b/beach", "n09421951 sandbar, sand bar"]
+    replaced = build_mapping(labels, ["beach"], {"beach": "sandbar|/c/coast"})
+    assert [labels[s] for s in replaced.target_sources[0]] == ["n09421951 sandbar, sand bar", "/c/coast"]
+    with pytest.raises(InputError, match="not one of the model's 4 labels"):
+        build_mapping(labels, ["beach"], {"beach": "+lagoon"})
+
+
+def test_chance_with_several_correct_labels_per_category():
+    """Uniform guess over L = 4 kept labels: a category with 2 correct labels is guessed with 2/4 at
+    top-1 and 1 − C(2, 2)/C(4, 2) = 5/6 at top-2; one with a single label with 1/4 and 1/2."""
+    from crossmodal.evaluate.metrics import chance_levels
+    c = chance_levels([(0, 1), (2,)], 4, k=2)
+    assert c["chance_top1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert c["chance_top5"] == pytest.approx((5 / 6 + 1 / 2) / 2)
+    assert c["chance_top1_majority"] == pytest.approx(1 / 2)
+    # prior guesser: q = {0: .25, 1: .25, 2: .5}; image 1 right with .5, image 2 with .5
+    assert c["chance_top1_prior"] == pytest.approx(0.5)
+    single = chance_levels(np.array([0, 2, -1]), 4, k=2)
+    assert single == chance_levels([(0,), (2,), ()], 4, k=2)

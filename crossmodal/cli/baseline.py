@@ -12,6 +12,7 @@ from crossmodal.cli.options import (
     fast_decode_option,
     handle_errors,
     json_option,
+    label_map_option,
     locks_output,
     precision_option,
     step_printer,
@@ -47,8 +48,7 @@ from crossmodal.cli.options import (
               help="Inference threads on the CPU (ONNX Runtime intra-op, torch, TF) [default: the framework's].")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Evaluate at most N images per modality, evenly spaced over the list (a quick look).")
-@click.option("--label-map", type=click.Path(path_type=Path),
-              help="CSV target_category,source_label[,note] adding to / overriding the packaged alias table.")
+@label_map_option
 @click.option("--unmapped", type=click.Choice(["exclude", "keep"]), default="exclude", show_default=True,
               help="Images of categories without a model label: left out, or scored as errors.")
 @click.option("--features", default=None,

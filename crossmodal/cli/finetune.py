@@ -3,13 +3,20 @@ to the whole network), resumable, data-parallel under torchrun; towers per modal
 from __future__ import annotations
 
 import os
-
 import sys
 from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import csv_list, echo_json, handle_errors, json_option, step_printer, locks_output
+from crossmodal.cli.options import (
+    csv_list,
+    echo_json,
+    handle_errors,
+    json_option,
+    label_map_option,
+    locks_output,
+    step_printer,
+)
 
 
 class Bars:
@@ -45,7 +52,7 @@ class Bars:
 @click.option("--head", type=click.Choice(["new", "keep"]), default="new", show_default=True,
               help="new: one row per category (warm-started from the mapped labels' rows); keep: the network's "
                    "head, targets mapped to its labels.")
-@click.option("--label-map", type=click.Path(path_type=Path), help="Extra category → label aliases (CSV).")
+@label_map_option
 @click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="light", show_default=True)
 @click.option("--augment-preview", is_flag=True, help="Write augment_preview.png (16 augmented samples).")
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Data-loader workers.")

@@ -45,6 +45,20 @@ def locks_output(param: str, command: str, *, when: Callable[[dict], bool] | Non
     return decorate
 
 
+LABEL_MAP_HELP = (
+    "A CSV mapping data set categories to the network's labels, adding to or overriding the packaged "
+    "alias table. Header `target_category,source_label,note`, then one row per category, e.g. "
+    "`temple_east_asia,/t/temple/asia,` (replace the automatic match), `kitchenette,,no counterpart` "
+    "(none: the category is unmapped), `coast,+n09428293 seashore|/c/coast,` (a leading + adds labels to "
+    "the automatic matches; | separates several). A prediction of any of a category's labels is correct.")
+
+
+def label_map_option(fn: Callable) -> Callable:
+    """``--label-map FILE``: the alias CSV, its format spelled out in ``--help``."""
+    from pathlib import Path
+    return click.option("--label-map", type=click.Path(path_type=Path), help=LABEL_MAP_HELP)(fn)
+
+
 def fast_decode_option(fn: Callable) -> Callable:
     """``--fast-decode``: JPEG draft decoding, an opt-in speed option (the default is the reference)."""
     return click.option("--fast-decode", is_flag=True,

@@ -12,6 +12,15 @@ counterpart". The packaged table is ``crossmodal/data/places205_aliases.csv``
 (``target_category,source_label,note``); a user's ``--label-map`` file in the same
 format adds or overrides entries (:func:`merge_aliases`).
 
+Every label of the network counts, not only the scene labels: an ImageNet synset label of the
+hybrid 1365-class networks (``n01440764 tench, Tinca tinca``) is matched by each of its
+comma-separated names (``tench``; ``bookstore`` ↔ ``bookshop, bookstore, bookstall``). A category
+that matches several labels (``coast`` is a scene and the synset ``seashore, coast, seacoast,
+sea-coast``) maps to all of them: predicting any one is correct, and each is kept by muting;
+:attr:`LabelMapping.matches` says which labels each category kept. In an alias file a
+``source_label`` of ``A|B`` names several labels, and a leading ``+`` (``+/c/coast``) adds to the
+automatic matches instead of replacing them.
+
 Scoring (:func:`score`), pure NumPy:
 
 * **muting** — logits of source labels that map to no target category are
@@ -49,6 +58,7 @@ from crossmodal.errors import InputError
 Aliases = dict[str, Optional[str]]
 
 _LETTER_PREFIX = re.compile(r"^/?[^/]/")
+_SYNSET = re.compile(r"^n\d{8}\s+(.+)$")
 _ALIAS_HEADER = ["target_category", "source_label", "note"]
 
 
@@ -60,6 +70,17 @@ def normalise(name: str) -> str:
     """
     name = _LETTER_PREFIX.sub("", name.strip(), count=1)
     return name.strip("/").replace("/", "_")
+
+
+def label_names(label: str) -> list[str]:
+    """The names a category may match a label by: its :func:`normalise`-d form, and for an ImageNet
+    synset label (``n01440764 tench, Tinca tinca``) each comma-separated name, lower case with
+    ``_`` for spaces (``tench``, ``tinca_tinca``)."""
+    names = [normalise(label)]
+    found = _SYNSET.match(label.strip())
+    if found:
+        names += [normalise(n).lower().replace(" ", "_") for n in found.group(1).split(",") if n.strip()]
+    return list(dict.fromkeys(names))
 
 
 # --------------------------------------------------------------------------- alias tables
@@ -136,7 +157,11 @@ class LabelMapping:
     * ``source_to_targets``: source index → target indices mapping to it;
     * ``shared``: the entries of ``source_to_targets`` with two or more targets;
     * ``via_alias``: target → source label, for targets mapped by the alias table;
-    * ``unused_aliases``: alias targets that are not among the target categories.
+    * ``unused_aliases``: alias targets that are not among the target categories;
+    * ``target_sources[t]``: every source index target ``t`` maps to (``target_to_source[t]`` is
+      the first of them: the exact name, an alias, else a synset name), empty when none;
+    * ``matches``: target → the source labels it kept, for targets with several, or matched by a
+      synset's name or with labels added by the alias table (the report says which).
     """
 
     source_labels: tuple[str, ...]
@@ -148,6 +173,16 @@ class LabelMapping:
     shared: dict[int, tuple[int, ...]]
     via_alias: dict[str, str] = field(default_factory=dict)
     unused_aliases: tuple[str, ...] = ()
+    target_sources: tuple[tuple[int, ...], ...] = ()
+    matches: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def membership(self) -> np.ndarray:
+        """``(T, S)`` bool: target ``t`` is correct for source label ``s``."""
+        m = np.zeros((len(self.target_categories), len(self.source_labels)), dtype=bool)
+        for t, sources in enumerate(self.target_sources or [(s,) if s is not None else ()
+                                                           for s in self.target_to_source]):
+            m[t, list(sources)] = True
+        return m
 
     @property
     def kept_sources(self) -> np.ndarray:
@@ -177,30 +212,54 @@ def build_mapping(source_labels: Sequence[str], target_categories: Sequence[str]
             raise InputError(f"source labels {source_labels[index[name]]!r} and {source_labels[i]!r} "
                              f"both flatten to {name!r}")
         index[name] = i
+    synonyms: dict[str, list[int]] = {}  # a synset's names (several synsets may share one: "crane")
+    for i, label in enumerate(source_labels):
+        for name in label_names(label)[1:]:
+            synonyms.setdefault(name, []).append(i)
     targets = [normalise(t) for t in target_categories]
     if len(set(targets)) != len(targets):
         dupes = sorted({t for t in targets if targets.count(t) > 1})
         raise InputError(f"target categories listed twice: {dupes}")
 
-    target_to_source: list[int | None] = []
+    wnids = {m.group(0): i for i, label in enumerate(source_labels) if (m := re.match(r"n\d{8}", label))}
+
+    def lookup(src: str, name: str) -> int:
+        """A label by its full name, a synset by its WordNet id (``n09428293``) or one unique name."""
+        key = normalise(src)
+        if key in index:
+            return index[key]
+        if src.split()[0] in wnids:
+            return wnids[src.split()[0]]
+        if len(synonyms.get(key.lower().replace(" ", "_"), [])) == 1:
+            return synonyms[key.lower().replace(" ", "_")][0]
+        raise InputError(f"label map sends {name!r} to {src!r}, which is not one of "
+                         f"the model's {len(source_labels)} labels")
+
+    target_sources: list[tuple[int, ...]] = []
     via_alias: dict[str, str] = {}
+    matches: dict[str, tuple[str, ...]] = {}
     for name in targets:
-        if name in aliases:
-            src = aliases[name]
-            if src is None:
-                target_to_source.append(None)
-                continue
-            if normalise(src) not in index:
-                raise InputError(f"label map sends {name!r} to {src!r}, which is not one of "
-                                 f"the model's {len(source_labels)} labels")
-            target_to_source.append(index[normalise(src)])
-            via_alias[name] = source_labels[index[normalise(src)]]
+        automatic = ([index[name]] if name in index else []) + synonyms.get(name.lower(), [])
+        entry = aliases.get(name, "") if name in aliases else None
+        if name in aliases and entry is None:
+            target_sources.append(())
+            continue
+        if entry is not None:
+            adding = entry.startswith("+")
+            given = [lookup(s.strip(), name) for s in entry.lstrip("+").split("|") if s.strip()]
+            found = ([*automatic, *given] if adding else given)
+            via_alias[name] = "|".join(source_labels[s] for s in given)
         else:
-            target_to_source.append(index.get(name))
+            found = automatic
+        found = list(dict.fromkeys(found))
+        target_sources.append(tuple(found))
+        if len(found) > 1 or (found and name not in index and entry is None) or (entry or "").startswith("+"):
+            matches[name] = tuple(source_labels[s] for s in found)
+    target_to_source = [s[0] if s else None for s in target_sources]
 
     source_to_targets: dict[int, tuple[int, ...]] = {}
-    for t, s in enumerate(target_to_source):
-        if s is not None:
+    for t, sources in enumerate(target_sources):
+        for s in sources:
             source_to_targets[s] = source_to_targets.get(s, ()) + (t,)
     return LabelMapping(
         source_labels=tuple(source_labels),
@@ -212,6 +271,8 @@ def build_mapping(source_labels: Sequence[str], target_categories: Sequence[str]
         shared={s: ts for s, ts in sorted(source_to_targets.items()) if len(ts) > 1},
         via_alias=via_alias,
         unused_aliases=tuple(sorted(set(aliases) - set(targets))),
+        target_sources=tuple(target_sources),
+        matches=matches,
     )
 
 
@@ -296,10 +357,10 @@ def score(logits: np.ndarray, labels: Sequence[int] | np.ndarray, mapping: Label
     if labels.size and (labels.min() < 0 or labels.max() >= n_targets):
         raise InputError(f"labels must lie in [0, {n_targets}), got {labels.min()}..{labels.max()}")
 
-    # true source index per image; -1 where the category has no source label
-    t2s = np.array([-1 if s is None else s for s in mapping.target_to_source], dtype=np.int64)
-    true_src = t2s[labels] if labels.size else np.zeros(0, dtype=np.int64)
-    has_source = true_src >= 0
+    # which source labels are correct for each image's category (several for a category that
+    # matches several labels); a category without any has no correct label
+    member = mapping.membership()
+    has_source = member.any(axis=1)[labels] if labels.size else np.zeros(0, dtype=bool)
     included = has_source if unmapped == "exclude" else np.ones_like(has_source)
 
     kept = mapping.kept_sources
@@ -310,8 +371,8 @@ def score(logits: np.ndarray, labels: Sequence[int] | np.ndarray, mapping: Label
     pred_unmuted = _topk(logits, min(k, logits.shape[1]))
 
     def hits(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        match = (p == true_src[:, None]) & has_source[:, None]
-        top1 = match[:, 0] if p.shape[1] else np.zeros(len(true_src), dtype=bool)
+        match = member[labels[:, None], p] if p.shape[1] else np.zeros((len(labels), 0), dtype=bool)
+        top1 = match[:, 0] if p.shape[1] else np.zeros(len(labels), dtype=bool)
         return top1 & included, match.any(axis=1) & included
 
     top1, topk = hits(pred)
@@ -322,8 +383,9 @@ def score(logits: np.ndarray, labels: Sequence[int] | np.ndarray, mapping: Label
         name = mapping.target_categories[int(t)]
         unmapped_counts[name] = unmapped_counts.get(name, 0) + 1
     unmapped_counts = dict(sorted(unmapped_counts.items()))
-    shared_src = np.array(sorted(mapping.shared), dtype=np.int64)
-    in_shared = np.isin(true_src, shared_src) & included
+    shared = np.zeros(len(mapping.source_labels), dtype=bool)
+    shared[list(mapping.shared)] = True
+    in_shared = (member[labels] & shared).any(axis=1) & included if labels.size else has_source
     return Scores(
         mapping=mapping, k=k, included=included,
         top1=top1, topk=topk, top1_unmuted=top1_u, topk_unmuted=topk_u,

@@ -88,18 +88,29 @@ def safe_ratio(hits: np.ndarray, images: np.ndarray) -> np.ndarray:
     return out
 
 
-def chance_levels(true_sources: np.ndarray, num_labels: int, k: int = 5) -> dict[str, float]:
+def chance_levels(true_sources, num_labels: int, k: int = 5) -> dict[str, float]:
     """Chance accuracies of guessers blind to the image (module docstring).
 
-    ``true_sources`` int (n,): per scored image the index of its category's
-    source label, ``-1`` for a category without one (``--unmapped keep``);
-    ``num_labels``: ``L``, the number of kept source labels the guess ranges over;
-    ``k``: the top-k of ``chance_top5``.
+    ``true_sources``: per scored image the source labels correct for its category — an int array
+    (n,) of one label each (``-1``: a category without one, ``--unmapped keep``), or a sequence of
+    tuples (several labels for a category that matches several, ``()`` for none); ``num_labels``:
+    ``L``, the number of kept source labels the guess ranges over; ``k``: the top-k of ``chance_top5``.
+
+    With ``m_i`` correct labels for image ``i``: a uniform guess is right at top-1 with probability
+    ``m_i / L`` and at top-k with ``1 − C(L − m_i, k) / C(L, k)``; the prior-matched guesser draws a
+    label with the frequency true categories carry it (each image spreading its weight over its
+    ``m_i`` labels); the majority guesser always names the label correct for the most images.
+    With one label per image these are the formulas of the module docstring.
     """
-    true_sources = np.asarray(true_sources, dtype=np.int64).reshape(-1)
-    n = true_sources.size
-    mapped = true_sources[true_sources >= 0]
-    m = mapped.size
+    from math import comb
+
+    if isinstance(true_sources, np.ndarray) or (len(true_sources) and not isinstance(true_sources[0], tuple)):
+        sets = [(int(s),) if s >= 0 else () for s in np.asarray(true_sources, dtype=np.int64).reshape(-1)]
+    else:
+        sets = [tuple(s) for s in true_sources]
+    n = len(sets)
+    mapped = [s for s in sets if s]
+    m = len(mapped)
     nan = float("nan")
     if n == 0 or num_labels <= 0:
         return {"chance_top1": nan, "chance_top5": nan, "chance_top1_prior": nan,
@@ -107,12 +118,21 @@ def chance_levels(true_sources: np.ndarray, num_labels: int, k: int = 5) -> dict
     if m == 0:
         return {"chance_top1": 0.0, "chance_top5": 0.0, "chance_top1_prior": 0.0,
                 "chance_top1_majority": 0.0, "chance_num_labels": int(num_labels)}
-    _, n_l = np.unique(mapped, return_counts=True)
-    n_l = n_l.astype(np.float64)
-    return {"chance_top1": (m / n) / num_labels,
-            "chance_top5": (m / n) * min(k, num_labels) / num_labels,
-            "chance_top1_prior": float(np.sum(n_l * n_l) / (n * m)),
-            "chance_top1_majority": float(n_l.max() / n),
+    L, kk = int(num_labels), min(k, int(num_labels))
+    sizes = np.array([min(len(s), L) for s in mapped], dtype=np.float64)
+    top_k = np.array([1.0 - comb(L - int(c), kk) / comb(L, kk) for c in sizes])
+    weight: dict[int, float] = {}  # each mapped image spreads weight 1 over its labels
+    count: dict[int, int] = {}
+    for s in mapped:
+        for label in s:
+            weight[label] = weight.get(label, 0.0) + 1.0 / len(s)
+            count[label] = count.get(label, 0) + 1
+    q = {label: w / m for label, w in weight.items()}
+    prior = sum(sum(q[label] for label in s) for s in mapped) / n
+    return {"chance_top1": float(sizes.sum() / (n * L)),
+            "chance_top5": float(top_k.sum() / n),
+            "chance_top1_prior": float(prior),
+            "chance_top1_majority": float(max(count.values()) / n),
             "chance_num_labels": int(num_labels)}
 
 
@@ -181,10 +201,10 @@ class ClassificationMetrics:
         }
 
 
-def _true_sources(true: np.ndarray, mapping: LabelMapping) -> np.ndarray:
-    """Source label index of each true target category, -1 where it has none."""
-    t2s = np.array([-1 if s is None else s for s in mapping.target_to_source], dtype=np.int64)
-    return t2s[np.asarray(true, dtype=np.int64)] if len(true) else np.zeros(0, dtype=np.int64)
+def _true_sources(true: np.ndarray, mapping: LabelMapping) -> list[tuple[int, ...]]:
+    """The source labels correct for each true target category (``()`` where it has none)."""
+    sets = mapping.target_sources or tuple((s,) if s is not None else () for s in mapping.target_to_source)
+    return [tuple(sets[int(t)]) for t in np.asarray(true, dtype=np.int64)]
 
 
 def classification_metrics(scores: Scores, labels: np.ndarray) -> ClassificationMetrics:

@@ -146,13 +146,15 @@ def per_class_rows(m: ClassificationMetrics, mapping: LabelMapping) -> list[dict
         lo, hi = wilson_interval(h1, images)
         status = ("scored" if src is not None else "unmapped, scored as errors") if images else \
             "predicted only (no images)"
-        shared = [names[o] for o in mapping.source_to_targets.get(src, ()) if o != t] if src is not None else []
+        sources = mapping.target_sources[t] if mapping.target_sources else (() if src is None else (src,))
+        shared = list(dict.fromkeys(names[o] for s in sources for o in mapping.source_to_targets.get(s, ())
+                                    if o != t))
         rows.append({
             "category": names[t], "label": t, "status": status, "images": images,
             "top1_correct": h1, "top1_accuracy": h1 / images if images else float("nan"),
             "top5_correct": h5, "top5_accuracy": h5 / images if images else float("nan"),
             "top1_ci95_low": lo, "top1_ci95_high": hi,
-            "source_label": "" if src is None else mapping.source_labels[src],
+            "source_label": "|".join(mapping.source_labels[s] for s in sources),
             "shares_source_with": "|".join(shared),
         })
     return rows
@@ -247,6 +249,8 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
         "label_map": {"user_map": None if label_map is None else str(label_map),
                       "user_entries_unused": list(prep.unused_user_entries),
                       "aliases_used": dict(mapping.via_alias), "kept_sources": int(kept.size),
+                      "categories_with_several_labels_or_synset_names": {c: list(ls) for c, ls in
+                                                                         mapping.matches.items()},
                       "muted_sources": len(mapping.muted), "unmapped_categories": list(mapping.unmapped)},
         "reference": reports.PLACES365_REFERENCE,
         "failed_images": [{"path": str(p), "reason": r} for p, r in features.failed],

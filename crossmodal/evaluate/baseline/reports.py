@@ -139,6 +139,10 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
         f"- Categories mapped through the alias table: {len(m['label_map']['aliases_used'])}"
         + (" (" + ", ".join(f"{k} → {v}" for k, v in sorted(m['label_map']['aliases_used'].items())) + ")"
            if m['label_map']['aliases_used'] else "") + ".",
+        *(["- Categories kept with several labels or by a synset's name (a prediction of any of them is "
+           "correct): " + "; ".join(f"{c} → {' | '.join(ls)}" for c, ls in sorted(
+               m['label_map']['categories_with_several_labels_or_synset_names'].items())) + "."]
+          if m['label_map'].get('categories_with_several_labels_or_synset_names') else []),
     ]
     shared = m["shared_labels"]
     if shared["groups"]:
