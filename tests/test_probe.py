@@ -214,9 +214,11 @@ def test_all_runs_the_train_by_test_grid(model, root, pair_run, tmp_path, monkey
     titles = _capture_titles(monkeypatch)
     out = tmp_path / "grid"
     result = _invoke(["--model", str(model), "--all", "--data-root", str(root), "--out", str(out), "--shots", "1,all",
-                      "--seeds", "1", "--no-model", "--cache", str(pair_run[0] / "cache"), "--json"])
+                      "--seeds", "1", "--cache", str(pair_run[0] / "cache"), "--json"])
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)
+    # a grid exports no model unless --export-model asks (a full model per training modality: GBs on VGG16)
+    assert r["run"]["settings"]["export_model"] is False and not list(out.glob("model*"))
     # clipart has no training list: tested on, not trained on
     assert {(p["train_modality"], p["modality"]) for p in r["pairs"]} == \
         {(t, m) for t in ("natural", "sketch") for m in ("natural", "clipart", "sketch")}
@@ -394,3 +396,12 @@ def test_a_failed_run_leaves_out_exactly_as_it_was(model, root, pair_run, tmp_pa
     assert result.exit_code == 2, result.output
     assert "could be decoded" in result.stderr and "nothing was written" in result.stderr, result.stderr
     assert _tree(out) == before
+
+
+def test_probe_md_lists_only_the_files_this_run_wrote(pair_run):
+    """A logistic single-pair probe writes no transfer.png or training_curves.png: probe.md says so."""
+    out, r = pair_run
+    files = (out / "probe.md").read_text().split("## Files", 1)[1]
+    assert "`transfer.png`" not in files and "`training_curves.png`" not in files
+    assert "`confusion.png`" in files and "`per_class.csv`" in files
+    assert ("`model/`" in files) == (out / "model").is_dir()

@@ -57,7 +57,9 @@ from crossmodal.cli.options import (
               help="Feature cache folder, shared with baseline and retrieval "
                    "[default: $CROSSMODAL_CACHE, else <out>/cache].")
 @fast_decode_option
-@click.option("--no-model", is_flag=True, help="Do not write the adjusted network (OUT/model/).")
+@click.option("--export-model/--no-model", "export", default=None,
+              help="Write the adjusted network (OUT/model/: IR + ONNX + Keras, one per training modality in a grid). "
+                   "Default: yes for one probe, no for --all (a grid would write a full model per modality).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("probe-out"),
               show_default=True, help="Output folder: probe.json, probe.md, PNGs, per_class.csv, model/.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
@@ -66,7 +68,7 @@ from crossmodal.cli.options import (
 @locks_output("out_dir", "probe")
 def probe(model_dir, modality, train_modality, all_pairs, data_root, config, train_split, test_split, layer,
           classifier, C, cv, shots, seeds, seed, backend, device, batch_size, workers, threads, cache_dir, fast_decode,
-          no_model, out_dir, quiet, as_json):
+          export, out_dir, quiet, as_json):
     """Train a classifier on the frozen network's features of one modality's training images
     and score it on test images (the linear-probe protocol: C swept on a validation split carved
     from the training data, then refit on all of it), beside the unadjusted network's muted
@@ -87,7 +89,7 @@ def probe(model_dir, modality, train_modality, all_pairs, data_root, config, tra
                         data_root=data_root, config=config, train_split=train_split, test_split=test_split,
                         layer=layer, classifier=classifier, C=C, cv=cv, shots=shots, seeds=seeds, seed=seed,
                         backend=backend, device=device, batch_size=batch_size, workers=workers, threads=threads,
-                        cache_dir=cache_dir, draft=fast_decode, export_model=not no_model,
+                        cache_dir=cache_dir, draft=fast_decode, export_model=(not all_pairs) if export is None else export,
                         on_step=step_printer(quiet_all), on_start=bars.start, on_batch=bars.update)
     if as_json:
         echo_json(run.results)

@@ -304,6 +304,7 @@ def _fit_and_write(stage: Path, out_dir: Path, model_dir: Path, graph: Graph, fe
                                      "cv": cv, "num_train": fit.num_train}, step)
             models[tname]["dir"] = str(out_dir / name)
         results["models"] = models
+    results["files_written"] = sorted(files)
     results["timings_s"] = {"total": round(time.perf_counter() - t_start, 3)}
     results["run"] = record.block()
     files.update(probe_reports.write_json_last(stage, results))

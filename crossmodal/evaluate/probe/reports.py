@@ -36,6 +36,16 @@ FILES = {
 }
 
 
+def _written(name: str, results: dict) -> bool:
+    """Whether this run wrote the file ``name`` of :data:`FILES` (a report lists only those)."""
+    if name in ("probe.md", "probe.json"):
+        return True
+    if name == "model/":
+        return bool(results.get("models"))
+    return any(Path(f).name == name or Path(f).name.startswith(Path(name).stem + "-")
+               for f in results.get("files_written", ()))
+
+
 def _pair_dir(out_dir: Path, results: dict, train: str, test: str) -> Path:
     return out_dir if results["mode"] != "grid" else out_dir / f"{train}-to-{test}"
 
@@ -198,7 +208,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {p['train_modality']} → {p['modality']} | " + " | ".join(cells) + " |")
     if results.get("not_trained_on"):
         lines += ["", "Not trained on: " + "; ".join(f"{k}: {v}" for k, v in results["not_trained_on"].items())]
-    lines += ["", "## Files", ""] + [f"- `{n}`: {d}" for n, d in FILES.items()] + [""]
+    lines += ["", "## Files", ""] + [f"- `{n}`: {d}" for n, d in FILES.items() if _written(n, results)] + [""]
     lines += run_lines(results.get("run"))
     return "\n".join(lines)
 
