@@ -162,3 +162,16 @@ def test_mlp_is_seeded_and_keeps_its_best_epoch():
     assert len(curves["val_loss"]) == a.info["epochs_run"]
     assert curves["val_loss"][a.info["best_epoch"] - 1] == min(curves["val_loss"])
     assert [w.shape for w, _ in a.layers] == [(256, 20), (4, 256)]
+
+
+def test_a_best_c_at_an_end_of_the_grid_takes_the_grid_further_and_is_reported():
+    """Easy, well separated classes: the weakest regularisation in the grid is best, so the sweep
+    looks a decade further out; a flat validation curve (identical rows) is said to be flat."""
+    rng = np.random.default_rng(4)
+    x, y, xt, yt = gaussian_classes(rng, k=6, d=30, n=40, spread=0.3, n_test=30)
+    sw = pf.sweep_c(x, y, xt, yt, 6, grid=(1e-4, 1e-3))  # a grid whose top is too small
+    assert max(sw.grid) > 1e-2 and sw.best_c > 1e-3  # went past the grid's end, and found a better C there
+    assert sw.to_dict()["C_at_edge"] is None and not sw.flat
+    flat = pf.sweep_c(np.ones((40, 4), np.float32), np.repeat(np.arange(4), 10),
+                      np.ones((8, 4), np.float32), np.repeat(np.arange(4), 2), 4, grid=(0.1, 1.0))
+    assert flat.flat and flat.to_dict()["val_top1_flat"] and flat.best_c == min(flat.grid)

@@ -21,7 +21,9 @@ starting where the last one stopped).
 **The sweep** (:func:`sweep_c`): C over a log grid, each fit scored on a
 validation split carved from the training data (:func:`stratified_holdout`),
 then the two log-midpoints around the best C; the best validation top-1 wins
-(ties: the smaller C, the stronger regularisation). The caller then refits on
+(ties: the smaller C, the stronger regularisation). A best C at an end of the values tried
+takes the grid one decade further that way, up to :data:`EXTEND` times; a C still at an end
+(``Sweep.edge``), or a validation curve flat in C (``Sweep.flat``), is reported. The caller then refits on
 all training data at that C (the protocol of CLIP's linear probe).
 
 The MLP head: :mod:`crossmodal.evaluate.probe.mlp`; stratified splits and few-shot draws:
@@ -40,6 +42,8 @@ from crossmodal.errors import InputError
 
 #: The default C grid of the sweep (then refined around the best value).
 DEFAULT_C_GRID: tuple[float, ...] = tuple(float(10.0 ** e) for e in range(-4, 4))
+#: How many decades the sweep goes past an end of the grid when the best C sits there.
+EXTEND = 3
 
 
 # --------------------------------------------------------------------------- heads
@@ -265,10 +269,24 @@ class Sweep:
     heads: dict[float, Head] = field(default_factory=dict)
     seconds: float = 0.0
 
+    @property
+    def edge(self) -> str | None:
+        """``"smallest"`` / ``"largest"`` when the chosen C is still an end of the values tried (after
+        the grid was extended past it), else None."""
+        if len(self.grid) < 2:
+            return None
+        return "smallest" if self.best_c == min(self.grid) else "largest" if self.best_c == max(self.grid) else None
+
+    @property
+    def flat(self) -> bool:
+        """Every C tried gave the same validation top-1 (the smallest C is then kept)."""
+        return len(set(self.val_top1)) == 1
+
     def to_dict(self) -> dict:
         order = np.argsort(self.grid)
         return {"C_grid": [self.grid[i] for i in order], "val_top1": [self.val_top1[i] for i in order],
-                "C": self.best_c, "seconds": round(self.seconds, 3),
+                "C": self.best_c, "C_at_edge": self.edge, "val_top1_flat": self.flat,
+                "seconds": round(self.seconds, 3),
                 "iterations": [self.heads[self.grid[i]].info.get("iterations") for i in order]}
 
 
@@ -316,6 +334,16 @@ def sweep_c(x_train, y_train, x_val, y_val, n_classes: int, *, grid: Sequence[fl
                                 device=device, max_iter=max_iter, tol=tol, moments=moments)
             tried[c] = (top1_accuracy(head, x_val, y_val), head)
             log(f"C={c:g}: validation top-1 {100 * tried[c][0]:.2f} % (refinement)")
+        best_c = _best(tried)
+    for _ in range(EXTEND):  # the best C at an end of what was tried: look one decade further
+        if len({a for a, _ in tried.values()}) == 1 or best_c not in (min(tried), max(tried)):
+            break
+        c = best_c / 10.0 if best_c == min(tried) else best_c * 10.0
+        start = max((k for k in tried if k < c), default=None)
+        head = fit_logistic(xt, yt, n_classes, c, init=tried[start][1] if start else None,
+                            device=device, max_iter=max_iter, tol=tol, moments=moments)
+        tried[c] = (top1_accuracy(head, x_val, y_val), head)
+        log(f"C={c:g}: validation top-1 {100 * tried[c][0]:.2f} % (the best C was at an end of the grid)")
         best_c = _best(tried)
     del xt, yt
     if device.startswith("cuda"):

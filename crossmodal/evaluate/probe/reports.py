@@ -181,6 +181,15 @@ def markdown(results: dict) -> str:
                  "The MLP head (Dense 256 + ReLU + softmax, RMSprop) stopped early on a validation split "
                  "carved from the training images.")]
     for p in pairs:
+        sweep = p.get("sweep") or {}
+        if sweep.get("val_top1_flat"):
+            lines.append(f"- {p['train_modality']} → {p['modality']}: every C tried gave the same validation top-1, "
+                         f"so the smallest, C = {p['C']:g} (the strongest regularisation), was kept: the choice "
+                         "says nothing about the best C.")
+        elif sweep.get("C_at_edge"):
+            lines.append(f"- {p['train_modality']} → {p['modality']}: the chosen C = {p['C']:g} is the "
+                         f"{sweep['C_at_edge']} value tried, even after the grid was extended past its end: a better "
+                         "C may lie further out (give --C to choose it).")
         if p.get("probe_top1_on_baseline_images") is not None and p["baseline_num_scored"] != p["num_test"]:
             lines.append(f"- {p['train_modality']} → {p['modality']}: on the {p['baseline_num_scored']} test "
                          f"images the baseline can score, the probe reaches {pct(p['probe_top1_on_baseline_images'])}.")
