@@ -331,3 +331,29 @@ def test_bad_input_size_is_a_usage_error(runner, tiny_ckpt, tmp_path, command):
     assert result.exit_code == 2
     assert "--input-size" in result.output and "expected H or HxW" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_finds_the_release_labels_beside_the_weights_or_says_it_has_none(tmp_path):
+    """Without --labels, the published label file where fetch puts it (beside the checkpoint) is used and
+    named; with none there, one note names --labels, even under -q."""
+    import shutil
+    from helpers import require_shared
+    from crossmodal.models.synthetic import write_checkpoint
+    from crossmodal.models.vgg import create_spec
+    ckpt = tmp_path / "w" / "tiny365.pth"
+    ckpt.parent.mkdir()
+    write_checkpoint(create_spec("vgg_tiny", num_classes=365), ckpt, seed=1)
+    result = CliRunner().invoke(main, ["convert", str(ckpt), "--input-size", "20x28", "--to", "ir",
+                                       "--out-dir", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [
+        "note: no labels given or found beside the weights: the 365 classes are named class_0 …; give --labels "
+        "(crossmodal fetch places365-labels gets the published list)"]
+    for name in ("categories_places365.txt", "IO_places365.txt"):
+        shutil.copy(require_shared("places365", name), ckpt.parent / name)
+    result = CliRunner().invoke(main, ["convert", str(ckpt), "--input-size", "20x28", "--to", "ir",
+                                       "--out-dir", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "labels: categories_places365.txt and IO_places365.txt beside the weights" in result.stderr
+    graph = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert graph["labels"]["names"][0] == "/a/airfield" and graph["labels"]["indoor_outdoor"][0] == 2

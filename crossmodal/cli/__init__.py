@@ -103,11 +103,14 @@ def _notes_as_lines() -> None:
 
     from crossmodal.errors import FormatNote
     shown = warnings.showwarning
+    if getattr(shown, "crossmodal_notes", False):  # installed already (several commands in one process)
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, FormatNote):
             click.echo(f"note: {message}", err=True)
         else:
             shown(message, category, filename, lineno, file, line)
+    show.crossmodal_notes = True
     warnings.showwarning = show
     warnings.simplefilter("always", FormatNote)

@@ -253,10 +253,24 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     t0 = time.perf_counter()
     step(f"reading {source}")
     model = read_source(Path(source), **read_options)
+    if labels is None and io_labels is not None:
+        raise InputError("--io-labels needs --labels")
+    if labels is None and model.graph.labels is None:  # the release's label file where fetch puts it
+        from crossmodal.models.cards import label_files_beside
+        found = label_files_beside(read_options.get("caffemodel") or source, model.graph.num_classes)
+        if found is not None:
+            labels, io_labels = found
+            step(f"labels: {labels.name}" + (f" and {io_labels.name}" if io_labels else "")
+                 + " beside the weights (give --labels to choose others)")
+        else:
+            import warnings
+
+            from crossmodal.errors import FormatNote
+            warnings.warn(FormatNote(f"no labels given or found beside the weights: the {model.graph.num_classes} "
+                                     "classes are named class_0 …; give --labels (crossmodal fetch places365-labels "
+                                     "gets the published list)"), stacklevel=2)
     if labels is not None:
         model.graph.labels = read_labels(labels, io_labels, model.graph.num_classes)
-    elif io_labels is not None:
-        raise InputError("--io-labels needs --labels")
     prov = model.graph.provenance
     prov.tool_version = f"crossmodal {__version__}"
     prov.framework_versions = {**framework_versions(), **prov.framework_versions}

@@ -28,7 +28,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from crossmodal.errors import InputError
 
@@ -132,6 +132,26 @@ def find_card_for_file(path_or_name: str | PurePath) -> Card | None:
     for card in _load_all().values():
         if card.file_named(name) is not None:
             return card
+    return None
+
+
+def label_files_beside(source: str | PurePath, num_classes: int) -> tuple[Path, Path | None] | None:
+    """The published label file (and IO file) for a network of ``num_classes`` outputs lying beside
+    ``source`` (where ``fetch`` puts a release's files), or None: the label cards' files with as many
+    lines as classes (``categories_places365.txt`` and ``IO_places365.txt``; the hybrid's list)."""
+    folder = Path(source).parent
+    for card in list_cards():
+        labels = [f for f in card.files if f.kind == "labels"]
+        io = next((f for f in card.files if f.kind == "io-labels"), None)
+        for f in labels:
+            path = folder / f.file
+            try:
+                lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+            except (OSError, UnicodeDecodeError):
+                continue
+            if len(lines) == num_classes:
+                io_path = folder / io.file if io is not None and (folder / io.file).is_file() else None
+                return path, io_path
     return None
 
 
