@@ -668,3 +668,29 @@ def test_full_vgg16_legacy_encoding_converts_to_the_same_model(full, tmp_path):
     got = sess.run(["logits"], {"input": x})[0]
     del sess
     assert rel_err(got, reference.run(model, x, ["fc8a"], dtype=np.float32)["fc8a"]) <= 1e-5
+
+
+def test_caffe_path_mistakes_get_a_line_that_says_what_to_give(tmp_path):
+    """A .caffemodel as WEIGHTS, an image or a broken file as --mean-file: the one line says what was
+    wrong and what to give; a .npy mean (3×H×W, BGR) is read as the binaryproto is."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from crossmodal.cli import main
+    from crossmodal.errors import InputError
+    from crossmodal.readers.caffe_preprocess import read_mean_file
+    cm = tmp_path / "w.caffemodel"
+    cm.write_bytes(b"\x0a\x03abc")
+    r = CliRunner().invoke(main, ["convert", str(cm), "--out-dir", str(tmp_path / "o"), "-q"])
+    assert r.exit_code == 2 and "give the network's deploy prototxt as WEIGHTS and this file with --caffemodel" \
+        in r.output and r.output.count("\n") == 1
+    jpg = tmp_path / "mean.jpg"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(jpg)
+    with pytest.raises(InputError, match="is an image, not a mean file: --mean-file takes a Caffe mean image"):
+        read_mean_file(jpg)
+    npy = tmp_path / "mean.npy"
+    np.save(npy, np.arange(3 * 5 * 6, dtype=np.float32).reshape(3, 5, 6))
+    assert read_mean_file(npy).shape == (3, 5, 6)
+    np.save(npy, np.zeros((5, 6)))
+    with pytest.raises(InputError, match="expected 1×3×H×W"):
+        read_mean_file(npy)

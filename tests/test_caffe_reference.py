@@ -98,7 +98,7 @@ def test_a_prototxt_of_another_network_is_one_clear_error(tmp_path, source):
     convert(proto, out, caffemodel=model, targets=["ir"])
     other = tmp_path / "other.prototxt"
     other.write_text(PROTOTXT.replace('"conv1"', '"c1"').replace('"fc3"', '"f3"'))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="is not the prototxt this IR was converted from .*deploy.prototxt"):
         run_verify(out, engines=("ir",), source=model, prototxt=other, random=1)
 
 

@@ -77,6 +77,9 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
     for note in g.provenance.notes:
         if note.startswith("architecture"):
             click.echo(f"note: {note}")
+    train_val = [n[len("train_val: "):] for n in g.provenance.notes if n.startswith("train_val: ")]
+    if train_val:  # data, loss and accuracy layers dropped: said, not silent
+        click.echo("note: a train_val prototxt, read for inference: " + "; ".join(train_val))
     for a in result.artifacts:
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB  sha256 {a.sha256[:16]}…")
     click.echo(f"done in {result.timings['total']:.1f} s")

@@ -110,6 +110,9 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
                           preprocess=given, rgb_input=rgb_input)  # checks a given spec's crop itself
     if source.is_dir():
         raise InputError("is a folder without an IR (model.json); give a checkpoint file or an IR folder", source)
+    if source.suffix == ".caffemodel":
+        raise InputError("is a Caffe caffemodel: give the network's deploy prototxt as WEIGHTS and this file "
+                         "with --caffemodel", source)
     from crossmodal.readers.from_torch import read_torch_checkpoint
     model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size, arch=arch,
                                   preprocess=given or resolve_preprocess(None, _default_preset(source)))

@@ -23,17 +23,32 @@ MEAN_MODES = ("channel", "image")
 MEAN_IMAGE_TENSOR = "preprocess.mean_image"
 
 
+WHAT_MEAN_FILE = ("a Caffe mean image: a .binaryproto (BlobProto of shape 1×3×H×W, BGR, 0–255, as "
+                  "places365CNN_mean.binaryproto) or a .npy array of shape 3×H×W (BGR)")
+
+
 def read_mean_file(path: Path) -> np.ndarray:
-    """A ``.binaryproto`` mean (BlobProto 1×3×H×W, BGR) → float32 (3, H, W), BGR."""
+    """A mean image → float32 (3, H, W), BGR: a ``.binaryproto`` (BlobProto 1×3×H×W) or a ``.npy``
+    array (3×H×W or 1×3×H×W, read without pickles, as the Caffe Python demos save it)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read mean file ({exc.strerror or exc})", path) from None
-    try:
-        mean = caffe_wire.decode_mean_blob(data)
-    except caffe_wire.WireError as exc:
-        raise InputError(f"not a readable mean file (BlobProto .binaryproto): {exc}", path) from None
+    if data[:6] == b"\x93NUMPY":
+        import io
+        try:
+            mean = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:
+            raise InputError(f"not a readable .npy mean file ({exc}); expected {WHAT_MEAN_FILE}", path) from None
+        mean = np.asarray(mean, dtype=np.float32)
+    elif data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+        raise InputError(f"is an image, not a mean file: --mean-file takes {WHAT_MEAN_FILE}", path)
+    else:
+        try:
+            mean = caffe_wire.decode_mean_blob(data)
+        except caffe_wire.WireError as exc:
+            raise InputError(f"not a readable mean file ({exc}); --mean-file takes {WHAT_MEAN_FILE}", path) from None
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
     if mean.ndim != 3 or mean.shape[0] != 3 or min(mean.shape[1:]) < 1:

@@ -41,6 +41,26 @@ def _cv2():
     return cv2
 
 
+def _check_prototxt(model: IRModel, prototxt: Path, opencv_layers: set[str]) -> None:
+    """A prototxt other than the one the IR was converted from (its SHA-256, recorded at conversion)
+    is refused when it lacks the IR's logits or feature layer: it describes another network. (The
+    network's deploy prototxt for an IR converted from its train_val prototxt passes.)"""
+    import hashlib
+    import re
+    recorded = next((m for n in model.graph.provenance.notes
+                     if (m := re.match(r"prototxt (.+) \(sha256 ([0-9a-f]{64})\)", n))), None)
+    try:
+        actual = hashlib.sha256(prototxt.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read the prototxt ({exc.strerror or exc})", prototxt) from None
+    graph = model.graph
+    needed = {graph.resolve("logits"), graph.blobs.get(graph.feature_blob, graph.feature_blob)}
+    if recorded is not None and recorded.group(2) != actual and not needed <= opencv_layers:
+        raise InputError(f"is not the prototxt this IR was converted from (it records {recorded.group(1)}, "
+                         f"sha256 {recorded.group(2)[:12]}…; this file's is {actual[:12]}…): give the network's "
+                         "own deploy prototxt with --prototxt", prototxt)
+
+
 def caffe_source_engine(model: IRModel, prototxt: Path, caffemodel: Path) -> Engine:
     """The Caffe network in OpenCV (module docstring), as the ``caffe-source`` engine."""
     cv2 = _cv2()
@@ -55,12 +75,14 @@ def caffe_source_engine(model: IRModel, prototxt: Path, caffemodel: Path) -> Eng
         net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     except cv2.error as exc:
         detail = " ".join(str(exc).split())[-200:]
-        raise InputError(f"OpenCV cannot read this Caffe network ({detail})", caffemodel) from None
+        raise InputError(f"OpenCV cannot read this Caffe network with {Path(prototxt).name} ({detail}); is that "
+                         "the network's own deploy prototxt?", caffemodel) from None
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     net.enableFusion(False)
     net.enableWinograd(False)
     opencv_layers = set(net.getLayerNames())
+    _check_prototxt(model, Path(prototxt), opencv_layers)
     observable = [l.name for l in model.graph.layers if l.name in opencv_layers]
     if not observable:
         raise InputError(f"none of OpenCV's layers of {Path(prototxt).name} is a layer of this IR: not the "
