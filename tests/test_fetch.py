@@ -508,3 +508,11 @@ def test_cli_records_the_hash_it_computed_and_checks_later_runs_against_it(runne
     result = runner.invoke(fetch, args + ["--json"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "googlenet_places365.caffemodel").read_bytes() == weights
+
+
+def test_a_download_that_received_nothing_leaves_no_part_and_says_so(tmp_path):
+    """Nothing listens on port 9: no byte arrives, so no empty .part is left and the message does not
+    promise a resume (a partial download says how many bytes its .part keeps)."""
+    with pytest.raises(InputError, match=r"after 1 attempt \(.*\); nothing was received$"):
+        download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", **{**FAST, "retries": 0})
+    assert list(tmp_path.iterdir()) == []

@@ -117,9 +117,14 @@ def download(url: str, dest: Path, *, sha256: str | None = None, sha256_prefix: 
                 break
             except _Transient as exc:
                 if attempt == retries:
+                    got = part.path.stat().st_size if part.path.exists() else 0
+                    if not got:  # nothing arrived: no empty .part left behind, nothing to resume
+                        part.path.unlink(missing_ok=True)
+                    kept = (f"{part.path.name} keeps the {got:,} bytes received: run again to resume" if got
+                            else "nothing was received")
                     raise InputError(
-                        f"download failed after {attempt + 1} attempt{'s' * bool(attempt)} ({exc}); "
-                        f"{part.path.name} is kept: run again to resume", url) from None
+                        f"download failed after {attempt + 1} attempt{'s' * bool(attempt)} ({exc}); {kept}",
+                        url) from None
                 if progress:
                     bar.write(f"{dest.name}: {exc}; retrying", file=sys.stderr)
                 time.sleep(min(backoff * 2 ** attempt, 10.0))
