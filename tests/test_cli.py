@@ -357,3 +357,16 @@ def test_convert_finds_the_release_labels_beside_the_weights_or_says_it_has_none
     assert "labels: categories_places365.txt and IO_places365.txt beside the weights" in result.stderr
     graph = json.loads((tmp_path / "b" / "model.json").read_text())
     assert graph["labels"]["names"][0] == "/a/airfield" and graph["labels"]["indoor_outdoor"][0] == 2
+
+
+def test_inspect_names_the_outputs_alike_for_an_ir_folder_and_its_onnx(tmp_path, tiny_ckpt):
+    """One vocabulary: the public names (logits, prob, the feature blob), the IR layer in parentheses."""
+    out = tmp_path / "m"
+    assert CliRunner().invoke(main, ["convert", str(tiny_ckpt[0]), "--input-size", "20x28", "--to", "ir,onnx",
+                                     "--out-dir", str(out), "-q"]).exit_code == 0
+    ir = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)
+    onnx = json.loads(CliRunner().invoke(main, ["inspect", str(out / "model.onnx"), "--json"]).stdout)
+    assert ir["outputs"] == onnx["outputs"] == ["logits", "prob", "fc7"]
+    assert ir["output_layers"] == {"logits": "fc8", "prob": "prob", "fc7": "relu7"}
+    text = CliRunner().invoke(main, ["inspect", str(out)]).stdout
+    assert "outputs: logits (layer fc8), prob, fc7 (layer relu7)" in text

@@ -53,7 +53,8 @@ def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     click.echo(f"total parameters: {s.parameters:,}{stats}; {len(s.layers)} layers")
     click.echo(f"input: {s.input}")
     if s.outputs:
-        click.echo(f"outputs: {', '.join(s.outputs)}")
+        click.echo("outputs: " + ", ".join(n if s.output_layers.get(n, n) == n else f"{n} (layer {s.output_layers[n]})"
+                                           for n in s.outputs))
     if s.preprocess:
         click.echo(f"preprocess: {s.preprocess}")
     click.echo(f"labels: {s.labels if s.labels else 'none (convert with --labels categories_places365.txt)'}")

@@ -38,7 +38,10 @@ class ModelSummary:
     input: dict = field(default_factory=dict)
     preprocess: dict | None = None
     labels: dict | None = None
+    #: the model's outputs by their public names (``logits``, ``prob``, the feature blob), as the
+    #: emitted ONNX model names its outputs; ``output_layers``: public name → IR layer, where known
     outputs: list[str] = field(default_factory=list)
+    output_layers: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: The weights' identity (:mod:`crossmodal.ir.identity`) and its one-line description.
     weights: dict = field(default_factory=dict)
@@ -83,13 +86,15 @@ def summarize(path: Path, **read_options) -> ModelSummary:
                          if l.kind == "batch_norm" and r in ("mean", "var")))
             for l in g.layers]
     fmt = "ir" if (path / "model.json").is_file() else g.provenance.source_format or "caffe prototxt, no weights"
+    public = {name: g.blobs[name] for name in dict.fromkeys(("logits", "prob", g.feature_blob)) if name in g.blobs}
     ident = g.provenance.weights_identity or \
         identity.resolve(read_options.get("caffemodel") or path, g.provenance.source_sha256, find_card_for_sha256)
     return ModelSummary(str(path), fmt, rows, {"shape": ["N", *g.input.shape], "layout": g.input.layout,
                                                "channel_order": g.input.channel_order,
                                                "value_range": g.input.value_range},
-                        g.preprocess.to_dict(), _labels(g), list(g.outputs),
-                        weights=identity.identity(ident), weights_description=identity.describe(ident))
+                        g.preprocess.to_dict(), _labels(g), list(public),
+                        weights=identity.identity(ident), weights_description=identity.describe(ident),
+                        output_layers=public)
 
 
 def _labels(g) -> dict | None:
