@@ -345,3 +345,13 @@ def test_precision_the_backend_cannot_run_is_one_line(model, tree, tmp_path):
           "ONNX Runtime is not run at bf16", tmp_path / "out")
     _fail(["--model", str(model), "--modality", "sketch", *_list_args(tree), "--backend", "torch", "--trt"],
           "--trt is for the onnx backend", tmp_path / "out")
+
+
+def test_a_report_of_few_classes_has_one_sorted_table(list_run):
+    """Eight or fewer classes: one table of every class, best first — not a best and a worst table
+    that repeat each other."""
+    md = next(Path(list_run[0]).rglob("report.md")).read_text()
+    assert "## Classes by top-1" in md and "Best and worst" not in md
+    table = md.split("## Classes by top-1", 1)[1].split("\n\n", 2)[1].splitlines()[2:]
+    tops = [float(row.split("|")[3].strip().rstrip(" %")) for row in table if row.startswith("|")]
+    assert tops == sorted(tops, reverse=True) and len(tops) >= 2

@@ -159,13 +159,18 @@ def markdown_report(m: dict, per_class: Sequence[dict] = (), *, top_n: int = 10,
     scored = [r for r in per_class if r.get("images")]
     if scored:
         ranked = sorted(scored, key=lambda r: (-r["top1_accuracy"], r["category"]))
-        lines += ["", f"## Best and worst classes (top-1, of {len(ranked)})", "",
-                  "| best | images | top-1 | | worst | images | top-1 |", "|---|---:|---:|---|---|---:|---:|"]
-        worst = ranked[::-1]
-        for i in range(min(top_n, len(ranked))):
-            b, w = ranked[i], worst[i]
-            lines.append(f"| {b['category']} | {b['images']} | {pct(b['top1_accuracy'], 1)} | | "
-                         f"{w['category']} | {w['images']} | {pct(w['top1_accuracy'], 1)} |")
+        if len(ranked) <= 2 * top_n:  # few classes: one table, best first (two would repeat each other)
+            lines += ["", f"## Classes by top-1 ({len(ranked)})", "", "| class | images | top-1 | top-5 |",
+                      "|---|---:|---:|---:|"]
+            lines += [f"| {r['category']} | {r['images']} | {pct(r['top1_accuracy'], 1)} | "
+                      f"{pct(r['top5_accuracy'], 1)} |" for r in ranked]
+        else:
+            lines += ["", f"## Best and worst {top_n} classes (top-1, of {len(ranked)})", "",
+                      "| best | images | top-1 | | worst | images | top-1 |", "|---|---:|---:|---|---|---:|---:|"]
+            worst = ranked[::-1]
+            for b, w in zip(ranked[:top_n], worst[:top_n]):
+                lines.append(f"| {b['category']} | {b['images']} | {pct(b['top1_accuracy'], 1)} | | "
+                             f"{w['category']} | {w['images']} | {pct(w['top1_accuracy'], 1)} |")
     if m["num_failed"] or m["dataset"]["num_missing"]:
         lines += ["", "## Images not evaluated", ""]
         entries = [("failed to decode", f) for f in m["failed_images"]] + \

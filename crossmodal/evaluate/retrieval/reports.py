@@ -163,8 +163,10 @@ def markdown(results: dict) -> str:
                          f"{p['num_queries']} queries: {cats}")
     b = results["backend"]
     providers = f", providers {', '.join(b['providers'])}" if b.get("providers") else ""
-    lines += ["", f"Features: backend {b.get('backend')}, device {b.get('device', '–')}, precision "
-              f"{results.get('precision', 'fp32')}{providers}; model fingerprint "
+    ran = (f"backend {b.get('backend')}, device {b['device']}" if b.get("device") else
+           f"every feature from the feature cache (computed by an earlier run; backend {b.get('backend')} "
+           "asked for)")
+    lines += ["", f"Features: {ran}, precision {results.get('precision', 'fp32')}{providers}; model fingerprint "
               f"`{results['model']['fingerprint'][:16]}…`.", "", *run_lines(results.get("run"))]
     return "\n".join(lines)
 
