@@ -87,6 +87,11 @@ def test_demo_exits_1_when_a_layer_diverges(tmp_path, monkeypatch):
     args = ["demo", "--model", "vgg_tiny", "--layout", "named"]
     good = CliRunner().invoke(main, [*args, "--out-dir", str(tmp_path / "good")])
     assert good.exit_code == 0, good.output
+    assert f"crossmodal predict --model {tmp_path / 'good' / 'model'}" in good.stdout  # what to try next
+    assert "holds an earlier demo" not in good.stdout
+    again = CliRunner().invoke(main, [*args, "--out-dir", str(tmp_path / "good")])
+    assert again.exit_code == 0 and f"note: {tmp_path / 'good'} holds an earlier demo: its files are replaced" \
+        in again.stdout
     real_to_ir = from_torch.to_ir
 
     def faulty_to_ir(*a, **k):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.options import handle_errors, step_printer, locks_output
+from crossmodal.cli.demo_steps import announce_replacement, next_steps
 from crossmodal.errors import InputError
 
 SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -117,6 +118,7 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     zoo_only = {"released", "python2", "whole"}
     if layout in (zoo_only if writer is _vgg_checkpoint else vgg_only):
         raise click.UsageError(f"--layout {layout} does not apply to --arch {arch}")
+    announce_replacement(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     src = writer(arch, model_name, layout, out_dir, seed, step)
     if labels is None and (SHARED / "places365" / "categories_places365.txt").is_file() and src.num_classes == 365:
@@ -142,4 +144,5 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     write_text_atomic(out_dir / "verify.json", json.dumps(report.to_json(), indent=2))
     click.echo(console(report))
     click.echo(f"report: {out_dir / 'verify.md'}, {out_dir / 'verify.json'}  (weights were RANDOM, seed {seed})")
+    next_steps(model_dir, images)
     sys.exit(0 if report.passed else 1)

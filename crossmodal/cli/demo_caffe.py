@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from crossmodal.cli.demo_steps import announce_replacement, next_steps
+
 
 def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, images: Path | None,
                labels: Path | None, step) -> None:
@@ -28,6 +30,7 @@ def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, image
     spec = CAFFE_ARCHS[arch]
     click.echo(f"NOTE: this demo uses RANDOM weights (seed {seed}), not the trained {arch} network: its "
                "predictions mean nothing; the conversion and verification are real.")
+    announce_replacement(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     caffemodel = out_dir / f"{prototxt.stem.removeprefix('deploy_')}_random_seed{seed}.caffemodel"
     step(f"writing {caffemodel} (random blobs for every layer of {prototxt.name})")
@@ -44,7 +47,7 @@ def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, image
     result = convert(prototxt, model_dir, caffemodel=caffemodel, labels=labels, io_labels=io_labels, on_step=step)
     for a in result.artifacts:
         click.echo(f"  {a.kind:<13} {a.path}  {a.bytes / 2**20:8.1f} MiB")
-    click.echo("engines: caffe-source (the caffemodel in Caffe's layer order, NumPy float64, the reference) vs "
+    click.echo("engines: caffe-source (the caffemodel in OpenCV's own Caffe importer, the reference) vs "
                "torch, ir, keras, onnx")
     report = run_verify(model_dir, engines=("torch", "ir", "keras", "onnx"), source=caffemodel, prototxt=prototxt,
                         images=images, random=2, seed=seed, batch_size=1, on_step=step)  # 1: memory
@@ -52,4 +55,5 @@ def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, image
     write_text_atomic(out_dir / "verify.json", json.dumps(report.to_json(), indent=2))
     click.echo(console(report))
     click.echo(f"report: {out_dir / 'verify.md'}, {out_dir / 'verify.json'}  (weights were RANDOM, seed {seed})")
+    next_steps(model_dir, images)
     sys.exit(0 if report.passed else 1)
