@@ -7,7 +7,9 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
+    batch_size_option,
     csv_list,
+    device_option,
     echo_json,
     fast_decode_option,
     handle_errors,
@@ -16,7 +18,9 @@ from crossmodal.cli.options import (
     locks_output,
     precision_option,
     step_printer,
+    threads_option,
     trt_option,
+    workers_option,
 )
 
 
@@ -37,15 +41,12 @@ from crossmodal.cli.options import (
 @click.option("--categories", type=click.Path(path_type=Path), help="Categories file ('name index' lines).")
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
               help="onnx: ONNX Runtime (CUDA with I/O binding on a GPU); keras: TensorFlow; torch: PyTorch.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (a GPU when one really works), cpu, cuda or cuda:N.")
+@device_option()
 @precision_option
 @trt_option
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Image-decoding threads [default: CPU cores − 1, at least 1, at most 8].")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="Inference threads on the CPU (ONNX Runtime intra-op, torch, TF) [default: the framework's].")
+@batch_size_option(32)
+@workers_option
+@threads_option
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Evaluate at most N images per modality, evenly spaced over the list (a quick look).")
 @label_map_option

@@ -5,8 +5,15 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import csv_list, echo_json, handle_errors, input_size_option, json_option, step_printer
-from crossmodal.cli.options import locks_output
+from crossmodal.cli.options import (
+    csv_list,
+    echo_json,
+    handle_errors,
+    input_size_option,
+    json_option,
+    locks_output,
+    step_printer,
+)
 
 
 @click.command("convert")
@@ -52,8 +59,8 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
-    from crossmodal.ir.identity import describe
     from crossmodal.convert.pipeline import convert as run_convert
+    from crossmodal.ir.identity import describe
 
     extra = (None if onnx_outputs is None else [] if onnx_outputs.strip().lower() == "none"
              else csv_list(onnx_outputs))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from crossmodal.cli.options import handle_errors, step_printer, locks_output
 from crossmodal.cli.demo_steps import announce_replacement, next_steps
+from crossmodal.cli.options import handle_errors, locks_output, step_printer
 from crossmodal.errors import InputError
 
 SHARED = Path(os.environ.get("CROSSMODAL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -98,11 +98,11 @@ def demo(out_dir, seed, arch, layout, model_name, images, labels, prototxt):
     every engine against the checkpoint loaded independently (a plain torchvision-layout module),
     write verify.md and verify.json, and print the result. tf2onnx is not run (memory). Real
     weights: see `crossmodal fetch`."""
-    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.convert.pipeline import convert
+    from crossmodal.io.atomic import write_text_atomic
+    from crossmodal.ir.preprocess import Preprocess
     from crossmodal.verify.job import run_verify
     from crossmodal.verify.report import console, markdown
-    from crossmodal.io.atomic import write_text_atomic
 
     step = step_printer()
     from crossmodal.models.caffe_zoo import CAFFE_ARCHS

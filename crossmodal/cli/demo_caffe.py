@@ -20,11 +20,11 @@ def caffe_demo(arch: str, out_dir: Path, seed: int, prototxt: Path | None, image
                labels: Path | None, step) -> None:
     """Run the demo for Caffe network ``arch``; exits 0 when verify passes, 1 when it does not."""
     from crossmodal.convert.pipeline import convert
-    from crossmodal.verify.job import run_verify
-    from crossmodal.verify.report import console, markdown
     from crossmodal.io.atomic import write_text_atomic
     from crossmodal.models.caffe_zoo import CAFFE_ARCHS, find_prototxt
     from crossmodal.readers.caffe_random import write_random_caffemodel
+    from crossmodal.verify.job import run_verify
+    from crossmodal.verify.report import console, markdown
 
     prototxt = find_prototxt(arch, prototxt)
     spec = CAFFE_ARCHS[arch]

@@ -7,13 +7,16 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.options import (
+    batch_size_option,
     csv_list,
+    device_option,
     echo_json,
     fast_decode_option,
     handle_errors,
     json_option,
     locks_output,
     step_printer,
+    threads_option,
 )
 
 
@@ -60,9 +63,9 @@ class Progress:
 @click.option("--per-class", type=click.IntRange(1), default=4, show_default=True,
               help="With --from-run: correct and wrong images per category and modality.")
 @click.option("--categories", default=None, help="With --from-run: only these categories (comma-separated).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads on the CPU.")
+@device_option()
+@batch_size_option(8)
+@threads_option
 @click.option("--no-overlays", is_flag=True, help="Only cams.npz and the JSON (no PNG per image).")
 @fast_decode_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")

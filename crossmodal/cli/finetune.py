@@ -10,6 +10,7 @@ import click
 
 from crossmodal.cli.options import (
     csv_list,
+    device_option,
     echo_json,
     handle_errors,
     json_option,
@@ -75,7 +76,7 @@ class Bars:
 @click.option("--save-every", type=int, default=None, help="Also checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly (only --epochs may grow).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--to", "targets", default="ir,onnx,keras", show_default=True,
               help="Exported formats (ir always; torch adds model.pth).")
 @click.option("--no-tensorboard", is_flag=True, help="No TensorBoard scalars (OUT/tb/).")

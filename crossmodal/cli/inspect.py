@@ -19,8 +19,8 @@ from crossmodal.cli.options import echo_json, handle_errors, input_size_option, 
 def inspect_cmd(path, caffemodel, input_size, trust_pickle, as_json):
     """Show the layers, output shapes, parameter counts, input, preprocessing and labels
     of PATH: an IR folder, a checkpoint, a Caffe .prototxt, an .onnx or a .keras file."""
-    from crossmodal.ir.identity import banner
     from crossmodal.convert.summary import summarize
+    from crossmodal.ir.identity import banner
 
     options = {}
     if path.suffix == ".prototxt":

@@ -59,6 +59,29 @@ def label_map_option(fn: Callable) -> Callable:
     return click.option("--label-map", type=click.Path(path_type=Path), help=LABEL_MAP_HELP)(fn)
 
 
+def device_option(default: str = "auto", help: str = "auto (a GPU when one really works), cpu, cuda or cuda:N."):
+    """``--device``, shared by every command that runs a model."""
+    return click.option("--device", default=default, show_default=True, help=help)
+
+
+def batch_size_option(default: int = 32, help: str | None = None):
+    """``--batch-size N`` (at least 1)."""
+    return click.option("--batch-size", type=click.IntRange(1), default=default, show_default=True, help=help)
+
+
+def threads_option(fn: Callable) -> Callable:
+    """``--threads N``: inference threads on the CPU."""
+    return click.option("--threads", type=click.IntRange(1), default=None,
+                        help="Inference threads on the CPU (ONNX Runtime intra-op, torch, TF) "
+                             "[default: the framework's].")(fn)
+
+
+def workers_option(fn: Callable) -> Callable:
+    """``--workers N``: image-decoding threads."""
+    return click.option("--workers", type=click.IntRange(1), default=None,
+                        help="Image-decoding threads [default: min(8, cores − 1)].")(fn)
+
+
 def fast_decode_option(fn: Callable) -> Callable:
     """``--fast-decode``: JPEG draft decoding, an opt-in speed option (the default is the reference)."""
     return click.option("--fast-decode", is_flag=True,

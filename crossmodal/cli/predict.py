@@ -6,7 +6,16 @@ from pathlib import Path
 import click
 
 from crossmodal.cli.explain import Progress
-from crossmodal.cli.options import echo_json, fast_decode_option, handle_errors, json_option, locks_output
+from crossmodal.cli.options import (
+    batch_size_option,
+    device_option,
+    echo_json,
+    fast_decode_option,
+    handle_errors,
+    json_option,
+    locks_output,
+    threads_option,
+)
 
 
 @click.command("predict")
@@ -24,9 +33,9 @@ from crossmodal.cli.options import echo_json, fast_decode_option, handle_errors,
 @click.option("--out", "cam_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predict-cam"),
               show_default=True, help="Folder for --cam: cams.npz, overlays/, explain.md.")
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
+@device_option()
+@batch_size_option(32)
+@threads_option
 @fast_decode_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option

@@ -8,12 +8,16 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
+    batch_size_option,
+    device_option,
     echo_json,
     fast_decode_option,
     handle_errors,
     json_option,
     locks_output,
     step_printer,
+    threads_option,
+    workers_option,
 )
 
 
@@ -48,11 +52,10 @@ from crossmodal.cli.options import (
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and draws.")
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
               help="Used only for features not yet in the cache.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N: feature extraction and the classifier's fit.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=None, help="Image-decoding threads.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
+@device_option(help="auto, cpu, cuda or cuda:N: feature extraction and the classifier's fit.")
+@batch_size_option(32)
+@workers_option
+@threads_option
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder, shared with baseline and retrieval "
                    "[default: $CROSSMODAL_CACHE, else <out>/cache].")

@@ -7,6 +7,8 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
+    batch_size_option,
+    device_option,
     echo_json,
     fast_decode_option,
     handle_errors,
@@ -14,7 +16,9 @@ from crossmodal.cli.options import (
     locks_output,
     precision_option,
     step_printer,
+    threads_option,
     trt_option,
+    workers_option,
 )
 
 
@@ -42,12 +46,12 @@ from crossmodal.cli.options import (
 @click.option("--split", default="val", show_default=True, help="Which list of the config / convention to use.")
 @click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
               help="Used only for features not yet in the cache.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @precision_option
 @trt_option
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=None, help="Image-decoding threads.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads on the CPU.")
+@batch_size_option(32)
+@workers_option
+@threads_option
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="At most N images per modality, evenly spaced over the list (as in baseline).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
