@@ -88,3 +88,27 @@ def test_retrieval_json_carries_its_run(model, root, tmp_path):
                                        str(root), "--out", str(out), "--device", "cpu", "-q"])
     assert result.exit_code == 2 and "nothing was written to" in result.stderr, result.output
     assert _files(out) == before
+
+
+def test_a_run_replaces_what_the_same_commands_earlier_run_wrote_and_nothing_else(tmp_path):
+    """staged(..., command): files an earlier run of the same command wrote and this one did not (an
+    overlay of an image not in this run) go; a user's own file and another command's files stay."""
+    from crossmodal.io.runs import MANIFEST, staged
+    out = tmp_path / "out"
+    with staged(out, "explain") as stage:
+        (stage / "overlays").mkdir()
+        for name in ("a.png", "b.png"):
+            (stage / "overlays" / name).write_text(name)
+        (stage / "explain.json").write_text("{}")
+    with staged(out, "baseline") as stage:
+        (stage / "metrics.json").write_text("{}")
+    (out / "overlays" / "mine.png").write_text("a user's file")
+    with staged(out, "explain") as stage:
+        (stage / "overlays").mkdir()
+        (stage / "overlays" / "c.png").write_text("c")
+        (stage / "explain.json").write_text("{}")
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["c.png", "mine.png"]
+    assert (out / "metrics.json").is_file()  # another command's file
+    import json
+    assert json.loads((out / MANIFEST).read_text()) == {"explain": ["explain.json", "overlays/c.png"],
+                                                       "baseline": ["metrics.json"]}

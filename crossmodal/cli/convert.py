@@ -59,6 +59,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
     --caffemodel, or an IR folder) into the IR and Keras 3 / ONNX models."""
+    from crossmodal.convert.pipeline import NO_LABELS_NOTE
     from crossmodal.convert.pipeline import convert as run_convert
     from crossmodal.ir.identity import describe
 
@@ -73,6 +74,8 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
         raise click.UsageError("--caffemodel, --mean-file and --rgb-input go with a Caffe .prototxt")
     result = run_convert(weights, out_dir, targets=csv_list(targets), labels=labels, io_labels=io_labels,
                          opset=opset, onnx_outputs=extra, on_step=step_printer(quiet or as_json), **options)
+    if result.model.graph.labels is None:  # said even under -q: every later report would name class_N
+        click.echo("note: " + NO_LABELS_NOTE.format(n=result.model.graph.num_classes), err=True)
     if as_json:
         echo_json(result.to_json())
         return

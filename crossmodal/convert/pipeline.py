@@ -246,6 +246,11 @@ def convert(source: Path, out_dir: Path, *, targets: Iterable[str] = DEFAULT_TAR
         raise
 
 
+#: The note of a conversion without labels (``convert`` prints it even under ``-q``).
+NO_LABELS_NOTE = ("no labels given or found beside the weights: the {n} classes are named class_0 …; give --labels "
+                  "(crossmodal fetch places365-labels gets the published list)")
+
+
 def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset, onnx_outputs,
              on_step, read_options) -> ConvertResult:
     from crossmodal.readers.label_files import read_labels
@@ -265,13 +270,8 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
             labels, io_labels = found
             step(f"labels: {labels.name}" + (f" and {io_labels.name}" if io_labels else "")
                  + " beside the weights (give --labels to choose others)")
-        else:
-            import warnings
-
-            from crossmodal.errors import FormatNote
-            warnings.warn(FormatNote(f"no labels given or found beside the weights: the {model.graph.num_classes} "
-                                     "classes are named class_0 …; give --labels (crossmodal fetch places365-labels "
-                                     "gets the published list)"), stacklevel=2)
+        else:  # said by the caller once the conversion succeeded (NO_LABELS_NOTE)
+            model.graph.provenance.notes.append(NO_LABELS_NOTE.format(n=model.graph.num_classes))
     if labels is not None:
         model.graph.labels = read_labels(labels, io_labels, model.graph.num_classes)
     prov = model.graph.provenance

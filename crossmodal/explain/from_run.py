@@ -142,7 +142,7 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
     step(f"{method} on layer {chosen_layer!r}; {len(every)} categories × {len(runs)} modalities, {total} images")
     labels = model.labels
     H, W = model.input_size
-    with staged(out_dir) as stage:  # all files or none (crossmodal.io.runs)
+    with staged(out_dir, "explain") as stage:  # all files or none (crossmodal.io.runs)
         sums = {m: (np.zeros((H, W), np.float64), 0) for m, _ in runs}
         if on_progress:  # the bar starts when the work does
             on_progress(0, total)

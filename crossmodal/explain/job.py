@@ -129,7 +129,7 @@ def run_explain(model, inputs: Sequence[str | os.PathLike], out_dir: Path, *, me
                                    "overlays": overlays, "num_inputs": len(paths)}, weights, started=started)
     if on_progress:  # the bar starts when the work does
         on_progress(0, len(paths))
-    with staged(out_dir) as stage:  # all files or none: moved into --out when the run succeeds
+    with staged(out_dir, "explain") as stage:  # all files or none: moved into --out when the run succeeds
         writer = render.NpzWriter(stage / "cams.npz")
         rows, failures, images, grid = [], [], 0, (0, 0)
         try:

@@ -371,7 +371,7 @@ def run_baseline(model_dir: str | os.PathLike, modalities: str | Sequence[str], 
     if identity.banner(graph):
         step(identity.banner(graph).upper())
     results = []
-    with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):
+    with staged(out_dir, "baseline") as stage, rollback_new_caches(cache_dir, out_dir):
         _run_modalities(prepared, stage, out_dir, len(names) > 1, model_dir, graph, fingerprint, backend_runner,
                         layers, results, device=device, batch_size=batch_size, workers=workers, precision=precision,
                         cache_dir=cache_dir, draft=draft, threads=threads, step=step, on_start=on_start,

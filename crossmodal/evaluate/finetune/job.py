@@ -185,7 +185,7 @@ def run_finetune(s: Settings, *, resume: bool = False, against: Path | None = No
             record = RunRecord("finetune", {**s.to_dict(), "resume": resume,
                                             "against": None if against is None else str(against)},
                                weights, started=started)
-            with staged(ctx.out_dir) as stage:
+            with staged(ctx.out_dir, "finetune") as stage:
                 results["models"] = export_models(ctx, outcome, stage, s_used, log)
                 if search_info is not None:
                     from crossmodal.evaluate.finetune.search import write_search_files

@@ -186,7 +186,7 @@ def run_probe(model_dir: str | os.PathLike, modality: str | None = None, *, out_
                                  "config": None if config is None else str(config)}, weights, started=started)
     if identity.banner(weights):
         step(identity.banner(weights).upper())
-    with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):  # all files or none
+    with staged(out_dir, "probe") as stage, rollback_new_caches(cache_dir, out_dir):  # all files or none
         run = _fit_and_write(
             stage, out_dir, model_dir, graph, feature, wanted, fingerprint, aliases, trains, tests, skipped,
             test_name=None if all_pairs else test_name, train_split=train_split, test_split=test_split,

@@ -260,7 +260,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
         step(identity.banner(weights).upper())
     onnx_options = {"trt": trt, "cache_dir": cache_dir, "log": step, "max_batch": batch_size} \
         if backend == "onnx" else {}
-    with staged(out_dir) as stage, rollback_new_caches(cache_dir, out_dir):  # bad input found late: <out> as it was
+    with staged(out_dir, "retrieval") as stage, rollback_new_caches(cache_dir, out_dir):  # bad input found late: <out> as it was
         # 2. features, from the cache or computed by one shared backend ("logits" too: the baseline's cache)
         layers = ["logits", layer]
         runner = SharedEngine(backend, model_dir, layers, device=device, graph=graph, threads=threads,

@@ -92,7 +92,7 @@ def run_tower_retrieval(models: dict[str, Path], queries: str | Sequence[str] | 
     record = RunRecord("retrieval", {**settings, "models": {n: str(models[n]) for n in names}, "queries": q_names,
                                      "targets": t_names, "layer": layer, "metric": metric, "k": k, "split": split,
                                      "backend": backend}, weights, started=started)
-    with staged(out_dir) as stage:
+    with staged(out_dir, "retrieval") as stage:
         feats, ran = {}, {}
         for n in names:
             runner = SharedEngine(backend, models[n], ["logits", layer], device=device, graph=graphs[n],
