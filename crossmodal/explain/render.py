@@ -76,34 +76,62 @@ def blend(image: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> np.ndarra
     return np.clip((1 - alpha) * image + alpha * colour, 0, 255).round().astype(np.uint8)
 
 
+def _wrap(text: str, font, width: int, draw) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels."""
+    words, lines, line = text.split(" "), [], ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
 def overlay_png(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> Path:
-    """The cropped image under the map (colour map ``jet``, 0 blue → 1 red, scale bar on the
-    right), ``title`` above (one line per ``\\n``; the first in red when there are several: the
-    random-weights banner of :func:`crossmodal.ir.identity.titled`). Drawn with PIL (≈ 10 ms,
-    not matplotlib's ≈ 150 ms per figure)."""
+    """The input crop and the map over it, side by side (each at least 224 px: small inputs are
+    enlarged, nearest neighbour), a colour bar labelled 0 to 1 (colour map ``jet``: 0 blue, 1 red),
+    ``title`` above (the class and its probability; lines before the last, the random-weights banner
+    of :func:`crossmodal.ir.identity.titled` or a decoding note, in red), wrapped to the picture's
+    width. Drawn with PIL (≈ 10 ms, not matplotlib's ≈ 150 ms per figure)."""
+    from matplotlib import colormaps
     from PIL import Image, ImageDraw, ImageFont
 
     from crossmodal.io.atomic import atomic_path
     h, w = cam.shape
-    scale = max(1, 224 // max(h, w))                       # tiny inputs are enlarged (nearest) to be seen
-    body = Image.fromarray(blend(image, cam)).resize((w * scale, h * scale), Image.Resampling.NEAREST)
-    lines = title.split("\n")
-    bar_w, line_h, gap = 12, 17, 6
-    top = 5 + line_h * len(lines)
+    scale = max(1.0, 224 / min(h, w))
+    size = (round(w * scale), round(h * scale))
+    left = Image.fromarray(np.asarray(image, np.uint8)).resize(size, Image.Resampling.NEAREST)
+    right = Image.fromarray(blend(image, cam)).resize(size, Image.Resampling.NEAREST)
     try:
-        font = ImageFont.load_default(size=13)
+        font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
     except TypeError:  # Pillow without FreeType sizes
-        font = ImageFont.load_default()
+        font = small = ImageFont.load_default()
+    gap, bar_w, ticks_w, pad = 10, 14, 34, 8
+    width = pad + 2 * size[0] + gap + gap + bar_w + ticks_w
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max(int(probe.textlength(line, font=font)) for line in lines) + 6
-    canvas = Image.new("RGB", (max(body.width + gap + bar_w + 2, text_w), body.height + top), "white")
-    canvas.paste(body, (0, top))
-    from matplotlib import colormaps
-    ramp = (colormaps[COLORMAP](np.linspace(1.0, 0.0, body.height))[:, :3] * 255).astype(np.uint8)
-    canvas.paste(Image.fromarray(np.repeat(ramp[:, None, :], bar_w, axis=1)), (body.width + gap, top))
+    parts = title.split("\n")
+    lines = [(line, "#c00000") for part in parts[:-1] for line in _wrap(part, font, width - 2 * pad, probe)]
+    lines += [(line, "black") for line in _wrap(parts[-1], font, width - 2 * pad, probe)]
+    line_h, caption_h = 19, 18
+    top = pad + line_h * len(lines) + 4
+    canvas = Image.new("RGB", (width, top + size[1] + caption_h + pad), "white")
+    canvas.paste(left, (pad, top))
+    canvas.paste(right, (pad + size[0] + gap, top))
+    bar_x = pad + 2 * size[0] + 2 * gap
+    ramp = (colormaps[COLORMAP](np.linspace(1.0, 0.0, size[1]))[:, :3] * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[:, None, :], bar_w, axis=1)), (bar_x, top))
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((2, 3 + line_h * i), line, fill="#c00000" if i < len(lines) - 1 else "black", font=font)
+    for i, (line, colour) in enumerate(lines):
+        draw.text((pad, pad + line_h * i), line, fill=colour, font=font)
+    for value in (1.0, 0.5, 0.0):  # the colour bar's scale: a map is min-max normalised to [0, 1]
+        y = top + round((1.0 - value) * (size[1] - 1))
+        draw.line([(bar_x + bar_w, y), (bar_x + bar_w + 3, y)], fill="black")
+        draw.text((bar_x + bar_w + 5, min(max(y - 7, top), top + size[1] - 14)), f"{value:g}", fill="black", font=small)
+    captions = (("input (the crop the network saw)", pad), ("map over the input, 0 to 1", pad + size[0] + gap))
+    for text, x in captions:
+        draw.text((x, top + size[1] + 3), text, fill="#444444", font=small)
     with atomic_path(Path(path)) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
@@ -148,7 +176,8 @@ def mean_maps_png(path: Path, means: dict[str, tuple[np.ndarray, int]], banner: 
         ax.set_title(f"{name} ({count} maps)", fontsize=9)
         ax.set_axis_off()
     if im is not None:
-        fig.colorbar(im, ax=fig.axes, fraction=0.03)
+        bar = fig.colorbar(im, ax=fig.axes, fraction=0.03)
+        bar.set_label("mean map (each map scaled to 0 – 1 first)", fontsize=8)
     return save_png(fig, path, dpi=100)
 
 

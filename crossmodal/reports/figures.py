@@ -64,7 +64,8 @@ def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, image
                    overall: float | None = None, chance: float | None = None, n: int = 20,
                    title: str = "") -> Path:
     """Horizontal bars: the ``n`` best and ``n`` worst classes by top-1 accuracy (image counts noted);
-    all classes in one panel when there are at most ``2 n``."""
+    all classes in one panel when there are at most ``2 n``. The overall top-1 and chance are
+    vertical lines drawn over the bars, chance on top (a random network's top-1 is chance)."""
     acc = np.asarray(accuracy, dtype=np.float64)
     idx = np.flatnonzero(~np.isnan(acc))
     order = idx[np.lexsort((np.asarray(names, dtype=object)[idx].astype(str), -acc[idx]))]
@@ -73,7 +74,8 @@ def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, image
     else:
         panels = [(order[:n], f"best {n}"), (order[::-1][:n], f"worst {n}")]
     rows = max(max(len(sel) for sel, _ in panels), 1)
-    fig = new_figure(6.5 * len(panels), max(3.0, 0.28 * rows + 1.5))
+    fig = new_figure(6.5 * len(panels), max(3.0, 0.28 * rows + 1.5) + 0.25 * title.count("\n"))
+    fig.set_layout_engine("constrained")  # the title above the panels' own titles, never on them
     for col, (sel, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), col + 1)
         y = np.arange(len(sel))
@@ -81,13 +83,15 @@ def plot_per_class(path: Path, names: Sequence[str], accuracy: np.ndarray, image
         ax.set_yticks(y)
         ax.set_yticklabels([f"{names[i]} ({int(images[i])})" for i in sel], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlim(0, 100)
+        ax.set_xlim(0, 102)
         ax.set_xlabel("top-1 accuracy (%)  — (n) = images")
         ax.set_title(f"{label} classes", fontsize=10)
         if overall is not None and not math.isnan(overall):
-            ax.axvline(100 * overall, color="black", linestyle="--", linewidth=0.8, label="overall top-1")
+            ax.axvline(100 * overall, color="black", linestyle="--", linewidth=1.0, zorder=4,
+                       label=f"overall top-1 ({100 * overall:.1f} %)")
         if chance is not None and not math.isnan(chance):
-            ax.axvline(100 * chance, color="grey", linestyle=":", linewidth=0.8, label="chance")
+            ax.axvline(100 * chance, color="#c00000", linestyle=(0, (2, 2)), linewidth=1.6, zorder=5,
+                       label=f"chance ({100 * chance:.1f} %)")
         ax.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=11)

@@ -46,6 +46,7 @@ from crossmodal.ir.graph import Graph
 from crossmodal.ir.store import load_graph
 from crossmodal.errors import InputError
 from crossmodal.evaluate.baseline import reports
+from crossmodal.models.published_accuracy import reference_for
 from crossmodal.reports import figures, text
 from crossmodal.data.datasets import Dataset, modality_names, resolve_modality
 from crossmodal.data.labels import (
@@ -252,7 +253,7 @@ def evaluate(prep: Prepared, model_dir: Path, graph: Graph, fingerprint: str, fe
                       "categories_with_several_labels_or_synset_names": {c: list(ls) for c, ls in
                                                                          mapping.matches.items()},
                       "muted_sources": len(mapping.muted), "unmapped_categories": list(mapping.unmapped)},
-        "reference": reports.PLACES365_REFERENCE,
+        "reference": reference_for(graph.name, graph.num_classes),
         "failed_images": [{"path": str(p), "reason": r} for p, r in features.failed],
         "missing_files": [{"path": str(p), "reason": r} for p, r in dataset.missing],
         "cache": {"path": str(features.cache_path), "key": features.key,
@@ -416,15 +417,16 @@ def write_comparison(out_dir: Path, results: Sequence[BaselineResult]) -> dict[s
     (the random-weights banner on the chart and report, the first run's ``run`` block in the JSON)."""
     runs = [r.metrics for r in results]
     files = {name: out_dir / name for name in ("comparison.md", "accuracy_by_modality.png", "comparison.json")}
-    reports.plot_modalities(files["accuracy_by_modality.png"], runs)
-    write_text_atomic(files["comparison.md"], reports.comparison_markdown(runs))
+    reference = runs[0].get("reference") if runs else None
+    reports.plot_modalities(files["accuracy_by_modality.png"], runs, reference)
+    write_text_atomic(files["comparison.md"], reports.comparison_markdown(runs, reference))
     rows = [{k: m.get(k) for k in reports.COMPARISON_KEYS} | {"metrics": str(r.files["metrics.json"])}
             for m, r in zip(runs, results)]
     first = runs[0] if runs else {}
     text.write_json(files["comparison.json"], {"format": "crossmodal-baseline-comparison", "version": 1,
                                                   "banner": first.get("banner"), "weights": first.get("weights"),
                                                   "decoding": first.get("decoding"),
-                                                  "reference": reports.PLACES365_REFERENCE, "runs": rows,
+                                                  "reference": reference, "runs": rows,
                                                   "run": first.get("run")})
     return files
 

@@ -91,14 +91,18 @@ def plot_few_shot(path: Path, pairs: list[dict], title: str | None = None) -> Pa
         ys = np.array([100 * r["top1_mean"] for r in rows])
         err = np.array([100 * (r["top1_std"] or 0.0) for r in rows])
         label = p["modality"] if p["train_modality"] == p["modality"] else f"{p['train_modality']} → {p['modality']}"
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=colour, label=f"probe, {label}")
+        line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=colour, label=f"probe, {label}")
+        for artist in line.lines[0:1]:  # a point at 100 % drawn whole, not cut by the frame
+            artist.set_clip_on(False)
         for r, xv in zip(rows, xs):
             ticks[float(xv)] = str(r["shots"]) if r["shots"] != "all" else f"all\n({xv:.0f})"
         if p.get("baseline_top1") is not None:
             ax.axhline(100 * p["baseline_top1"], color=colour, linestyle="--", linewidth=0.9,
                        label=f"unadjusted baseline (muted), {p['modality']}")
-    if pairs:
-        ax.axhline(100 * pairs[0]["chance_top1"], color="grey", linestyle=":", linewidth=0.9, label="chance")
+    if pairs:  # drawn last and on top: it can coincide with a probe line (random features)
+        chance = 100 * pairs[0]["chance_top1"]
+        ax.axhline(chance, color="#c00000", linestyle=(0, (2, 2)), linewidth=1.6, zorder=5,
+                   label=f"chance ({chance:.1f} %)")
     ax.set_xscale("log")
     if ticks:
         ax.set_xticks(sorted(ticks), [ticks[t] for t in sorted(ticks)])
@@ -106,7 +110,8 @@ def plot_few_shot(path: Path, pairs: list[dict], title: str | None = None) -> Pa
         ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("training images per class (all: every training image, mean per class)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 103)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title(title or few_shot_title(pairs), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return save_png(fig, path)
