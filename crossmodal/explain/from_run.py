@@ -183,9 +183,8 @@ def run_from_run(model, run_dir: Path, out_dir: Path, *, per_class: int = 4, cat
                             done += len(chunk)
                             if on_progress:
                                 on_progress(done, total)
-                        if cells:
-                            fig_rows.append((f"{modality}\n{kind}", cells))
-                if fig_rows:
+                        fig_rows.append((f"{modality}\n{kind}", cells))  # an empty row says "none"
+                if any(cells for _, cells in fig_rows):
                     png = f"categories/{render.safe_name(cat)}.png"
                     render.category_png(stage / png, cat, fig_rows, per_class, identity.banner(model.graph),
                                         model.draft)

@@ -155,6 +155,9 @@ def category_png(path: Path, category: str, rows: Sequence[tuple[str, Sequence[d
                              "green" if cell["correct"] else "red", fontsize=7)
             else:
                 ax.set_axis_off()
+                if c == 0 and not cells:  # no image of this kind: said, not left out
+                    ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                            color="#666666")
             if c == 0:
                 ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right",
                         fontsize=8)
