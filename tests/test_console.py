@@ -44,5 +44,5 @@ def test_tensorflow_start_up_lines_only_with_verbose(tmp_path, tiny_ckpt, verbos
         assert noisy, proc.stderr
     else:
         assert not noisy, proc.stderr
-        assert all(line.startswith("· ") for line in proc.stderr.splitlines()), proc.stderr
+        assert all(line.startswith(("· ", "note: ")) for line in proc.stderr.splitlines()), proc.stderr
     assert "emitting Keras 3" in proc.stderr
