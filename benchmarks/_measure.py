@@ -4,10 +4,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 
-def measure(code: str, env: dict | None = None) -> tuple[float, int, str]:
-    """Wall time and peak resident memory (the child's own VmHWM) of ``python -c code``."""
+def measure(code: str, env: dict | None = None, *, whole: bool = False) -> tuple[float, int, str]:
+    """Wall time and peak resident memory (the child's own VmHWM) of ``python -c code``.
+
+    The time is the code's own (imports included, interpreter start-up not), or with
+    ``whole=True`` the whole process's, measured from outside (start-up and exit included)."""
     wrapper = ("import resource, sys, time\n"
                "t0 = time.perf_counter()\n"
                f"exec(compile({code!r}, '<bench>', 'exec'))\n"
@@ -16,12 +20,14 @@ def measure(code: str, env: dict | None = None) -> tuple[float, int, str]:
                # and exec, so a child of a big parent would report the parent's peak
                "print('__RSS__', next(int(l.split()[1]) * 1024 for l in open('/proc/self/status')"
                " if l.startswith('VmHWM')))\n")
+    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    outer = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
     lines = out.stdout.splitlines()
-    wall = float(next(l for l in lines if l.startswith("__WALL__")).split()[1])
+    wall = outer if whole else float(next(l for l in lines if l.startswith("__WALL__")).split()[1])
     rss = int(next(l for l in lines if l.startswith("__RSS__")).split()[1])
     return wall, rss, "\n".join(l for l in lines if not l.startswith("__"))
 

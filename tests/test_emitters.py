@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from crossmodal.ir import reference
-from crossmodal.emitters import to_onnx
+from crossmodal.emitters import onnx_file, to_onnx
 from crossmodal.ir.kinds import LAYER_KINDS
 from crossmodal.ir.graph import Labels, Layer
 from crossmodal.ir.store import load_ir
@@ -118,7 +118,7 @@ def test_onnx_opsets_all_run(tiny_ir, tmp_path, batch, ref, opset):
     import onnxruntime as ort
     proto = to_onnx.build_onnx(tiny_ir, opset=opset, extra_outputs=["fc7", "pool5"])
     path = tmp_path / "m.onnx"
-    to_onnx.save_onnx(proto, path)
+    onnx_file.save_onnx(proto, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": batch})))
     assert out["pool5"].shape == (3, 3, 5, 7)
@@ -127,8 +127,8 @@ def test_onnx_opsets_all_run(tiny_ir, tmp_path, batch, ref, opset):
 
 def test_onnx_beyond_the_protobuf_limit_uses_external_data(tiny_ir, tmp_path, batch, ref, monkeypatch):
     import onnxruntime as ort
-    monkeypatch.setattr(to_onnx, "PROTOBUF_LIMIT", 1000)
-    files = to_onnx.save_onnx(to_onnx.build_onnx(tiny_ir), tmp_path / "big.onnx")
+    monkeypatch.setattr(onnx_file, "PROTOBUF_LIMIT", 1000)
+    files = onnx_file.save_onnx(to_onnx.build_onnx(tiny_ir), tmp_path / "big.onnx")
     assert [f.name for f in files] == ["big.onnx", "big.onnx.data"] and files[1].stat().st_size > 1000
     sess = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
     assert rel_err(sess.run(["logits"], {"input": batch})[0], ref["logits"]) < 1e-5
@@ -150,7 +150,7 @@ def test_newest_supported_opset_runs(tiny_ir, tmp_path, batch, ref):
     import onnxruntime as ort
     newest, _ = to_onnx.max_opset()
     path = tmp_path / "new.onnx"
-    to_onnx.save_onnx(to_onnx.build_onnx(tiny_ir, opset=newest), path)
+    onnx_file.save_onnx(to_onnx.build_onnx(tiny_ir, opset=newest), path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert rel_err(sess.run(["logits"], {"input": batch})[0], ref["logits"]) < 1e-5
 
@@ -289,7 +289,7 @@ def test_onnx_ceil_pooling_drops_a_window_that_starts_in_the_padding(tmp_path, k
     model = _pool_net(kind, k, s, p, True, hw=(n, n + 1))
     path = tmp_path / "pool.onnx"
     proto = to_onnx.build_onnx(model, extra_outputs=["pool1"])
-    to_onnx.save_onnx(proto, path)
+    onnx_file.save_onnx(proto, path)
     assert set(to_onnx.layer_tensors(proto)) == {"conv1", "relu1", "pool1", "flatten", "fc"}
     x = np.random.default_rng(2).standard_normal((2, 2, n, n + 1)).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -167,8 +167,10 @@ def test_even_lrn_and_wrong_tensor_shapes_are_refused(dag):
 @pytest.mark.parametrize("engine", ["torch", "onnx", "keras"])
 def test_every_engine_runs_the_dag_like_the_reference(dag, engine, tmp_path, rng):
     from crossmodal.runtime.engine import ALL, open_engine
-    from crossmodal.emitters.to_keras import build_keras, save_keras
-    from crossmodal.emitters.to_onnx import build_onnx, save_onnx
+    from crossmodal.emitters.keras_weights import save_keras
+    from crossmodal.emitters.to_keras import build_keras
+    from crossmodal.emitters.onnx_file import save_onnx
+    from crossmodal.emitters.to_onnx import build_onnx
 
     x = rng.normal(size=(3, 3, 9, 11)).astype(np.float32)
     if engine == "torch":
@@ -197,7 +199,8 @@ def test_keras_model_with_lrn_loads_in_a_fresh_process_after_import_crossmodal(d
     import subprocess
     import sys
 
-    from crossmodal.emitters.to_keras import build_keras, save_keras
+    from crossmodal.emitters.keras_weights import save_keras
+    from crossmodal.emitters.to_keras import build_keras
     kmodel, _ = build_keras(dag)
     save_keras(kmodel, tmp_path / "m.keras")
     x = rng.normal(size=(2, 9, 11, 3)).astype(np.float32)

@@ -271,12 +271,12 @@ def test_a_failing_convert_leaves_the_output_folder_as_it_was(tiny_ckpt, tmp_pat
     assert result.exit_code == 2, result.output
     assert snapshot(out) == before
     # a failure late in the job: the last emitter (Keras) raises after the IR and ONNX are written
-    from crossmodal.emitters import to_keras
+    from crossmodal.emitters import keras_weights
     from crossmodal.errors import InputError
 
     def broken(*args, **kwargs):
         raise InputError("injected failure in the Keras emitter")
-    monkeypatch.setattr(to_keras, "save_keras", broken)
+    monkeypatch.setattr(keras_weights, "save_keras", broken)
     result = CliRunner().invoke(main, ["convert", str(tiny_ckpt[0]), "--out-dir", str(out),
                                        "--input-size", "20x28"])
     assert result.exit_code == 2, result.output

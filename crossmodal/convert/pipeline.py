@@ -30,6 +30,7 @@ from crossmodal.ir.validation import with_hashes
 from crossmodal.ir.store import is_ir_dir, load_ir, save_ir
 from crossmodal.errors import InputError
 from crossmodal.io.hashing import file_sha256
+from crossmodal.io.mapped import release_pages
 from crossmodal.models.cards import find_card_for_sha256
 
 TARGETS = ("ir", "keras", "onnx", "torch")
@@ -296,6 +297,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
     staging = out_dir / f".crossmodal-staging-{os.getpid()}"
     staging.mkdir(exist_ok=True)
     written: list[tuple[str, Path]] = []
+    digests: dict[Path, str] = {}  # SHA-256 of files hashed as they were written
     try:
         if "ir" in targets:
             t = time.perf_counter()
@@ -303,12 +305,13 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
             written += [("ir-graph", p) if p.suffix == ".json" else ("ir-weights", p) for p in save_ir(model, staging)]
             timings["ir"] = time.perf_counter() - t
         if "onnx" in targets:
-            from crossmodal.emitters.to_onnx import build_onnx_skeleton, save_onnx
+            from crossmodal.emitters.onnx_file import save_onnx
+            from crossmodal.emitters.to_onnx import build_onnx_skeleton
             t = time.perf_counter()
             step(f"emitting ONNX (opset {opset}, checked)")
             proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=[model.graph.feature_blob] if onnx_outputs is None else list(onnx_outputs))
             written += [("onnx" if p.suffix == ".onnx" else "onnx-data", p)
-                        for p in save_onnx(proto, staging / "model.onnx", arrays=arrays)]
+                        for p in save_onnx(proto, staging / "model.onnx", arrays=arrays, digests=digests)]
             del proto, arrays
             timings["onnx"] = time.perf_counter() - t
         if "torch" in targets:
@@ -320,8 +323,11 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
         if "keras" in targets:
             t = time.perf_counter()
             step("emitting Keras 3 (.keras + .weights.h5)")
-            from crossmodal.emitters.to_keras import build_keras, save_keras
+            from crossmodal.emitters.keras_weights import save_keras
+            from crossmodal.emitters.to_keras import build_keras
+            release_pages(model.weights.values())  # each layer reads its tensors back as it is built
             kmodel, _ = build_keras(model)
+            release_pages(model.weights.values())  # saving copies every variable once more
             written += list(zip(("keras", "keras-weights"), save_keras(kmodel, staging / "model.keras")))
             del kmodel
             timings["keras"] = time.perf_counter() - t
@@ -329,7 +335,7 @@ def _convert(source, out_dir: Path, targets: list[str], labels, io_labels, opset
         for kind, path in written:
             final = out_dir / path.name
             os.replace(path, final)
-            artifacts.append(Artifact(kind, str(final), final.stat().st_size, file_sha256(final)))
+            artifacts.append(Artifact(kind, str(final), final.stat().st_size, digests.get(path) or file_sha256(final)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     timings["total"] = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from pathlib import Path
 from crossmodal.ir import layouts
 from crossmodal.ir.kinds import MULTI_INPUT_KINDS, infer_shapes, pool_output_size
 from crossmodal.ir.graph import Graph, IRModel, Layer
+from crossmodal.emitters.keras_weights import FromArray
 from crossmodal.emitters.registry import converter, lookup
 from crossmodal.errors import UnsupportedError
 
@@ -69,24 +70,6 @@ def fused_relus(graph: Graph) -> set[str]:
             and consumers[l.inputs[0]] == [l.name]}
 
 
-class _FromArray:
-    """A one-shot initializer that hands Keras our converted array as the variable's
-    initial value: no random init, no second copy through ``set_weights``."""
-
-    def __init__(self, array) -> None:
-        self.array = array
-
-    def __call__(self, shape, dtype=None):
-        array, self.array = self.array, None
-        if tuple(shape) != tuple(array.shape):
-            raise ValueError(f"Keras expects {tuple(shape)}, the converted weight is {array.shape}")
-        return array
-
-
-def _from_arrays(kernel, bias) -> dict:
-    return {"kernel_initializer": _FromArray(kernel), "bias_initializer": _FromArray(bias)}
-
-
 def _built(klayer, x):
     """Call (and so build) ``klayer``, then restore Keras' default initializers so that the
     saved config is the ordinary one (as keras.applications writes it)."""
@@ -124,9 +107,9 @@ def _conv(ctx: KerasContext, layer: Layer, x):
         x = keras.layers.ZeroPadding2D((ph, pw), name=f"{ctx.names[layer.name]}_pad")(x)
     kernel = layouts.conv_oihw_to_hwio(ctx.model.tensor(layer, "weight"))
     has_bias = "bias" in layer.tensors
-    init = {"kernel_initializer": _FromArray(kernel)}
+    init = {"kernel_initializer": FromArray(kernel)}
     if has_bias:
-        init["bias_initializer"] = _FromArray(ctx.model.tensor(layer, "bias"))
+        init["bias_initializer"] = FromArray(ctx.model.tensor(layer, "bias"))
     conv = keras.layers.Conv2D(a["out_channels"], (kh, kw), strides=(sh, sw), padding="same" if same else "valid",
                                dilation_rate=(dh, dw), groups=int(a.get("groups", 1)), use_bias=has_bias,
                                activation=_activation(ctx, layer), name=ctx.names[layer.name], **init)
@@ -263,12 +246,12 @@ def _batch_norm(ctx, layer, x):
     """BatchNormalization (channels last) holding the IR's statistics and affine part."""
     import keras
     t = layer.tensors
-    init = {"moving_mean_initializer": _FromArray(ctx.model.tensor(layer, "mean")),
-            "moving_variance_initializer": _FromArray(ctx.model.tensor(layer, "var"))}
+    init = {"moving_mean_initializer": FromArray(ctx.model.tensor(layer, "mean")),
+            "moving_variance_initializer": FromArray(ctx.model.tensor(layer, "var"))}
     if "weight" in t:
-        init["gamma_initializer"] = _FromArray(ctx.model.tensor(layer, "weight"))
+        init["gamma_initializer"] = FromArray(ctx.model.tensor(layer, "weight"))
     if "bias" in t:
-        init["beta_initializer"] = _FromArray(ctx.model.tensor(layer, "bias"))
+        init["beta_initializer"] = FromArray(ctx.model.tensor(layer, "bias"))
     bn = keras.layers.BatchNormalization(axis=-1, epsilon=float(layer.attrs.get("eps", 1e-5)), center="bias" in t,
                                          scale="weight" in t, name=ctx.names[layer.name], **init)
     return _built(bn, x)
@@ -280,9 +263,9 @@ def _scale(ctx, layer, x):
     import keras
     w = ctx.model.tensor(layer, "weight")
     has_bias = "bias" in layer.tensors
-    init = {"depthwise_initializer": _FromArray(w.reshape(1, 1, -1, 1).astype("float32"))}
+    init = {"depthwise_initializer": FromArray(w.reshape(1, 1, -1, 1).astype("float32"))}
     if has_bias:
-        init["bias_initializer"] = _FromArray(ctx.model.tensor(layer, "bias"))
+        init["bias_initializer"] = FromArray(ctx.model.tensor(layer, "bias"))
     conv = keras.layers.DepthwiseConv2D(1, use_bias=has_bias, name=ctx.names[layer.name], **init)
     return _built(conv, x)
 
@@ -338,7 +321,8 @@ def _dense(ctx, layer, x):
     else:
         kernel = layouts.dense_oi_to_io(w)
     dense = keras.layers.Dense(layer.attrs["out_features"], activation=_activation(ctx, layer),
-                               name=ctx.names[layer.name], **_from_arrays(kernel, ctx.model.tensor(layer, "bias")))
+                               name=ctx.names[layer.name], kernel_initializer=FromArray(kernel),
+                               bias_initializer=FromArray(ctx.model.tensor(layer, "bias")))
     return _built(dense, x)
 
 
@@ -390,20 +374,3 @@ def build_keras(model: IRModel):
     logits = ctx.tensors[graph.resolve("logits")]
     kmodel = keras.Model(inp, logits, name=graph.name.replace("-", "_"))
     return kmodel, keras_outputs(graph)
-
-
-def save_keras(kmodel, path: Path) -> list[Path]:
-    """Save ``model.keras`` and ``model.weights.h5`` beside it, each atomically."""
-    path = Path(path)
-    weights_path = path.with_name(path.stem + ".weights.h5")
-    tmp_model = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    tmp_weights = path.with_name(f".{path.stem}.{os.getpid()}.tmp.weights.h5")
-    try:
-        kmodel.save(tmp_model)
-        kmodel.save_weights(tmp_weights)
-        os.replace(tmp_model, path)
-        os.replace(tmp_weights, weights_path)
-    finally:
-        tmp_model.unlink(missing_ok=True)
-        tmp_weights.unlink(missing_ok=True)
-    return [path, weights_path]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -21,7 +19,6 @@ from crossmodal.ir.graph import IRModel, Layer
 from crossmodal.ir.kinds import infer_shapes, pool_output_size
 from crossmodal.emitters.registry import check_supported, converter, lookup
 from crossmodal.errors import InputError
-from crossmodal.io.protowire import len_field
 
 DEFAULT_OPSET = 21
 HELPER = "crossmodal: part of a layer"  # doc_string of nodes that are not a whole IR layer
@@ -66,11 +63,26 @@ def check_opset(opset: object) -> int:
         raise InputError(f"ONNX opset {opset} is too old: this emitter writes opsets {MIN_OPSET}..{newest} "
                          f"(Softmax needs {MIN_OPSET} or newer)")
     import onnx
-    if opset > onnx.defs.onnx_opset_version() or opset > max_opset()[0]:
+    if opset > onnx.defs.onnx_opset_version() or (opset > _runs_without_probe() and opset > max_opset()[0]):
         newest, why = max_opset()
         raise InputError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{newest} ({why})")
     return opset
-PROTOBUF_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2  # leave headroom below protobuf's 2 GiB
+
+
+def _runs_without_probe() -> int:
+    """The newest opset the installed onnxruntime is known to run from its version alone (1.18
+    and newer run opset 21), so the default opset needs no probe session (an import of
+    onnxruntime, 0.2 s); 0 when unknown."""
+    from importlib import metadata
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            major, minor = (int(x) for x in metadata.version(dist).split(".")[:2])
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+        return 21 if (major, minor) >= (1, 18) else 0
+    return 0
+
+
 
 
 @dataclass
@@ -289,7 +301,7 @@ def build_onnx(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_outputs: Ite
     from onnx import numpy_helper
     proto, arrays = build_onnx_skeleton(model, opset=opset, extra_outputs=extra_outputs)
     for t in proto.graph.initializer:
-        t.CopyFrom(numpy_helper.from_array(_le_float32(arrays[t.name]), t.name))
+        t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arrays[t.name], dtype="<f4"), t.name))
     return proto
 
 
@@ -330,103 +342,6 @@ def build_onnx_skeleton(model: IRModel, *, opset: int = DEFAULT_OPSET, extra_out
                               ir_version=helper.find_min_ir_version_for(opsets))
     helper.set_model_props(proto, metadata(model))
     return proto, ctx.arrays
-
-
-def _le_float32(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype="<f4")
-
-
-_RAW_DATA, _INITIALIZER, _GRAPH = 9, 5, 7  # TensorProto.raw_data, GraphProto.initializer, ModelProto.graph
-
-
-def _write_inline(proto, arrays: dict[str, np.ndarray], f) -> None:
-    """Serialise ``proto`` with each initializer's bytes streamed from ``arrays``.
-
-    Protobuf lets fields come in any order and concatenates repeated ones, so the
-    model is written as: model fields, then the graph field whose payload is the
-    graph's other fields followed by one initializer record per tensor.
-    """
-    from onnx import GraphProto, ModelProto
-    graph = GraphProto()
-    graph.CopyFrom(proto.graph)
-    inits = list(graph.initializer)
-    graph.ClearField("initializer")
-    model = ModelProto()
-    model.CopyFrom(proto)
-    model.ClearField("graph")
-    records, graph_len = [], len(graph.SerializeToString())
-    for t in inits:
-        data = _le_float32(arrays[t.name])
-        head = t.SerializeToString() + len_field(_RAW_DATA, data.nbytes)
-        size = len(head) + data.nbytes
-        records.append((len_field(_INITIALIZER, size) + head, data))
-        graph_len += len(records[-1][0]) + data.nbytes
-    f.write(model.SerializeToString())
-    f.write(len_field(_GRAPH, graph_len))
-    f.write(graph.SerializeToString())
-    for head, data in records:
-        f.write(head)
-        f.write(memoryview(data.reshape(-1)).cast("B"))
-
-
-def _write_external(proto, arrays: dict[str, np.ndarray], f, data_path: Path) -> None:
-    """Serialise ``proto`` with initializer bytes in ``data_path`` (beyond 2 GiB)."""
-    from onnx import ModelProto, TensorProto
-    model = ModelProto()
-    model.CopyFrom(proto)
-    offset = 0
-    with open(data_path, "wb") as data_file:
-        for t in model.graph.initializer:
-            data = _le_float32(arrays[t.name])
-            data_file.write(memoryview(data.reshape(-1)).cast("B"))
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(data.nbytes))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            offset += data.nbytes
-    f.write(model.SerializeToString())
-
-
-def save_onnx(proto, path: Path, *, arrays: dict[str, np.ndarray] | None = None, check: bool = True) -> list[Path]:
-    """Write the model atomically: one file, or ``NAME.data`` beside it beyond 2 GiB.
-
-    ``proto`` is a skeleton from :func:`build_onnx_skeleton` with ``arrays``, or a
-    complete proto (its initializer data is then taken from it). Returns the files
-    written. ``onnx.checker`` (full check, with strict shape inference) runs on the
-    written file before the rename.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    path = Path(path)
-    if arrays is None:  # a complete proto: move its data apart
-        arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-        skeleton = onnx.ModelProto()
-        skeleton.CopyFrom(proto)
-        for t in skeleton.graph.initializer:
-            t.ClearField("raw_data")
-            t.ClearField("float_data")
-        proto = skeleton
-    size = sum(int(np.prod(a.shape)) * 4 for a in arrays.values())
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-    data_path = path.with_name(path.name + ".data")
-    external = size > PROTOBUF_LIMIT
-    try:
-        with open(tmp, "wb") as f:
-            if external:
-                _write_external(proto, arrays, f, data_path)
-            else:
-                _write_inline(proto, arrays, f)
-        if check:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if external:
-            data_path.unlink(missing_ok=True)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    return [path, data_path] if external else [path]
 
 
 def layer_tensors(proto) -> dict[str, str]:

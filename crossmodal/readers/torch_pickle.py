@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import collections
 import math
+import mmap
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -94,9 +96,20 @@ class _Tensor:
         need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
         if need > len(arr):
             raise NotWeightsOnly("a tensor beyond its storage")
+        if self.stride == _c_strides(self.size):  # the usual case: a read-only view, no copy
+            return arr[self.offset:self.offset + self.numel].reshape(self.size)
         view = np.lib.stride_tricks.as_strided(arr[self.offset:], self.size,
                                                tuple(s * arr.itemsize for s in self.stride))
         return np.array(view, copy=True)
+
+
+def _c_strides(size: tuple) -> tuple:
+    """Element strides of a C-contiguous tensor of ``size``."""
+    strides, step = [], 1
+    for n in reversed(size):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_rest):
@@ -237,7 +250,22 @@ def check_zip(path: Path) -> None:
         pass
 
 
+def _member_bytes(mm: mmap.mmap, info: zipfile.ZipInfo) -> memoryview:
+    """The stored bytes of zip member ``info``, as a read-only view of the mapped file (no copy,
+    no CRC pass: the file's SHA-256 is what identifies the weights)."""
+    h = info.header_offset
+    if mm[h:h + 4] != b"PK\x03\x04":
+        raise NotWeightsOnly(f"no local header for {info.filename}")
+    name_len, extra_len = struct.unpack_from("<HH", mm, h + 26)
+    start = h + 30 + name_len + extra_len
+    if start + info.file_size > len(mm):
+        raise NotWeightsOnly(f"member {info.filename} runs past the end of the file")
+    return memoryview(mm)[start:start + info.file_size]
+
+
 def _load_zip(path: Path):
+    with open(path, "rb") as raw:
+        mm = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)  # tensors are views of it
     with zipfile.ZipFile(path) as zf:
         infos = _check_members(zf)
         pkl = [i.filename for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
@@ -256,7 +284,7 @@ def _load_zip(path: Path):
             if info.file_size != numel * dtype.itemsize:  # checked before a byte is read
                 raise Hostile(f"member {name} declares {info.file_size:,} bytes for {numel:,} "
                               f"{dtype.name} values")
-            return zf.read(name)
+            return _member_bytes(mm, info)
         with zf.open(pkl[0]) as f:
             return _Unpickler(f, {}, read_storage).load()
 

@@ -4,8 +4,8 @@ and from the ranks AP and hits in the top ``k``. Pure NumPy; conventions as in
 :mod:`crossmodal.evaluate.retrieval.metrics`.
 
 float32 scores are ranked without an argsort (each relevant target's rank is found by searching
-the row's sorted scores; rows with exact ties take the argsort path, which orders ties by index);
-float64 scores always take the argsort path. Both give the same ranks.
+the row's sorted scores, and an exact tie is ordered by index by counting in the row); float64
+scores take the argsort path. Both give the same ranks. See ``benchmarks/bench_retrieval.py``.
 """
 from __future__ import annotations
 
@@ -49,19 +49,37 @@ def inverse_norm(x: np.ndarray) -> np.ndarray:
     return np.divide(1, norm, out=np.zeros_like(norm), where=norm > 0)
 
 
-def chunk_scores(qc: np.ndarray, t: np.ndarray, t_aux: np.ndarray, metric: str, dtype):
+def chunk_scores(qc: np.ndarray, t: np.ndarray, t_aux: np.ndarray, metric: str, dtype) -> np.ndarray:
     """Similarity of a query chunk ``(c, D)`` to all targets ``(N, D)``: ``(c, N)``."""
     qc = np.asarray(qc, dtype=dtype)
-    if metric == "cosine":  # scale the raw products: exact products stay exact ties
-        s = qc @ t.T
+    return finish_scores(qc @ t.T, qc, t_aux, metric)
+
+
+def finish_scores(s: np.ndarray, qc: np.ndarray, t_aux: np.ndarray, metric: str, *,
+                  check: bool = True) -> np.ndarray:
+    """Raw products ``s = qc @ t.T`` ``(c, N)`` → similarities, in place. Cosine scales the
+    products (exact products stay exact ties); Euclidean subtracts ``|t|^2 / 2``. ``check=False``
+    skips the overflow check, for callers that proved the products bounded
+    (:func:`products_bounded`)."""
+    if metric == "cosine":
         s *= inverse_norm(qc)[:, None]
         s *= t_aux  # 1/|t|
     else:
-        s = qc @ t.T
         s -= t_aux  # |t|^2 / 2
-    if not np.isfinite(s).all():
+    if check and not np.isfinite(s).all():
         raise InputError("similarities overflowed; features are too large in magnitude")
     return s
+
+
+def products_bounded(q: np.ndarray, t: np.ndarray, dtype) -> bool:
+    """True when no similarity of rows of ``q`` and ``t`` can overflow ``dtype``: by
+    Cauchy-Schwarz every partial sum of a product is at most ``max|q| * max|t|`` (and a
+    Euclidean score adds ``|t|^2 / 2``), checked in float64 with a 16x margin for rounding."""
+    def max_norm(x):
+        return max(float(np.sqrt(np.einsum("ij,ij->i", x[i:i + 4096], x[i:i + 4096],
+                                           dtype=np.float64).max())) for i in range(0, len(x), 4096))
+    nq, nt = max_norm(q), max_norm(t)
+    return np.isfinite(nq * nt) and nq * nt + nt * nt < float(np.finfo(dtype).max) / 16
 
 
 def score_rows(s, qcodes, tcodes, n_rel, n_keep, ap_out, hits_out) -> None:
@@ -82,53 +100,99 @@ def score_rows(s, qcodes, tcodes, n_rel, n_keep, ap_out, hits_out) -> None:
         ap_out[:] = np.where(n_rel > 0, sums / n_rel, np.nan)
 
 
-def sortable_keys(s: np.ndarray) -> np.ndarray:
-    """float32 ``(c, N)`` → uint32 keys in the same order (``a < b`` ⇔ ``key(a) < key(b)``;
-    equal floats, ``-0.0`` and ``0.0`` included, get equal keys)."""
-    u = (s + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0
-    return np.where(u >> 31 != 0, ~u, u | np.uint32(0x80000000))
+def target_groups(tcodes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Target columns grouped by label code: ``(columns, starts)``, both int64, with the columns
+    of code ``k`` (ascending) at ``columns[starts[k]:starts[k + 1]]``."""
+    columns = np.argsort(tcodes, kind="stable")
+    starts = np.zeros(n_codes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(tcodes, minlength=n_codes), out=starts[1:])
+    return columns, starts
 
 
-def score_rows_by_search(s, qcodes, tcodes, n_rel, n_keep, ap_out, hits_out, self_cols=None) -> None:
-    """:func:`score_rows` for float32 scores, from a sort of the scores and a search, not an argsort.
+#: a row with more relevant targets tied to other targets than this takes the argsort path
+MAX_TIED_PER_ROW = 16
 
-    Each relevant target's rank is 1 + the number of targets scoring strictly higher,
-    found by searching its key in the row's sorted keys (rows are made disjoint by
-    putting the row number in the upper 32 bits of a uint64 key, so one search serves
-    the chunk). Rows where a relevant target ties with any other target go to
-    :func:`score_rows`, whose ranking breaks ties by index. ``self_cols``: with
-    within-modal retrieval, each row's own column (its ``-inf``), never relevant.
+
+def relevant_pairs(qcodes: np.ndarray, groups, self_cols=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` int64 of every (query row, relevant target column) pair, row-major with
+    columns ascending; ``self_cols`` (each row's own column) left out."""
+    columns, starts = groups
+    lo, hi = starts[qcodes], starts[np.asarray(qcodes) + 1]
+    counts = hi - lo
+    rows = np.repeat(np.arange(len(counts)), counts)
+    offsets = np.cumsum(counts) - counts
+    cols = columns[np.repeat(lo - offsets, counts) + np.arange(rows.size)]
+    if self_cols is not None:
+        keep = cols != np.asarray(self_cols)[rows]
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
+
+
+def score_rows_by_search(s, qcodes, tcodes, groups, n_rel, n_keep, ap_out, hits_out,
+                         self_cols=None, sorted_out=None) -> None:
+    """:func:`score_rows` for float32 scores ``s`` ``(c, N)`` (left unchanged), from a sort of
+    the scores and a search, not an argsort.
+
+    Each relevant target's rank is 1 + the number of targets scoring strictly higher (found by
+    searching its score in the row's sorted scores: a SIMD sort of 32-bit floats; ``-0.0`` and
+    ``0.0`` compare equal, as they do for scikit-learn) + the number of targets with an equal
+    score and a lower index (counted in the row, so ties are ranked by index, as in
+    :func:`rank`). Only the relevant columns are touched per row (``groups``:
+    :func:`target_groups`), so the work beyond the sort is O(relevant). A row with more than
+    :data:`MAX_TIED_PER_ROW` tied relevant targets (degenerate features) goes to
+    :func:`score_rows`. ``self_cols``: with within-modal retrieval, each row's own column (its
+    ``-inf``), never relevant. ``sorted_out``: an optional ``(c, N)`` float32 buffer for the
+    sorted rows (reused across chunks to spare page faults).
     """
     c, n = s.shape
-    keys = sortable_keys(s)
-    rel = tcodes[None, :] == qcodes[:, None]
-    if self_cols is not None:
-        rel[np.arange(c), self_cols] = False
-    rows, cols = np.nonzero(rel)
-    del rel
-    row_bits = np.arange(c, dtype=np.uint64)[:, None] << np.uint64(32)
-    wanted = keys[rows, cols].astype(np.uint64) | row_bits[rows, 0]
-    keys.sort(axis=1)
-    flat = (keys.astype(np.uint64) | row_bits).ravel()
-    del keys
-    above = np.searchsorted(flat, wanted, side="right")
-    tied = above - np.searchsorted(flat, wanted, side="left") > 1
-    del flat, wanted
-    rank = (rows + 1) * n - above + 1  # 1 + targets of the row scoring strictly higher
-    order = np.argsort(rows * (n + 1) + rank, kind="stable")  # by row, then rank
+    if sorted_out is None:
+        srt = s.copy()
+    else:
+        srt = sorted_out
+        np.copyto(srt, s)
+    srt.sort(axis=1)
+    rows, cols = relevant_pairs(qcodes, groups, self_cols)  # row-major, columns ascending
+    values = s[rows, cols]
+    above = np.empty(rows.size, dtype=np.int64)  # targets of the row scoring <= the value
+    bounds = np.searchsorted(rows, np.arange(c + 1))
+    for r in np.flatnonzero(np.diff(bounds)):
+        a, b = bounds[r], bounds[r + 1]
+        above[a:b] = np.searchsorted(srt[r], values[a:b], side="right")
+    rank = n + 1 - above  # 1 + targets scoring strictly higher
+    tied = np.flatnonzero((above >= 2) & (srt[rows, np.maximum(above - 2, 0)] == values))
+    tied_rows, tied_count = np.unique(rows[tied], return_counts=True)
+    redo = tied_rows[tied_count > MAX_TIED_PER_ROW]
+    for i in tied[~np.isin(rows[tied], redo)]:  # equal scores rank by index
+        rank[i] += np.count_nonzero(s[rows[i], :cols[i]] == values[i])
+    order = np.argsort(rows * (n + 2) + rank)  # by row, then rank (distinct within a row)
     rows, rank = rows[order], rank[order]
     counts = np.bincount(rows, minlength=c)
     first = np.cumsum(counts) - counts
-    j = np.arange(1, rows.size + 1) - first[rows]
+    j = np.arange(1, rows.size + 1) - first[rows]  # the j-th relevant target of its row
     sums = np.bincount(rows, weights=j / rank, minlength=c)
     with np.errstate(invalid="ignore", divide="ignore"):
         ap_out[:] = np.where(n_rel > 0, sums / n_rel, np.nan)
-    for k, out in hits_out.items():
-        out[:] = np.bincount(rows[rank <= k], minlength=c)
-    redo = np.unique(rows[tied[order]])
-    if redo.size:  # exact ties: rank those rows by index as well
-        ap_part, hits_part = np.empty(redo.size), {k: np.empty(redo.size, np.int64) for k in hits_out}
+    ks = list(hits_out)
+    for k in ks:
+        hits_out[k][:] = np.bincount(rows[rank <= k], minlength=c)
+    if redo.size:  # degenerate rows: rank by argsort
+        ap_part, hits_part = np.empty(redo.size), {k: np.empty(redo.size, np.int64) for k in ks}
         score_rows(s[redo], qcodes[redo], tcodes, n_rel[redo], n_keep, ap_part, hits_part)
         ap_out[redo] = ap_part
-        for k, out in hits_out.items():
-            out[redo] = hits_part[k]
+        for k in ks:
+            hits_out[k][redo] = hits_part[k]
+
+
+def score_part(raw, qc, qcodes, tcodes, groups, n_rel, n_keep, ap_out, hits_out, *, t_aux, metric,
+               self_cols, check, sorted_out) -> None:
+    """One thread's share of a chunk: raw products ``raw`` ``(c, N)`` (overwritten) →
+    similarities (:func:`finish_scores`), the query's own column to ``-inf`` (``self_cols``),
+    then AP and hits: by search for float32, by argsort otherwise."""
+    s = finish_scores(raw, qc, t_aux, metric, check=check)
+    if self_cols is not None:  # the query itself sorts last and is cut off by n_keep
+        s[np.arange(len(s)), self_cols] = -np.inf
+    if s.dtype == np.float32:
+        score_rows_by_search(s, qcodes, tcodes, groups, n_rel, n_keep, ap_out, hits_out,
+                             self_cols, sorted_out)
+    else:
+        score_rows(s, qcodes, tcodes, n_rel, n_keep, ap_out, hits_out)
