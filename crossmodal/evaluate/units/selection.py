@@ -26,16 +26,12 @@ def parse_units(text: str | None, count: int, what: str = "--units") -> list[int
         if not part:
             continue
         try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if lo > hi:
-                    raise InputError(f"{what}: range {part!r} runs backwards")
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
+            lo, hi = (int(v) for v in part.split("-", 1)) if "-" in part else (int(part), int(part))
         except ValueError:
             raise InputError(f"{what}: {part!r} is not a unit number or a range a-b") from None
+        if lo > hi:
+            raise InputError(f"{what}: range {part!r} runs backwards")
+        out.update(range(lo, hi + 1))
     bad = sorted(u for u in out if not 0 <= u < count)
     if bad:
         raise InputError(f"{what}: unknown unit {bad[0]}: the layer has units 0–{count - 1}")
