@@ -185,3 +185,18 @@ def test_against_an_earlier_run_and_draw_none(run, setup, tmp_path):
     assert [[e["path"] for e in u["top"]["natural"]] for u in s["units"]] == \
         [[e["path"] for e in u["top"]["natural"]] for u in run[1]["units"]]
     assert CATEGORIES[0] == s["units"][0]["agreement"]["overall"]
+
+
+def test_a_folder_another_run_holds_is_refused(setup, tmp_path):
+    from test_output_locks import _hold
+
+    out = tmp_path / "held"
+    holder = _hold(out)
+    try:
+        r = CliRunner().invoke(main, ["units", "--model", str(setup[0]), "--data-root", str(setup[1]),
+                                      "--modality", "natural", "--out", str(out), "-q"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.exit_code == 2 and "another run is writing to this folder" in r.output
+    assert r.output.count("\n") == 1
