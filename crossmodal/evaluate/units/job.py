@@ -65,6 +65,10 @@ def prepare(model_dir: Path, modality: str, *, layer: str | None, units: str | N
     names = modality_names(modality)
     if not names:
         raise InputError("--modality: give at least one modality (natural, clipart, sketch …)")
+    explicit = [k for k in ("images", "list_file", "categories") if data.get(k) is not None]
+    if explicit and len(names) > 1:
+        raise InputError(f"--{explicit[0].replace('_file', '')} names one modality's files: give one --modality "
+                         f"with it, or use --data-root / --config for several")
     datasets = []
     for name in names:
         ds = _limit(resolve_modality(name, **data), limit)
