@@ -27,6 +27,7 @@ COMMANDS = {
     "predict": "crossmodal.cli.predict:predict",
     "explain": "crossmodal.cli.explain:explain",
     "finetune": "crossmodal.cli.finetune:finetune",
+    "units": "crossmodal.cli.units:units",
 }
 
 

@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -209,28 +209,23 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
     )
 
 
-def _fill(f, backend, paths: list[Path], graph: Graph, mean_image, layers: list[str], start: int,
-          batch_size: int, workers: int, draft: bool, on_batch) -> tuple[int, float]:
-    """Compute rows ``start..N`` batch by batch into the open cache ``f``.
-
-    Returns (rows computed, wall seconds of the pass: decoding, inference and writes).
-    """
+def prefetched_batches(paths: Sequence[Path], spec, mean_image, start: int, batch_size: int, workers: int,
+                       draft: bool) -> Iterator[tuple[int, int, np.ndarray, dict[Path, str]]]:
+    """Rows ``start..N`` of ``paths`` decoded and preprocessed in batches on a pool of ``workers``
+    threads, ``workers + 1`` batches in flight ahead of the consumer (decoding overlaps inference,
+    memory stays bounded). Yields ``(lo, hi, batch, failed_at)``: ``batch`` ``(B, C, H, W)`` holds
+    the rows of ``lo..hi`` that decoded, in order; ``failed_at`` maps each other path to its reason."""
     n = len(paths)
-    spec = graph.preprocess
-    bounds = [(s, min(s + batch_size, n)) for s in range(start, n, batch_size)]
-    datasets = {l: f[f"features/{l}"] for l in layers}
-    computed = 0
+    bounds = iter([(s, min(s + batch_size, n)) for s in range(start, n, batch_size)])
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     pending: deque = deque()
-    upcoming = iter(bounds)
 
     def submit() -> None:
-        nxt = next(upcoming, None)
+        nxt = next(bounds, None)
         if nxt is not None:
             pending.append((nxt, pool.submit(load_batch, paths[nxt[0]:nxt[1]], spec, mean_image,
                                              workers=1, draft=draft)))
 
-    first = last = time.perf_counter()
     try:
         for _ in range(workers + 1):  # bounded prefetch: decoding runs ahead of inference
             submit()
@@ -238,38 +233,52 @@ def _fill(f, backend, paths: list[Path], graph: Graph, mean_image, layers: list[
             (lo, hi), future = pending.popleft()
             batch, failures = future.result()
             submit()
-            failed_at = {Path(p): reason for p, reason in failures}
-            rows_ok = [i for i in range(lo, hi) if paths[i] not in failed_at]
-            outs = backend.run(batch) if len(batch) else {}
-            status = np.full(hi - lo, OK, dtype=np.int8)
-            reasons = [""] * (hi - lo)
-            for i in range(lo, hi):
-                if paths[i] in failed_at:
-                    status[i - lo], reasons[i - lo] = FAILED, failed_at[paths[i]]
-            local = np.array([i - lo for i in rows_ok], dtype=np.int64)
-            for layer, ds in datasets.items():
-                block = np.zeros((hi - lo, *ds.shape[1:]), dtype=np.float32)
-                if len(local):
-                    values = np.asarray(outs[layer], dtype=np.float32)
-                    if values.shape != (len(local), *ds.shape[1:]):
-                        raise InputError(f"backend returned {layer} of shape {values.shape}, "
-                                         f"expected {(len(local), *ds.shape[1:])}")
-                    block[local] = values
-                ds[lo:hi] = block
-            f["status"][lo:hi] = status
-            f["reason"][lo:hi] = np.array(reasons, dtype=object)
-            f.flush()  # the rows reach the file before ``done`` says they are there
-            f.attrs["done"] = hi
-            f.attrs["computed_rows"] = int(f.attrs["computed_rows"]) + (hi - lo)
-            now = time.perf_counter()  # wall time of the pass, decoding waits included
-            f.attrs["compute_seconds"] = float(f.attrs["compute_seconds"]) + (now - last)
-            last = now
-            f.flush()
-            computed += hi - lo
-            if on_batch:
-                on_batch(hi, n)
-        f.attrs["complete"] = True
-        f.flush()
+            yield lo, hi, batch, {Path(p): reason for p, reason in failures}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fill(f, backend, paths: list[Path], graph: Graph, mean_image, layers: list[str], start: int,
+          batch_size: int, workers: int, draft: bool, on_batch) -> tuple[int, float]:
+    """Compute rows ``start..N`` batch by batch into the open cache ``f``.
+
+    Returns (rows computed, wall seconds of the pass: decoding, inference and writes).
+    """
+    n = len(paths)
+    datasets = {l: f[f"features/{l}"] for l in layers}
+    computed = 0
+    first = last = time.perf_counter()
+    for lo, hi, batch, failed_at in prefetched_batches(paths, graph.preprocess, mean_image, start, batch_size,
+                                                        workers, draft):
+        rows_ok = [i for i in range(lo, hi) if paths[i] not in failed_at]
+        outs = backend.run(batch) if len(batch) else {}
+        status = np.full(hi - lo, OK, dtype=np.int8)
+        reasons = [""] * (hi - lo)
+        for i in range(lo, hi):
+            if paths[i] in failed_at:
+                status[i - lo], reasons[i - lo] = FAILED, failed_at[paths[i]]
+        local = np.array([i - lo for i in rows_ok], dtype=np.int64)
+        for layer, ds in datasets.items():
+            block = np.zeros((hi - lo, *ds.shape[1:]), dtype=np.float32)
+            if len(local):
+                values = np.asarray(outs[layer], dtype=np.float32)
+                if values.shape != (len(local), *ds.shape[1:]):
+                    raise InputError(f"backend returned {layer} of shape {values.shape}, "
+                                     f"expected {(len(local), *ds.shape[1:])}")
+                block[local] = values
+            ds[lo:hi] = block
+        f["status"][lo:hi] = status
+        f["reason"][lo:hi] = np.array(reasons, dtype=object)
+        f.flush()  # the rows reach the file before ``done`` says they are there
+        f.attrs["done"] = hi
+        f.attrs["computed_rows"] = int(f.attrs["computed_rows"]) + (hi - lo)
+        now = time.perf_counter()  # wall time of the pass, decoding waits included
+        f.attrs["compute_seconds"] = float(f.attrs["compute_seconds"]) + (now - last)
+        last = now
+        f.flush()
+        computed += hi - lo
+        if on_batch:
+            on_batch(hi, n)
+    f.attrs["complete"] = True
+    f.flush()
     return computed, last - first

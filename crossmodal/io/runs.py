@@ -22,7 +22,7 @@ from crossmodal.errors import CrossmodalError
 
 #: Files moved into place last (the machine-readable summaries readers look for first).
 LAST = ("metrics.json", "retrieval.json", "comparison.json", "explain.json", "explain.md", "probe.md",
-        "probe.json", "finetune.md", "finetune.json")
+        "probe.json", "finetune.md", "finetune.json", "units.md", "units.json")
 
 
 def utc_now() -> str:

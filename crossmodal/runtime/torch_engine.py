@@ -41,11 +41,14 @@ class TorchEngine(Engine):
         self.allow_tf32 = allow_tf32
         self.device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
         self._torch = torch
+        # graph order: a run stops at the last layer it was asked for (nothing after it is computed)
+        self._order = {l.name: i for i, l in enumerate(model.graph.layers)}
 
     def _run(self, batch, layers):
         torch = self._torch
         with torch.inference_mode(), torch_autocast(self.torch_device.type, self.precision):
-            out = self.module.forward_layers(torch.from_numpy(batch).to(self.torch_device), set(layers))
+            out = self.module.forward_layers(torch.from_numpy(batch).to(self.torch_device), set(layers),
+                                             stop=max(layers, key=self._order.__getitem__, default=None))
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     def _describe(self) -> dict:
