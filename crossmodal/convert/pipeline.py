@@ -113,6 +113,11 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
     if source.suffix == ".caffemodel":
         raise InputError("is a Caffe caffemodel: give the network's deploy prototxt as WEIGHTS and this file "
                          "with --caffemodel", source)
+    if source.suffix.lower() in (".keras", ".h5", ".hdf5"):  # a Keras model, or weights with --arch
+        from crossmodal.readers.from_keras import read_keras
+        model = read_keras(source, preprocess=given, input_size=input_size, arch=arch)
+        given.check_fits(model.graph.input.shape) if given is not None else _fit_default(model)
+        return model
     from crossmodal.readers.from_torch import read_torch_checkpoint
     model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size, arch=arch,
                                   preprocess=given or resolve_preprocess(None, _default_preset(source)))
