@@ -236,9 +236,11 @@ def _graph(b: KerasBuilder, values: dict[str, Value], output: str, name: str, no
     blobs = {k: v.ir for k, v in values.items()
              if v.ir != "input" and k != output and v.pad is None and v.coeff is None}
     blobs.update({"logits": out, "prob": prob})
+    flat = next((l for l in b.layers if l.kind == "flatten"), None)
+    if flat is not None:  # the map the classifier flattens, named as the PyTorch and Caffe readers name it
+        blobs.setdefault("pool5", _through_dropout(layers, flat.inputs[0]))
     feature = _through_dropout(layers, layers[out].inputs[0])
     if feature in layers and layers[feature].kind == "flatten":
-        blobs.setdefault("pool5", _through_dropout(layers, layers[feature].inputs[0]))
         feature = _through_dropout(layers, layers[feature].inputs[0])
     named = [k for k, v in blobs.items() if v == feature and k not in ("logits", "prob")]
     feature_blob = "pool5" if "pool5" in named else named[-1] if named else "features"

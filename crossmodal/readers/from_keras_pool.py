@@ -142,7 +142,7 @@ def eltwise(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     elif node.cls == "Average":
         coeffs = [c / n for c in coeffs]
     op = {"Multiply": "prod", "Maximum": "max"}.get(node.cls, "sum")
-    attrs = {"op": op, **({"coeffs": coeffs} if op == "sum" and any(c != 1.0 for c in coeffs) else {})}
+    attrs = {"op": op, **({"coeffs": tuple(coeffs)} if op == "sum" and any(c != 1.0 for c in coeffs) else {})}
     nonneg = all(x.nonneg for x in xs) and (op != "sum" or all(c > 0 for c in coeffs))
     return b.add(node.name, "eltwise", [replace(x, coeff=None) for x in xs], attrs, keras=node.name,
                  hwc=xs[0].hwc, nonneg=nonneg)
