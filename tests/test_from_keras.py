@@ -145,6 +145,23 @@ def sequential_keras_model(hw=(12, 10)):
                              L.Flatten(), L.Dense(6, activation="relu"), L.Dropout(0.5), L.Dense(3)], name="seq")
 
 
+def mobile_keras_model(hw=(16, 14)):
+    """IR 1.3 kinds: Rescaling of the input, stride-2 'same' convolutions and max pooling (padding only
+    at the end), ReLU6 as an activation and as a layer, 'same' average pooling clipped at the end."""
+    import keras
+    from keras import layers as L
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((*hw, 3))
+    x = L.Rescaling(1 / 127.5, offset=-1, name="scale_in")(inp)
+    x = L.Conv2D(6, 3, strides=2, padding="same", activation="relu6", name="conv_s2")(x)
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw_s2")(x)
+    x = L.ReLU(6.0, name="relu6")(x)
+    x = L.MaxPooling2D(2, strides=2, padding="same", name="pool_s2")(x)
+    x = L.AveragePooling2D(3, strides=2, padding="same", name="avg_same")(x)
+    x = L.Flatten()(x)
+    return keras.Model(inp, L.Dense(4, name="logits_dense")(x), name="mobile")
+
+
 def _keras_logits(kmodel, x_nchw):
     """The Keras model's pre-softmax output, from its last Dense (softmax removed)."""
     import keras
@@ -157,16 +174,22 @@ def _keras_logits(kmodel, x_nchw):
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("make", [branchy_keras_model, sequential_keras_model], ids=["functional", "sequential"])
+@pytest.mark.parametrize("make", [branchy_keras_model, sequential_keras_model, mobile_keras_model],
+                         ids=["functional", "sequential", "ir-1.3-kinds"])
 def test_a_plain_keras_model_reads_directly(tmp_path, make):
     kmodel = make()
     kmodel.save(tmp_path / "m.keras")
     model = read_keras(tmp_path / "m.keras")
     x = np.random.default_rng(2).normal(size=(3, *model.graph.input.shape)).astype(np.float32)
+    x = x * 100 if make is mobile_keras_model else x   # pixels around 0-255 reach the ReLU6 clip
     logits = model.graph.resolve("logits")
     ours = reference.run(model, x, [logits])[logits]
     assert rel_err(ours, _keras_logits(kmodel, x)) < 1e-5
     assert any("torchvision preset" in n for n in model.graph.provenance.notes)
+    if make is mobile_keras_model:
+        kinds = {l.name: l for l in model.graph.layers}
+        assert kinds["scale_in"].kind == "rescale" and kinds["relu6"].attrs["max_value"] == 6.0
+        assert kinds["conv_s2"].attrs["pad_end"] == (1, 1) and kinds["pool_s2"].attrs.get("pad_end") is None
 
 
 def test_branchy_keras_model_converts_to_keras_and_onnx_that_match_it(tmp_path):
@@ -226,7 +249,6 @@ def test_unsupported_layers_are_listed_in_one_pass(tmp_path):
     from keras import layers as L
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(4, 3, activation="sigmoid", name="sig")(inp)
-    x = L.Conv2D(4, 3, strides=2, padding="same", name="strided")(x)   # asymmetric 'same' padding
     x = L.GlobalMaxPooling2D(name="gmp")(x)
     keras.Model(inp, L.Dense(2)(x)).save(tmp_path / "u.keras")
     with pytest.raises(UnsupportedError) as exc:

@@ -109,7 +109,7 @@ Converter = Callable[[KerasBuilder, Node, list[Value]], Value]
 CONVERTERS: dict[str, Converter] = {}
 #: class → check(node, consumers' classes) → None or why the IR cannot hold the layer (first pass).
 LIMITS: dict[str, Callable[[Node, list[str]], str | None]] = {}
-ACTIVATIONS = {"linear": None, None: None, "relu": "relu", "softmax": "softmax"}
+ACTIVATIONS = {"linear": None, None: None, "relu": "relu", "relu6": "relu6", "softmax": "softmax"}
 
 
 def converts(*classes: str, limit=None):
@@ -131,7 +131,7 @@ def _layer_limit(node: Node, consumers: list[str]) -> str | None:
         return f"data_format {cfg['data_format']} (channels_last only)"
     act = _activation_name(cfg)
     if act not in ACTIVATIONS:
-        return f"activation {act!r} (relu, softmax or linear)"
+        return f"activation {act!r} (relu, relu6, softmax or linear)"
     return None
 
 
@@ -141,8 +141,8 @@ def _pair(v) -> tuple[int, int]:
 
 def _with_activation(b: KerasBuilder, node: Node, out: Value) -> Value:
     act = ACTIVATIONS[_activation_name(node.cfg)]
-    if act == "relu":
-        return b.add(f"{out.ir}_relu", "relu", [out], nonneg=True)
+    if act in ("relu", "relu6"):
+        return b.add(f"{out.ir}_{act}", "relu", [out], {"max_value": 6.0} if act == "relu6" else {}, nonneg=True)
     if act == "softmax":
         return b.add(f"{out.ir}_softmax", "softmax", [out], {"axis": 1}, hwc=out.hwc)
     return out
@@ -172,6 +172,13 @@ def _conv_pads(node: Node, x: Value, kernel, strides, dilation) -> tuple[list[tu
     return [(p[0] + o[0], p[1] + o[1]) for p, o in zip(pad, own)], (x.shape[0], h - sum(pad[0]), w - sum(pad[1]))
 
 
+def pad_attrs(pads) -> dict:
+    """IR ``pad`` (top, left) and, where it differs, ``pad_end`` (bottom, right) of per-axis
+    (start, end) padding."""
+    (t, bo), (le, r) = pads
+    return {"pad": (t, le), **({"pad_end": (bo, r)} if (bo, r) != (t, le) else {})}
+
+
 def _source(x: Value, shape) -> Value:
     """The value a folded ZeroPadding2D padded (its IR layer, the unpadded shape)."""
     return replace(x, pad=None, shape=tuple(shape))
@@ -185,14 +192,10 @@ def conv2d(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     kernel, strides = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
     dilation, groups = _pair(cfg.get("dilation_rate", 1)), int(cfg.get("groups", 1))
     pads, unpadded = _conv_pads(node, x, kernel, strides, dilation)
-    if any(a != e for a, e in pads):
-        return b.refuse(node, f"asymmetric padding {pads} (top/bottom, left/right), which the IR's convolution "
-                              "cannot hold yet", x)
     arrays = b.arrays_of(node, 2 if cfg.get("use_bias", True) else 1)
     weight = layouts.conv_hwio_to_oihw(arrays[0])
     o, i = int(cfg["filters"]), unpadded[0]
-    attrs = {"kernel": kernel, "stride": strides, "pad": (pads[0][0], pads[1][0]), "in_channels": i,
-             "out_channels": o}
+    attrs = {"kernel": kernel, "stride": strides, **pad_attrs(pads), "in_channels": i, "out_channels": o}
     if groups != 1:
         attrs["groups"] = groups
     if dilation != (1, 1):
@@ -212,8 +215,6 @@ def depthwise(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     kernel, strides = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
     dilation, m = _pair(cfg.get("dilation_rate", 1)), int(cfg.get("depth_multiplier", 1))
     pads, unpadded = _conv_pads(node, x, kernel, strides, dilation)
-    if any(a != e for a, e in pads):
-        return b.refuse(node, f"asymmetric padding {pads}, which the IR's convolution cannot hold yet", x)
     arrays = b.arrays_of(node, 2 if cfg.get("use_bias", True) else 1)
     c = unpadded[0]
     bias = {"bias": arrays[1]} if len(arrays) == 2 else {}
@@ -222,7 +223,7 @@ def depthwise(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
                     keras=node.name)
     else:
         weight = arrays[0].transpose(2, 3, 0, 1).reshape(c * m, 1, *kernel)   # (kh, kw, C, m) → (C·m, 1, kh, kw)
-        attrs = {"kernel": kernel, "stride": strides, "pad": (pads[0][0], pads[1][0]), "in_channels": c,
+        attrs = {"kernel": kernel, "stride": strides, **pad_attrs(pads), "in_channels": c,
                  "out_channels": c * m, "groups": c}
         if dilation != (1, 1):
             attrs["dilation"] = dilation
@@ -273,8 +274,8 @@ def batch_norm(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
 
 def _relu_limit(node: Node, consumers: list[str]) -> str | None:
     cfg = node.cfg
-    if cfg.get("max_value") is not None:
-        return f"max_value {cfg['max_value']} (a clipped ReLU, not in the IR yet)"
+    if cfg.get("max_value") is not None and not float(cfg["max_value"]) > 0:
+        return f"max_value {cfg['max_value']}"
     if float(cfg.get("threshold", 0) or 0) != 0:
         return f"threshold {cfg['threshold']}"
     return None
@@ -284,13 +285,14 @@ def _relu_limit(node: Node, consumers: list[str]) -> str | None:
 def relu(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     default = 0.3 if node.cls == "LeakyReLU" else 0.0
     slope = float(node.cfg.get("negative_slope", node.cfg.get("alpha", default)) or 0.0)
-    return b.add(node.name, "relu", xs, {"negative_slope": slope} if slope else {}, keras=node.name,
-                 hwc=xs[0].hwc, nonneg=not slope)
+    top = node.cfg.get("max_value")
+    attrs = {**({"negative_slope": slope} if slope else {}), **({"max_value": float(top)} if top is not None else {})}
+    return b.add(node.name, "relu", xs, attrs, keras=node.name, hwc=xs[0].hwc, nonneg=not slope)
 
 
 def _activation_limit(node: Node, consumers: list[str]) -> str | None:
     act = _activation_name(node.cfg)
-    return None if act in ACTIVATIONS else f"activation {act!r} (relu, softmax or linear)"
+    return None if act in ACTIVATIONS else f"activation {act!r} (relu, relu6, softmax or linear)"
 
 
 @converts("Activation", limit=_activation_limit)
@@ -298,8 +300,9 @@ def activation(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     act = ACTIVATIONS[_activation_name(node.cfg)]
     if act is None:
         return xs[0]
-    if act == "relu":
-        return b.add(node.name, "relu", xs, {}, keras=node.name, hwc=xs[0].hwc, nonneg=True)
+    if act in ("relu", "relu6"):
+        return b.add(node.name, "relu", xs, {"max_value": 6.0} if act == "relu6" else {}, keras=node.name,
+                     hwc=xs[0].hwc, nonneg=True)
     return b.add(node.name, "softmax", xs, {"axis": 1}, keras=node.name, hwc=xs[0].hwc)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from crossmodal.readers.from_keras_layers import (
-    KerasBuilder, Node, Value, _layer_limit, _map_input, _pair, converts, same_padding,
+    KerasBuilder, Node, Value, _layer_limit, _map_input, _pair, converts, pad_attrs, same_padding,
 )
 from crossmodal.ir.kinds import pool_output_size
 
@@ -25,9 +25,10 @@ TAKES_PADDING = frozenset({"Conv2D", "DepthwiseConv2D", "MaxPooling2D", "Average
 
 
 def pool_form(kind: str, n: int, k: int, s: int, zeros: tuple[int, int], same: bool,
-              nonneg: bool) -> tuple[int, list[bool]] | str:
-    """The IR padding of one pooling axis of ``n`` input cells, and the ceil modes (False, True)
-    that give Keras' windows; or why none does. ``zeros``: explicit zero padding (start, end)."""
+              nonneg: bool) -> tuple[int, int, list[bool]] | str:
+    """The IR padding (before, after) of one pooling axis of ``n`` input cells, and the ceil modes
+    (False, True) that give Keras' windows; or why none does. ``zeros``: explicit zero padding
+    (start, end). The symmetric form is preferred (what PyTorch and Caffe write), then ``pad_end``."""
     padded = n + sum(zeros)
     own = same_padding(padded, k, s) if same else (0, 0)
     out = -(-padded // s) if same else (padded - k) // s + 1
@@ -36,14 +37,16 @@ def pool_form(kind: str, n: int, k: int, s: int, zeros: tuple[int, int], same: b
         return "zero padding before a max pooling whose input can be negative (exact only after a ReLU)"
     if kind == "avg_pool2d" and own[0]:
         return "'same' average pooling with padding at the start, which Keras leaves out of the count"
-    modes = [ceil for ceil in (False, True) if pool_output_size(n, k, s, pad, ceil) == out]
-    if not modes:
-        return f"{out} windows of {k} cells, stride {s}, on {n} cells padded {pad} fit neither rounding"
     last_end = (out - 1) * s - pad + k   # one past the last cell the last window covers
-    if kind == "avg_pool2d" and zeros[1] != pad and last_end > n + min(zeros[1], pad):
-        return (f"average pooling over {zeros[1]} zero(s) at the end and {pad} at the start: the IR counts "
-                "the same padding on both sides")
-    return pad, modes
+    if kind == "max_pool2d" or zeros[1] == pad or last_end <= n + min(zeros[1], pad):
+        modes = [ceil for ceil in (False, True) if pool_output_size(n, k, s, pad, ceil) == out]
+        if modes:
+            return pad, pad, modes
+    end = zeros[1] + own[1] if kind == "max_pool2d" else zeros[1]  # average: Keras' own padding not counted
+    modes = [ceil for ceil in (False, True) if pool_output_size(n, k, s, pad, ceil, end) == out]
+    if not modes:
+        return f"{out} windows of {k} cells, stride {s}, on {n} cells padded {pad}+{end} fit neither rounding"
+    return pad, end, modes
 
 
 def _pool_limit(node: Node, consumers: list[str]) -> str | None:
@@ -62,10 +65,11 @@ def _pool(kind: str, b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     same = cfg.get("padding", "valid") == "same"
     forms = [pool_form(kind, n, k, s, z, same, x.nonneg) for n, k, s, z in zip(sizes, kernel, strides, zeros)]
     bad = [f for f in forms if isinstance(f, str)]
-    ceil = [m for m in (False, True) if all(m in f[1] for f in forms if not isinstance(f, str))]
+    ceil = [m for m in (False, True) if all(m in f[2] for f in forms if not isinstance(f, str))]
     if bad or not ceil:
         return b.refuse(node, bad[0] if bad else "the two axes need different rounding modes", x)
-    attrs = {"kernel": kernel, "stride": strides, "pad": (forms[0][0], forms[1][0]), "ceil_mode": ceil[0]}
+    attrs = {"kernel": kernel, "stride": strides, **pad_attrs(((forms[0][0], forms[0][1]), (forms[1][0], forms[1][1]))),
+             "ceil_mode": ceil[0]}
     src = replace(x, pad=None, shape=(c, *sizes))
     return b.add(node.name, kind, [src], attrs, keras=node.name, nonneg=x.nonneg)
 
@@ -108,20 +112,27 @@ def zero_padding(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
                    shape=(c, h + t + bo, w + le + r))
 
 
+def _folds_into_add(node: Node, consumers: list[str]) -> bool:
+    """A Rescaling without offset that only feeds sums: their coefficient (the Keras emitter's form)."""
+    return (not node.cfg.get("offset") and bool(consumers)
+            and all(c in ("Add", "Subtract", "Average") for c in consumers))
+
+
 def _rescaling_limit(node: Node, consumers: list[str]) -> str | None:
     scale, offset = node.cfg.get("scale", 1.0), node.cfg.get("offset", 0.0)
     if not isinstance(scale, (int, float)) or not isinstance(offset, (int, float)):
-        return "per-channel scale or offset (not in the IR yet)"
-    if offset or not consumers or any(c not in ("Add", "Subtract", "Average") for c in consumers):
-        return ("a standalone rescaling (only a coefficient of an Add is in the IR yet: "
-                "scale without offset feeding Add)")
+        return "per-channel scale or offset (the IR's rescale is scalar)"
     return None
 
 
 @converts("Rescaling", limit=_rescaling_limit)
 def rescaling(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
-    """A scale feeding an Add: the Add's coefficient (how the Keras emitter writes coefficients)."""
-    return replace(xs[0], coeff=float(node.cfg.get("scale", 1.0)) * (xs[0].coeff or 1.0), nonneg=False)
+    """``x · scale + offset``: the IR's ``rescale``, or, feeding only sums, their coefficient."""
+    x, scale, offset = xs[0], float(node.cfg.get("scale", 1.0)), float(node.cfg.get("offset", 0.0))
+    if _folds_into_add(node, [b.classes[c] for c in b.consumers.get(node.name, [])]):
+        return replace(x, coeff=scale * (x.coeff or 1.0), nonneg=False)
+    return b.add(node.name, "rescale", xs, {"scale": scale, **({"offset": offset} if offset else {})},
+                 keras=node.name, hwc=x.hwc, nonneg=x.nonneg and scale >= 0 and offset >= 0)
 
 
 def _merge_limit(node: Node, consumers: list[str]) -> str | None:
