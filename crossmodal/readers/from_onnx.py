@@ -155,6 +155,24 @@ def _blobs(b: OnnxBuilder, f: OnnxFile, feature_layer: str | None) -> tuple[dict
     return blobs, [logits] + ([softmax[-1]] if softmax else []), feature
 
 
+#: doc_string of the nodes our emitter writes as part of a layer (crossmodal.emitters.to_onnx.HELPER).
+_HELPER_DOC = "crossmodal: part of a layer"
+
+
+def _own_names(b: OnnxBuilder, f: OnnxFile) -> dict[str, str]:
+    """In a file our emitter wrote, each layer takes the name of the last whole-layer node whose
+    output it equals (not a helper such as ``gap/pool``, not an ``output_*`` Identity)."""
+    docs = {n.name: n for n in f.nodes}
+    mapping, taken = {}, {l.name for l in b.layers}
+    for layer in b.layers:
+        names = [n for n in b.history.get(layer.name, []) if docs[n].doc != _HELPER_DOC
+                 and not (docs[n].op == "Identity" and n.startswith("output_"))]
+        if names and names[-1] != layer.name and names[-1] not in taken:
+            mapping[layer.name] = names[-1]
+            taken.add(names[-1])
+    return mapping
+
+
 def _meta_json(f: OnnxFile, key: str):
     try:
         return json.loads(f.metadata[key]) if key in f.metadata else None
@@ -199,6 +217,8 @@ def read_onnx(path: Path, *, input_size: tuple[int, int] | None = None,
     missing = [o for o in f.outputs if o not in b.values and o not in b.consts]
     if missing:
         raise InputError(f"graph output(s) {missing} are written by no node", path)
+    if f.producer == "crossmodal":
+        b.rename(_own_names(b, f))
     blobs, outputs, feature = _blobs(b, f, feature_layer)
     pre, labels = _carried(f)
     if labels is not None and len(labels.names) != int(b.layer(outputs[0]).attrs["out_features"]):

@@ -35,6 +35,7 @@ class Node:
     outputs: list[str]
     attrs: dict[str, Any]
     domain: str = ""
+    doc: str = ""
 
 
 @dataclass
@@ -148,6 +149,6 @@ def load_onnx(path: Path) -> OnnxFile:
             attrs = {a.name: _attr(a) for a in n.attribute}
         except (ValueError, TypeError) as exc:
             raise InputError(f"node {name!r} ({n.op_type}): an attribute does not decode ({exc})", path) from None
-        nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs, n.domain))
+        nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs, n.domain, n.doc_string))
     return OnnxFile(path, opset, nodes, inits, images[0].name, dims, [o.name for o in g.output],
                     {p.key: p.value for p in proto.metadata_props}, proto.producer_name, g.name)

@@ -238,7 +238,8 @@ def _activation(b: OnnxBuilder, node: Node, attrs: dict) -> None:
     if x.pad is not None:
         raise UnsupportedError("an activation between a Pad and the layer it pads")
     out = b.add(node, "relu", [x], attrs)
-    b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo, hwc=x.hwc, nonneg=not attrs.get("negative_slope")))
+    b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo, hwc=x.hwc, nonneg=not attrs.get("negative_slope"),
+                           fresh="relu"))
 
 
 @converts("Relu")
@@ -261,6 +262,13 @@ def clip(b: OnnxBuilder, node: Node) -> None:
                   for i, what in ((1, "min"), (2, "max")))
     lo = None if lo is None else float(np.asarray(lo).reshape(-1)[0])
     hi = None if hi is None or float(np.asarray(hi).reshape(-1)[0]) >= 3.4e38 else float(np.asarray(hi).reshape(-1)[0])
+    x = b.value(node.inputs[0])
+    if lo is None and hi is not None and hi > 0 and x.fresh == "relu" and b.single_use(node, 0):
+        layer = b.layer(x.layer)  # LeakyRelu then Clip(·, none, max): one clipped leaky ReLU
+        if layer.attrs.get("max_value") is None:
+            layer.attrs["max_value"] = hi
+            b.set(node, x.viewed(fresh="relu"))
+            return
     if lo != 0.0 or (hi is not None and hi <= 0):
         raise UnsupportedError(f"Clip to [{lo}, {hi}] (only a clipped ReLU, min 0 and max > 0)")
     _activation(b, node, {} if hi is None else {"max_value": hi})

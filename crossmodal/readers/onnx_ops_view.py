@@ -207,6 +207,15 @@ def _affine(b: OnnxBuilder, node: Node, x: Value, const_index: int, scale, offse
         b.set_tensor(layer, "bias", b.weights.get(f"{layer.name}.bias", np.zeros(len(o), np.float32)) + o)
         b.set(node, x.viewed())
         return
+    if x.fresh == "scale" and b.single_use(node, 0):  # Mul then Add per channel: one scale layer
+        layer = b.layer(x.layer)
+        w0 = b.weights[f"{layer.name}.weight"]
+        b.set_tensor(layer, "weight", w0 * s)
+        bias = b.weights.get(f"{layer.name}.bias", np.zeros(len(o), np.float32)) * s + o
+        if np.any(bias != 0):
+            b.set_tensor(layer, "bias", bias)
+        b.set(node, x.viewed(fresh="scale"))
+        return
     tensors = {"weight": s} if np.all(o == 0) else {"weight": s, "bias": o}
     out = b.add(node, "scale", [x], {}, tensors)
     b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo) if x.perm is not None or x.pseudo else out)
@@ -222,9 +231,28 @@ def arithmetic(b: OnnxBuilder, node: Node) -> None:
         if node.op == "Div":
             raise UnsupportedError("a division of two activations")
         op = {"Add": "sum", "Sum": "sum", "Sub": "sum", "Mul": "prod", "Max": "max"}[node.op]
-        attrs = {"op": op, **({"coeffs": (1.0, -1.0)} if node.op == "Sub" else {})}
         if node.op == "Sub" and len(xs) != 2:
             raise UnsupportedError("Sub of more than two tensors")
+        coeffs = [1.0, -1.0] if node.op == "Sub" else [1.0] * len(xs)
+        if op == "sum":  # an input scaled just before (only for this sum) becomes its coefficient
+            for i, x in enumerate(xs):
+                layer = b.layer(x.layer) if x.fresh == "rescale" else None
+                if layer is not None and not layer.attrs.get("offset") and b.single_use(node, i):
+                    coeffs[i] *= float(layer.attrs["scale"])
+                    xs[i] = Value(layer.inputs[0], x.shape, pseudo=x.pseudo)
+                    b.drop(layer.name)
+        if op != "sum" or all(c == 1.0 for c in coeffs):  # a chain of binary ops: one layer
+            merged: list[Value] = []
+            for i, x in enumerate(xs):
+                layer = b.layer(x.layer) if x.fresh == "eltwise" else None
+                if (layer is not None and layer.attrs.get("op") == op and not layer.attrs.get("coeffs")
+                        and b.single_use(node, i)):
+                    merged += [Value(src, x.shape, pseudo=x.pseudo) for src in layer.inputs]
+                    b.drop(layer.name)
+                else:
+                    merged.append(x)
+            xs, coeffs = merged, [1.0] * len(merged)
+        attrs = {"op": op, **({"coeffs": tuple(coeffs)} if any(c != 1.0 for c in coeffs) else {})}
         nonneg = all(x.nonneg for x in xs) and op != "sum" or (op == "sum" and node.op != "Sub" and
                                                               all(x.nonneg for x in xs))
         b.set(node, b.add(node, "eltwise", xs, attrs, pseudo=xs[0].pseudo, nonneg=nonneg))

@@ -51,7 +51,7 @@ class Value:
         return self.shape
 
     def viewed(self, **changes) -> "Value":
-        return dataclasses.replace(self, fresh=None, **changes)
+        return dataclasses.replace(self, **{"fresh": None, **changes})
 
 
 @dataclass
@@ -67,6 +67,7 @@ class OnnxBuilder:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     uses: dict[str, int] = field(default_factory=dict)          # ONNX tensor → how many nodes read it
     tensor_of: dict[str, str] = field(default_factory=dict)     # IR layer → last ONNX tensor equal to it
+    history: dict[str, list[str]] = field(default_factory=dict)  # IR layer → nodes whose output equals it
     layer_of_node: dict[str, str] = field(default_factory=dict)  # ONNX node name → IR layer it made
     taken: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
@@ -148,16 +149,28 @@ class OnnxBuilder:
         for role, arr in tensors.items():
             self.weights[f"{name}.{role}"] = np.ascontiguousarray(arr, dtype=np.float32)
         self.layer_of_node[node.name] = name
-        return Value(name, shape, fresh=kind if kind in ("conv2d", "dense", "rescale", "scale") else None, **view)
+        return Value(name, shape, fresh=kind if kind in ("conv2d", "dense", "rescale", "scale", "eltwise") else None,
+                     **view)
 
     def set(self, node: Node, value: Value, index: int = 0) -> None:
         out = node.outputs[index]
         self.values[out] = value
         if value.canonical:
             self.tensor_of[value.layer] = out
+            self.history.setdefault(value.layer, []).append(node.name)
 
     def layer(self, name: str) -> Layer:
         return next(l for l in reversed(self.layers) if l.name == name)
+
+    def drop(self, name: str) -> None:
+        """Remove layer ``name`` (folded into the layer that reads it) with its weights."""
+        layer = self.layer(name)
+        self.layers.remove(layer)
+        for spec in layer.tensors.values():
+            self.weights.pop(spec.name, None)
+        self.tensor_of.pop(name, None)
+        self.history.pop(name, None)
+        self.layer_of_node = {k: v for k, v in self.layer_of_node.items() if v != name}
 
     def single_use(self, node: Node, index: int) -> bool:
         return self.uses.get(node.inputs[index], 0) == 1 and node.inputs[index] not in self.file.outputs
@@ -165,3 +178,20 @@ class OnnxBuilder:
     def set_tensor(self, layer: Layer, role: str, arr: np.ndarray) -> None:
         layer.tensors[role] = TensorSpec(f"{layer.name}.{role}", tuple(arr.shape), TENSOR_LAYOUTS[(layer.kind, role)])
         self.weights[f"{layer.name}.{role}"] = np.ascontiguousarray(arr, dtype=np.float32)
+
+    def rename(self, mapping: dict[str, str]) -> None:
+        """Rename IR layers (``old → new``) everywhere: layers, inputs, tensors, the maps."""
+        if not mapping:
+            return
+        for layer in self.layers:
+            layer.inputs = [mapping.get(s, s) for s in layer.inputs]
+            if layer.name in mapping:
+                new = mapping[layer.name]
+                for role, spec in list(layer.tensors.items()):
+                    self.weights[f"{new}.{role}"] = self.weights.pop(spec.name)
+                    layer.tensors[role] = dataclasses.replace(spec, name=f"{new}.{role}")
+                layer.name = new
+        self.shapes = {mapping.get(k, k): v for k, v in self.shapes.items()}
+        self.tensor_of = {mapping.get(k, k): v for k, v in self.tensor_of.items()}
+        self.history = {mapping.get(k, k): v for k, v in self.history.items()}
+        self.layer_of_node = {k: mapping.get(v, v) for k, v in self.layer_of_node.items()}
