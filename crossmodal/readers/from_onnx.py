@@ -36,7 +36,7 @@ from crossmodal.readers import onnx_ops_view  # noqa: F401  (registers its conve
 from crossmodal.readers.onnx_fold import BATCH, FOLDERS, FoldError, fold
 from crossmodal.readers.onnx_load import OnnxFile, load_onnx
 from crossmodal.readers.onnx_ops import CONVERTERS, LIMITS
-from crossmodal.readers.onnx_state import NHWC, OnnxBuilder, Value
+from crossmodal.readers.onnx_state import NHWC, OnnxBuilder, Value, layer_name
 
 _HANDLED = set(CONVERTERS) | set(FOLDERS) | {"Shape"}
 
@@ -167,9 +167,10 @@ def _own_names(b: OnnxBuilder, f: OnnxFile) -> dict[str, str]:
     for layer in b.layers:
         names = [n for n in b.history.get(layer.name, []) if docs[n].doc != _HELPER_DOC
                  and not (docs[n].op == "Identity" and n.startswith("output_"))]
-        if names and names[-1] != layer.name and names[-1] not in taken:
-            mapping[layer.name] = names[-1]
-            taken.add(names[-1])
+        new = layer_name(names[-1]) if names else None
+        if new and new != layer.name and new not in taken:
+            mapping[layer.name] = new
+            taken.add(new)
     return mapping
 
 

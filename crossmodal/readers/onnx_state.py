@@ -22,6 +22,13 @@ from crossmodal.readers.onnx_load import Node, OnnxFile
 NHWC = (0, 2, 3, 1)   # an ONNX tensor in NHWC holding an IR (C, H, W) map
 
 
+def layer_name(node_name: str) -> str:
+    """An IR layer name from an ONNX node name: ``/`` (exporters' scopes, HDF5's group separator)
+    becomes ``.`` (``/layer1/layer1.0/conv1/Conv`` → ``layer1.layer1.0.conv1.Conv``)."""
+    name = ".".join(part for part in node_name.split("/") if part)
+    return name or "node"
+
+
 @dataclass(frozen=True)
 class Value:
     """An ONNX tensor holding IR layer ``layer``'s output (per-sample IR ``shape``) through a view."""
@@ -125,6 +132,7 @@ class OnnxBuilder:
 
     # --- writing ---------------------------------------------------------------------------
     def fresh_name(self, name: str) -> str:
+        name = layer_name(name)
         while name in self.taken:
             name += "_"
         self.taken.add(name)
