@@ -209,6 +209,19 @@ def test_branchy_keras_model_converts_to_keras_and_onnx_that_match_it(tmp_path):
     assert rel_err(got_keras, want) < 1e-4 and rel_err(got_onnx, want) < 1e-4
 
 
+def test_preprocessing_options_replace_the_default_and_its_note(tmp_path):
+    import json
+    sequential_keras_model().save(tmp_path / "m.keras")
+    runner = CliRunner()
+    plain = runner.invoke(main, ["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "a"), "--to", "ir", "-q"])
+    assert plain.exit_code == 0 and "note: preprocessing: a Keras file does not record it" in plain.output
+    given = runner.invoke(main, ["convert", str(tmp_path / "m.keras"), "-o", str(tmp_path / "b"), "--to", "ir", "-q",
+                                 "--preprocess", "caffe", "--scale", "1"])
+    assert given.exit_code == 0 and "preprocessing:" not in given.output, given.output
+    spec = json.loads((tmp_path / "b" / "model.json").read_text())["preprocess"]
+    assert spec["channel_order"] == "BGR" and spec["value_range"] == "0-1" and spec["crop"] == [12, 10]
+
+
 # --- refusals ----------------------------------------------------------------------------------
 def _lambda_model(path):
     import keras

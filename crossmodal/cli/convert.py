@@ -95,7 +95,7 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
                f"{g.preprocess.value_range} (preprocess: {g.preprocess.name})")
     click.echo(f"weights: {describe(g)}")
     for note in g.provenance.notes:
-        if note.startswith(("architecture", "preprocessing:", "the model outputs logits")):
+        if note.startswith("architecture"):
             click.echo(f"note: {note}")
 
     train_val = [n[len("train_val: "):] for n in g.provenance.notes if n.startswith("train_val: ")]

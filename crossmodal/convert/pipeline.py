@@ -83,6 +83,8 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
         if arch is not None:
             raise InputError("--arch goes with a PyTorch checkpoint, not an ONNX model")
         return _read_onnx(source, input_size, preprocess, preprocess_options, feature_layer)
+    if source.suffix.lower() in (".keras", ".h5", ".hdf5") and source.is_file() and feature_layer is None:
+        return _read_keras(source, input_size, preprocess, preprocess_options, arch)
     if (preprocess_options is not None and preprocess_options.fields_given) or feature_layer is not None:
         raise InputError("--mean, --std, --scale, --channel-order, --resize and --feature-layer go with a source "
                          "that carries no preprocessing (an .onnx model); use --preprocess here")
@@ -103,11 +105,6 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
     if source.suffix == ".caffemodel":
         raise InputError("is a Caffe caffemodel: give the network's deploy prototxt as WEIGHTS and this file "
                          "with --caffemodel", source)
-    if source.suffix.lower() in (".keras", ".h5", ".hdf5"):  # a Keras model, or weights with --arch
-        from crossmodal.readers.from_keras import read_keras
-        model = read_keras(source, preprocess=given, input_size=input_size, arch=arch)
-        given.check_fits(model.graph.input.shape) if given is not None else _fit_default(model)
-        return model
     from crossmodal.readers.from_torch import read_torch_checkpoint
     model = read_torch_checkpoint(source, trust_pickle=trust_pickle, input_size=input_size, arch=arch,
                                   preprocess=given or resolve_preprocess(None, _default_preset(source)))
@@ -147,6 +144,27 @@ def _read_onnx(source: Path, input_size, preprocess, options: PreprocessOptions 
     if any(n.startswith("source layout NHWC") for n in g.provenance.notes):
         g.provenance.notes.append(SOURCE_NOTE + "an NHWC input: the IR and its models are channels-first "
                                   "(model.onnx takes NCHW, model.keras NHWC as always)")
+    return model
+
+
+def _read_keras(source: Path, input_size, preprocess, options: PreprocessOptions | None, arch) -> IRModel:
+    """A Keras model or weights-only file (:mod:`crossmodal.readers.from_keras`): the reader's default
+    preprocessing (torchvision's; Caffe's for ``--arch`` weights) unless the user gave a spec or fields."""
+    from crossmodal.readers.from_keras import read_keras
+
+    model = read_keras(source, input_size=input_size, arch=arch)
+    g = model.graph
+    if preprocess is not None:
+        options = dataclasses.replace(options or PreprocessOptions(), preset=None if isinstance(preprocess, Preprocess)
+                                      else preprocess)
+    if isinstance(preprocess, Preprocess) or (options is not None and options.given):
+        base = preprocess if isinstance(preprocess, Preprocess) else g.preprocess
+        spec, _ = choose_preprocess(options, g.input.shape[1:], base)
+        g.provenance.notes = [n for n in g.provenance.notes if not n.startswith("preprocessing:")]
+        set_preprocess(model, spec)
+    else:
+        g.provenance.notes = [SOURCE_NOTE + n if n.startswith("preprocessing:") else n for n in g.provenance.notes]
+        _fit_default(model)
     return model
 
 

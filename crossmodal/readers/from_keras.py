@@ -261,7 +261,7 @@ def default_preprocess(preprocess: Preprocess | None, preset: str, notes: list[s
         return preprocess
     notes.append(f"preprocessing: {why}; using the {preset} preset "
                  f"({PREPROCESS_PRESETS[preset].channel_order}, {PREPROCESS_PRESETS[preset].value_range}) — "
-                 "give --preprocess if the model was trained otherwise")
+                 "give --preprocess or --mean/--std/--scale/--channel-order if the model was trained otherwise")
     return PREPROCESS_PRESETS[preset]
 
 
