@@ -146,7 +146,26 @@ def model_nodes(config: dict, path: Path) -> tuple[list[Node], str, list, str]:
             nodes.append(Node(name, "(shared)", c, []))
             continue
         nodes.append(Node(name, _class(entry), c, [h[0] for h in hist]))
-    return nodes, input_name or inputs[0], shape, outputs[0]
+    return source_order(nodes, outputs[0]), input_name or inputs[0], shape, outputs[0]
+
+
+def source_order(nodes: list[Node], output: str) -> list[Node]:
+    """The layers in depth-first order from the output, each input's chain before the next input's
+    (the order PyTorch, Caffe and the IR list a block's branches; Keras sorts by depth instead).
+    Layers the output does not depend on follow in Keras' order."""
+    by_name, done, order = {n.name: n for n in nodes}, set(), []
+    stack = [(output, False)]
+    while stack:
+        name, expanded = stack.pop()
+        if name in done or name not in by_name:
+            continue
+        if expanded:
+            done.add(name)
+            order.append(by_name[name])
+            continue
+        stack.append((name, True))
+        stack.extend((src, False) for src in reversed(by_name[name].inputs) if src not in done)
+    return order + [n for n in nodes if n.name not in done]
 
 
 def _problems(nodes: list[Node], input_name: str) -> list[str]:
