@@ -50,7 +50,8 @@ from crossmodal.cli.options import (
 @input_size_option
 @source_preprocess_options
 @click.option("--arch", default=None,
-              help="Architecture of a PyTorch checkpoint (resnet18, wideresnet18, densenet161, alexnet, vgg16, …); "
+              help="Architecture of a PyTorch checkpoint or a weights-only Keras .h5 (resnet18, wideresnet18, "
+                   "densenet161, alexnet, vgg16, …); "
                    "default: inferred from the keys, wideresnet18 from the file name or the checkpoint's arch entry.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow unpickling a whole pickled model. Runs code from the file: only for trusted files.")
@@ -62,7 +63,8 @@ def convert(weights, out_dir, targets, labels, io_labels, preprocess, caffemodel
             rgb_input, opset, onnx_outputs, input_size, mean, std, scale, channel_order, resize, feature_layer,
             arch, trust_pickle, quiet, as_json):
     """Convert WEIGHTS (.pth/.pth.tar/.pt/.safetensors, a Caffe deploy .prototxt with
-    --caffemodel, an .onnx model, or an IR folder) into the IR and Keras 3 / ONNX models."""
+    --caffemodel, an .onnx model, a .keras / Keras .h5 model, or an IR folder) into the IR and
+    Keras 3 / ONNX models."""
     from crossmodal.convert.pipeline import NO_LABELS_NOTE, SOURCE_NOTE
     from crossmodal.convert.pipeline import convert as run_convert
     from crossmodal.ir.identity import describe
