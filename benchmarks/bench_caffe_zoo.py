@@ -76,7 +76,7 @@ def bench(arch: str, tmp: Path) -> dict:
     # the same call timed alone, as the export is: imports and the one-time opset probe first
     _, _, out = measure("import time, onnx, onnxruntime\n"
                         "from crossmodal.convert.pipeline import convert\n"
-                        "from crossmodal.emitters.to_onnx import max_opset\n"
+                        "from crossmodal.emitters.onnx_opset import max_opset\n"
                         "max_opset()\n"
                         "t0 = time.perf_counter()\n"
                         f"convert({str(proto)!r}, {str(tmp / (arch + '-onnx-call'))!r}, caffemodel={str(caffemodel)!r}, "

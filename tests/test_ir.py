@@ -203,4 +203,4 @@ def test_a_format_1_0_ir_without_tensor_records_still_loads(with_mean_image, tmp
     out.mkdir()
     save_ir(loaded, out)  # written in the current format, with the record
     resaved = json.loads((out / "model.json").read_text())
-    assert resaved["format_version"] == FORMAT_VERSION == "1.2" and MEAN in resaved["tensors"]
+    assert resaved["format_version"] == FORMAT_VERSION == "1.3" and MEAN in resaved["tensors"]

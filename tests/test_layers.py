@@ -59,12 +59,12 @@ def test_the_wheel_carries_the_data_files(tmp_path):
 
 def test_sessions_and_keras_loads_are_made_in_the_runtime():
     """ONNX Runtime sessions and Keras model loads that run a model are made in one module each
-    (plus the ONNX emitter's self-check): one runtime, not one per job."""
+    (plus the ONNX emitter's opset probe): one runtime, not one per job."""
     def modules_with(needle: str) -> set[str]:
         return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                 if needle in "\n".join(l for l in p.read_text(encoding="utf-8").splitlines()
                                        if not l.lstrip().startswith("#") and "``" not in l)}
-    assert modules_with("InferenceSession(") == {"runtime/ort_session.py", "emitters/to_onnx.py"}
+    assert modules_with("InferenceSession(") == {"runtime/ort_session.py", "emitters/onnx_opset.py"}
     assert modules_with("saving.load_model(") == {"runtime/keras_engine.py"}
 
 

@@ -175,3 +175,34 @@ def trt_option(fn: Callable) -> Callable:
         "--trt", is_flag=True,
         help="ONNX Runtime on a GPU: TensorRT execution provider first (fp16 kernels with --precision fp16), "
              "engines cached in the cache folder (trt/); the first run builds them (minutes).")(fn)
+
+
+def source_preprocess_options(fn: Callable) -> Callable:
+    """``--mean``, ``--std``, ``--scale``, ``--channel-order``, ``--resize`` and ``--feature-layer``:
+    what a source that carries no preprocessing (ONNX, Keras) needs; read them with
+    :func:`preprocess_options_from` (the values stay text until then)."""
+    options = [
+        click.option("--mean", default=None, help="Sources without preprocessing (ONNX): per-channel mean, "
+                                                   "'0.485,0.456,0.406' (in the --scale units, --channel-order order)."),
+        click.option("--std", default=None, help="Sources without preprocessing (ONNX): per-channel std."),
+        click.option("--scale", type=click.Choice(["1", "255"]), default=None,
+                     help="Sources without preprocessing (ONNX): pixel values the network takes, 0-1 (1) or 0-255 (255)."),
+        click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), default=None,
+                     help="Sources without preprocessing (ONNX): channel order of the input."),
+        click.option("--resize", default=None,
+                     help="Sources without preprocessing (ONNX): resize before the centre crop, S (shorter side) or HxW."),
+        click.option("--feature-layer", default=None,
+                     help="Sources without blob names (ONNX): the layer, node or tensor whose output is the feature "
+                          "blob [default: the input of the last dense layer]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def preprocess_options_from(preprocess: str | None, mean: str | None, std: str | None, scale: str | None,
+                            channel_order: str | None, resize: str | None):
+    """The :class:`~crossmodal.convert.preprocess_options.PreprocessOptions` of the command line."""
+    from crossmodal.convert.preprocess_options import PreprocessOptions
+    return PreprocessOptions.parse(preset=preprocess, mean=mean, std=std, scale=None if scale is None else float(scale),
+                                   channel_order=channel_order, resize=resize)

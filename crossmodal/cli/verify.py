@@ -14,7 +14,7 @@ from crossmodal.io.atomic import write_text_atomic
 @click.command("verify")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The original checkpoint (or .caffemodel with --prototxt): the reference engine, "
+              help="The original checkpoint (or .caffemodel with --prototxt, or the source .onnx on ONNX Runtime): the reference engine, "
                    "loaded independently of the conversion (plain torchvision VGG; Caffe's BGR net). "
                    "Must be the file the IR was made from (checked by SHA-256).")
 @click.option("--prototxt", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -1,4 +1,4 @@
-"""The convert job: source (checkpoint, Caffe files or an IR directory) → IR → targets.
+"""The convert job: source (checkpoint, Caffe files, an ONNX model or an IR directory) → IR → targets.
 
 All outputs are written into a staging folder inside the output directory and
 moved into place only when every requested target succeeded, so a failed run
@@ -25,6 +25,9 @@ from crossmodal._version import __version__
 from crossmodal.ir import consistency
 from crossmodal.ir import identity
 from crossmodal.ir.preprocess import PREPROCESS_PRESETS, Preprocess
+from crossmodal.convert.preprocess_options import (  # noqa: F401  (resolve_preprocess: public here too)
+    PreprocessOptions, choose_preprocess, resolve_preprocess,
+)
 from crossmodal.ir.graph import IRModel
 from crossmodal.ir.validation import with_hashes
 from crossmodal.ir.store import is_ir_dir, load_ir, save_ir
@@ -66,37 +69,26 @@ class ConvertResult:
         }
 
 
-def resolve_preprocess(value: str | Preprocess | None, default: str = "torchvision") -> Preprocess:
-    """A preset name (``torchvision``, ``places365``, ``caffe``), a JSON file or JSON text."""
-    import json
-
-    if isinstance(value, Preprocess):
-        return value
-    value = value or default
-    if value in PREPROCESS_PRESETS:
-        return PREPROCESS_PRESETS[value]
-    if value.lstrip().startswith(("{", "[")):
-        text, source = value, None
-    elif Path(value).is_file():
-        text, source = Path(value).read_text(), Path(value)
-    else:
-        raise InputError(f"--preprocess takes {sorted(PREPROCESS_PRESETS)}, a JSON file or JSON text; "
-                         f"got {value!r}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"preprocessing spec is not valid JSON ({exc})", source) from None
-    if not isinstance(data, dict):
-        raise InputError("preprocessing spec must be a JSON object", source)
-    return Preprocess.from_dict(data, source)
-
-
 def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: bool = False,
                 input_size: tuple[int, int] | None = None, preprocess: str | Preprocess | None = None,
                 mean_file: Path | None = None, mean_mode: str = "channel",
-                rgb_input: bool = False, arch: str | None = None) -> IRModel:
-    """Read any supported source into an IR model."""
+                rgb_input: bool = False, arch: str | None = None,
+                preprocess_options: PreprocessOptions | None = None, feature_layer: str | None = None) -> IRModel:
+    """Read any supported source into an IR model.
+
+    ``preprocess_options`` (``--mean``/``--std``/``--scale``/``--channel-order``/``--resize``) and
+    ``feature_layer`` go with the formats that carry no preprocessing (ONNX); ``preprocess`` then
+    is their base spec."""
     source = Path(source)
+    if source.suffix.lower() == ".onnx" and source.is_file():
+        if arch is not None:
+            raise InputError("--arch goes with a PyTorch checkpoint, not an ONNX model")
+        return _read_onnx(source, input_size, preprocess, preprocess_options, feature_layer)
+    if source.suffix.lower() in (".keras", ".h5", ".hdf5") and source.is_file() and feature_layer is None:
+        return _read_keras(source, input_size, preprocess, preprocess_options, arch)
+    if (preprocess_options is not None and preprocess_options.fields_given) or feature_layer is not None:
+        raise InputError("--mean, --std, --scale, --channel-order, --resize and --feature-layer go with a source "
+                         "that carries no preprocessing (an .onnx model); use --preprocess here")
     given = None if preprocess is None else resolve_preprocess(preprocess)
     if is_ir_dir(source):
         model = load_ir(source)
@@ -121,6 +113,58 @@ def read_source(source: Path, *, caffemodel: Path | None = None, trust_pickle: b
         _check_mean_image(model, given)
         given.check_fits(model.graph.input.shape)
     else:
+        _fit_default(model)
+    return model
+
+
+#: Provenance notes that start with this are printed by ``convert`` as ``note:`` lines.
+SOURCE_NOTE = "source: "
+
+
+def _read_onnx(source: Path, input_size, preprocess, options: PreprocessOptions | None,
+               feature_layer: str | None) -> IRModel:
+    """An ONNX model (:mod:`crossmodal.readers.from_onnx`) with the preprocessing chosen by
+    :func:`~crossmodal.convert.preprocess_options.choose_preprocess`."""
+    from crossmodal.readers.from_onnx import read_onnx
+
+    read = read_onnx(source, input_size=input_size, feature_layer=feature_layer)
+    model = read.model
+    if isinstance(preprocess, Preprocess):
+        options = dataclasses.replace(options or PreprocessOptions(), preset=None)
+        spec, note = choose_preprocess(options, model.graph.input.shape[1:], preprocess)
+        note = None
+    else:
+        if preprocess is not None:
+            options = dataclasses.replace(options or PreprocessOptions(), preset=preprocess)
+        spec, note = choose_preprocess(options, model.graph.input.shape[1:], read.carried_preprocess)
+    g = model.graph
+    g.preprocess = spec
+    g.input = dataclasses.replace(g.input, channel_order=spec.channel_order, value_range=spec.value_range)
+    if note:
+        g.provenance.notes.append(SOURCE_NOTE + note)
+    if any(n.startswith("source layout NHWC") for n in g.provenance.notes):
+        g.provenance.notes.append(SOURCE_NOTE + "an NHWC input: the IR and its models are channels-first "
+                                  "(model.onnx takes NCHW, model.keras NHWC as always)")
+    return model
+
+
+def _read_keras(source: Path, input_size, preprocess, options: PreprocessOptions | None, arch) -> IRModel:
+    """A Keras model or weights-only file (:mod:`crossmodal.readers.from_keras`): the reader's default
+    preprocessing (torchvision's; Caffe's for ``--arch`` weights) unless the user gave a spec or fields."""
+    from crossmodal.readers.from_keras import read_keras
+
+    model = read_keras(source, input_size=input_size, arch=arch)
+    g = model.graph
+    if preprocess is not None:
+        options = dataclasses.replace(options or PreprocessOptions(), preset=None if isinstance(preprocess, Preprocess)
+                                      else preprocess)
+    if isinstance(preprocess, Preprocess) or (options is not None and options.given):
+        base = preprocess if isinstance(preprocess, Preprocess) else g.preprocess
+        spec, _ = choose_preprocess(options, g.input.shape[1:], base)
+        g.provenance.notes = [n for n in g.provenance.notes if not n.startswith("preprocessing:")]
+        set_preprocess(model, spec)
+    else:
+        g.provenance.notes = [SOURCE_NOTE + n if n.startswith("preprocessing:") else n for n in g.provenance.notes]
         _fit_default(model)
     return model
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossmodal.ir import layouts
-from crossmodal.ir.kinds import MULTI_INPUT_KINDS, infer_shapes, pool_output_size
+from crossmodal.ir.kinds import MULTI_INPUT_KINDS, conv_output_size, infer_shapes, padding, pool_output_size
 from crossmodal.ir.graph import Graph, IRModel, Layer
 from crossmodal.emitters.keras_weights import FromArray
 from crossmodal.emitters.registry import converter, lookup
@@ -66,8 +66,8 @@ def fused_relus(graph: Graph) -> set[str]:
             consumers.setdefault(src, []).append(layer.name)
     kinds = {l.name: l.kind for l in layers}
     return {l.name for l in layers
-            if l.kind == "relu" and not l.attrs.get("negative_slope") and kinds.get(l.inputs[0]) in ("conv2d", "dense")
-            and consumers[l.inputs[0]] == [l.name]}
+            if l.kind == "relu" and not l.attrs.get("negative_slope") and l.attrs.get("max_value") is None
+            and kinds.get(l.inputs[0]) in ("conv2d", "dense") and consumers[l.inputs[0]] == [l.name]}
 
 
 def _built(klayer, x):
@@ -94,17 +94,35 @@ def _activation(ctx: KerasContext, layer: Layer) -> str | None:
     return "relu" if layer.name in ctx.fused_into else None
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """(begin, end) padding of Keras/TensorFlow ``same`` on one axis: ⌈n / s⌉ outputs, the total
+    padding split with the odd cell at the end (SAME with stride 2 on an even size: (0, 1))."""
+    total = max((-(-size // stride) - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _conv_is_same(a, in_shape: tuple[int, ...]) -> bool:
+    """Whether Keras' ``same`` padding is the conv layer's padding on this (C, H, W) input."""
+    _, h, w = in_shape
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a.get("dilation", (1, 1))
+    return padding(a) == (same_padding(h, kh, sh, dh), same_padding(w, kw, sw, dw)) and all(
+        conv_output_size(n, k, s, p[0], d, p[1]) == -(-n // s)
+        for n, k, s, d, p in ((h, kh, sh, dh, padding(a)[0]), (w, kw, sw, dw, padding(a)[1])))
+
+
 @converter("conv2d", "keras")
 def _conv(ctx: KerasContext, layer: Layer, x):
     """Conv2D (``groups``, ``dilation_rate``; kernel OIHW → HWIO); ``same`` padding where it
-    equals the IR's symmetric padding, else an explicit ZeroPadding2D and ``valid``."""
+    equals the IR's padding (symmetric, or SAME's extra cell at the end), else an explicit
+    ZeroPadding2D ((top, bottom), (left, right)) and ``valid``."""
     import keras
     a = layer.attrs
-    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    pads = padding(a)
     dh, dw = a.get("dilation", (1, 1))
-    same = (sh, sw) == (1, 1) and dh * (kh - 1) == 2 * ph and dw * (kw - 1) == 2 * pw
-    if not same and (ph or pw):
-        x = keras.layers.ZeroPadding2D((ph, pw), name=f"{ctx.names[layer.name]}_pad")(x)
+    same = _conv_is_same(a, ctx.shapes[layer.inputs[0]])
+    if not same and any(pads[0] + pads[1]):
+        x = keras.layers.ZeroPadding2D(pads, name=f"{ctx.names[layer.name]}_pad")(x)
     kernel = layouts.conv_oihw_to_hwio(ctx.model.tensor(layer, "weight"))
     has_bias = "bias" in layer.tensors
     init = {"kernel_initializer": FromArray(kernel)}
@@ -134,6 +152,9 @@ def _non_negative(graph: Graph, name: str) -> bool:
     layer = graph.layer(name)
     if layer.kind == "relu":
         return not layer.attrs.get("negative_slope")
+    if layer.kind == "rescale":
+        return float(layer.attrs["scale"]) >= 0 and float(layer.attrs.get("offset", 0.0)) >= 0 and all(
+            _non_negative(graph, src) for src in layer.inputs)
     if layer.kind in ("max_pool2d", "avg_pool2d", "global_avg_pool2d", "dropout", "lrn", "concat") or (
             layer.kind == "eltwise" and layer.attrs.get("op") == "max"):
         return all(_non_negative(graph, src) for src in layer.inputs)
@@ -147,24 +168,30 @@ def pool_plan(graph: Graph, layer: Layer, in_shape: tuple[int, ...]) -> PoolPlan
     starting at ``i·s − p``; they cover ``(out − 1)·s + k`` cells, of which
     ``end = (out − 1)·s + k − n − p`` (≥ 0) lie past the input's end.
     """
-    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    (kh, kw), (sh, sw) = layer.attrs["kernel"], layer.attrs["stride"]
+    (ph, eh), (pw, ew) = padding(layer.attrs)
     _, h, w = in_shape
     ceil = bool(layer.attrs.get("ceil_mode", False))
-    axes = [(n, k, st, p, pool_output_size(n, k, st, p, ceil)) for n, k, st, p in ((h, kh, sh, ph), (w, kw, sw, pw))]
+    axes = [(n, k, st, p, pool_output_size(n, k, st, p, ceil, e))
+            for n, k, st, p, e in ((h, kh, sh, ph, eh), (w, kw, sw, pw, ew))]
     if all(p == 0 and out == (n - k) // st + 1 for n, k, st, p, out in axes):
         return PoolPlan("valid")
+    if layer.kind == "max_pool2d" and all(out == -(-n // st) for n, k, st, p, out in axes) and (
+            padding(layer.attrs) == (same_padding(h, kh, sh), same_padding(w, kw, sw))):
+        return PoolPlan("same")  # max pooling ignores padding wherever it is
     # Keras "same": out = ceil(n / s), padding total = max((out − 1)·s + k − n, 0), of which
     # total // 2 at the start: exact (padding ignored, as Caffe clips) when nothing goes first.
     if all(p == 0 and out == -(-n // st) and max((out - 1) * st + k - n, 0) <= 1 for n, k, st, p, out in axes):
         return PoolPlan("same")
     ends = tuple(max((out - 1) * st + k - n - p, 0) for n, k, st, p, out in axes)
     pads = ((ph, ends[0]), (pw, ends[1]))
-    what = (f"layer {layer.name}: {layer.kind} k={kh}x{kw} s={sh}x{sw} pad={ph}x{pw} "
+    pad_text = f"{ph}x{pw}" if (ph, pw) == (eh, ew) else f"{ph}x{pw}+{eh}x{ew}"
+    what = (f"layer {layer.name}: {layer.kind} k={kh}x{kw} s={sh}x{sw} pad={pad_text} "
             f"{'ceil' if ceil else 'floor'} on a {h}x{w} map")
     if layer.kind == "max_pool2d" and not _non_negative(graph, layer.inputs[0]):
         raise UnsupportedError(f"{what} needs end padding {ends[0]}x{ends[1]}, which Keras can only add as zeros: "
                                "exact only after a ReLU, and this input can be negative")
-    if layer.kind == "avg_pool2d" and (ends[0] > ph or ends[1] > pw):
+    if layer.kind == "avg_pool2d" and (ends[0] > eh or ends[1] > ew):
         raise UnsupportedError(f"{what}: its last windows run past the padding, where Caffe counts no cells "
                                "and a zero-padded Keras average pooling would")
     return PoolPlan("valid", pads)
@@ -224,7 +251,16 @@ def _relu(ctx, layer, x):
     if layer.name in ctx.fused:
         return x
     slope = float(layer.attrs.get("negative_slope", 0.0))
-    return keras.layers.ReLU(negative_slope=slope, name=ctx.names[layer.name])(x)
+    top = layer.attrs.get("max_value")
+    return keras.layers.ReLU(max_value=None if top is None else float(top), negative_slope=slope,
+                             name=ctx.names[layer.name])(x)
+
+
+@converter("rescale", "keras")
+def _rescale(ctx, layer, x):
+    import keras
+    return keras.layers.Rescaling(float(layer.attrs["scale"]), float(layer.attrs.get("offset", 0.0)),
+                                  name=ctx.names[layer.name])(x)
 
 
 @converter("global_avg_pool2d", "keras")

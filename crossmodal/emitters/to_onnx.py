@@ -7,7 +7,6 @@ IR fingerprint go into ``metadata_props``. NCHW throughout, so fc6 needs no perm
 """
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -16,72 +15,12 @@ import numpy as np
 
 from crossmodal._version import __version__
 from crossmodal.ir.graph import IRModel, Layer
-from crossmodal.ir.kinds import infer_shapes, pool_output_size
+from crossmodal.ir.kinds import infer_shapes, padding, pool_output_size
 from crossmodal.emitters.registry import check_supported, converter, lookup
 from crossmodal.errors import InputError
+from crossmodal.emitters.onnx_opset import DEFAULT_OPSET, MIN_OPSET, check_opset, max_opset  # noqa: F401
 
-DEFAULT_OPSET = 21
 HELPER = "crossmodal: part of a layer"  # doc_string of nodes that are not a whole IR layer
-MIN_OPSET = 13  # Softmax with per-axis semantics
-
-
-@functools.lru_cache(maxsize=1)
-def max_opset() -> tuple[int, str]:
-    """The newest opset both the installed ``onnx`` and ``onnxruntime`` handle, and why.
-
-    ``onnx.defs.onnx_opset_version()`` bounds what the checker knows. onnxruntime has
-    no API for its own bound, so it is probed: a one-node model per opset, newest
-    first, until a session opens (a few milliseconds each). Without onnxruntime the
-    onnx bound alone counts.
-    """
-    import onnx
-    newest = onnx.defs.onnx_opset_version()
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return newest, f"onnx {onnx.__version__} knows up to {newest}"
-    from onnx import TensorProto, helper
-    for opset in range(newest, MIN_OPSET - 1, -1):
-        ids = [helper.make_opsetid("", opset)]
-        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", vi[:1], vi[1:])
-        proto = helper.make_model(graph, opset_imports=ids, ir_version=helper.find_min_ir_version_for(ids))
-        try:
-            ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        except Exception:  # onnxruntime refuses opsets newer than its kernels with its own errors
-            continue
-        return opset, f"onnx {onnx.__version__} knows up to {newest}, onnxruntime {ort.__version__} runs up to {opset}"
-    return MIN_OPSET, f"onnxruntime {ort.__version__} runs no opset from {MIN_OPSET}"
-
-
-def check_opset(opset: object) -> int:
-    """``opset`` as an int, or InputError naming the supported range."""
-    if isinstance(opset, bool) or not isinstance(opset, int):
-        raise InputError(f"ONNX opset must be an integer, not {opset!r}")
-    if opset < MIN_OPSET:
-        newest, _ = max_opset()
-        raise InputError(f"ONNX opset {opset} is too old: this emitter writes opsets {MIN_OPSET}..{newest} "
-                         f"(Softmax needs {MIN_OPSET} or newer)")
-    import onnx
-    if opset > onnx.defs.onnx_opset_version() or (opset > _runs_without_probe() and opset > max_opset()[0]):
-        newest, why = max_opset()
-        raise InputError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{newest} ({why})")
-    return opset
-
-
-def _runs_without_probe() -> int:
-    """The newest opset the installed onnxruntime is known to run from its version alone (1.18
-    and newer run opset 21), so the default opset needs no probe session (an import of
-    onnxruntime, 0.2 s); 0 when unknown."""
-    from importlib import metadata
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            major, minor = (int(x) for x in metadata.version(dist).split(".")[:2])
-        except (metadata.PackageNotFoundError, ValueError):
-            continue
-        return 21 if (major, minor) >= (1, 18) else 0
-    return 0
-
 
 
 
@@ -123,23 +62,24 @@ def _conv(ctx: OnnxContext, layer: Layer) -> str:
     inputs = [_src(ctx, layer), ctx.add_initializer(f"{layer.name}.weight", ctx.model.tensor(layer, "weight"))]
     if "bias" in layer.tensors:
         inputs.append(ctx.add_initializer(f"{layer.name}.bias", ctx.model.tensor(layer, "bias")))
-    (ph, pw) = a["pad"]
+    (pt, pb), (pl, pr) = padding(a)
     return ctx.node("Conv", inputs, layer, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                    pads=[ph, pw, ph, pw], dilations=list(a.get("dilation", (1, 1))), group=int(a.get("groups", 1)))
+                    pads=[pt, pl, pb, pr], dilations=list(a.get("dilation", (1, 1))), group=int(a.get("groups", 1)))
 
 
 def _pool(op: str, ctx: OnnxContext, layer: Layer) -> str:
-    """Pooling with ``pads`` on both sides; in ceil mode onnxruntime keeps a last window
+    """Pooling with ``pads`` (begin, end); in ceil mode onnxruntime keeps a last window
     that starts in the right padding, which Caffe and PyTorch drop: a Slice then cuts
     the output to the IR's size (every other window is the same)."""
     from onnx import TensorProto, helper
-    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    (kh, kw), (sh, sw) = layer.attrs["kernel"], layer.attrs["stride"]
+    (pt, pb), (pl, pr) = padding(layer.attrs)
     ceil = bool(layer.attrs.get("ceil_mode", False))
     extra = {"count_include_pad": 1} if op == "AveragePool" else {}
-    attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], ceil_mode=int(ceil), **extra)
+    attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[pt, pl, pb, pr], ceil_mode=int(ceil), **extra)
     _, h, w = ctx.shapes[layer.inputs[0]]
-    want = (pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil))
-    onnx_out = tuple(-(-(n + 2 * p - k) // st) + 1 for n, k, st, p in ((h, kh, sh, ph), (w, kw, sw, pw)))
+    want = (pool_output_size(h, kh, sh, pt, ceil, pb), pool_output_size(w, kw, sw, pl, ceil, pr))
+    onnx_out = tuple(-(-(n + p + e - k) // st) + 1 for n, k, st, p, e in ((h, kh, sh, pt, pb), (w, kw, sw, pl, pr)))
     if not ceil or onnx_out == want:
         return ctx.node(op, [_src(ctx, layer)], layer, **attrs)
     pooled = f"{layer.name}/pool"
@@ -165,10 +105,37 @@ def _avg_pool(ctx: OnnxContext, layer: Layer) -> str:
 
 @converter("relu", "onnx")
 def _relu(ctx: OnnxContext, layer: Layer) -> str:
+    """Relu or LeakyRelu; a clipped ReLU (``max_value``) as Clip(x, 0, max), or LeakyRelu then
+    Clip(·, none, max)."""
+    from onnx import helper
     slope = float(layer.attrs.get("negative_slope", 0.0))
-    if slope:
-        return ctx.node("LeakyRelu", [_src(ctx, layer)], layer, alpha=slope)
-    return ctx.node("Relu", [_src(ctx, layer)], layer)
+    top = layer.attrs.get("max_value")
+    if top is None:
+        if slope:
+            return ctx.node("LeakyRelu", [_src(ctx, layer)], layer, alpha=slope)
+        return ctx.node("Relu", [_src(ctx, layer)], layer)
+    hi = ctx.add_initializer(f"{layer.name}.max_value", np.asarray(float(top), np.float32))
+    if not slope:
+        lo = ctx.add_initializer(f"{layer.name}.min_value", np.asarray(0.0, np.float32))
+        return ctx.node("Clip", [_src(ctx, layer), lo, hi], layer)
+    leaky = f"{layer.name}/leaky"
+    ctx.nodes.append(helper.make_node("LeakyRelu", [_src(ctx, layer)], [leaky], name=leaky, doc_string=HELPER,
+                                      alpha=slope))
+    return ctx.node("Clip", [leaky, "", hi], layer)
+
+
+@converter("rescale", "onnx")
+def _rescale(ctx: OnnxContext, layer: Layer) -> str:
+    """Mul by the scalar ``scale``, then Add the ``offset`` when it is not 0."""
+    from onnx import helper
+    scale = ctx.add_initializer(f"{layer.name}.scale", np.asarray(float(layer.attrs["scale"]), np.float32))
+    offset = float(layer.attrs.get("offset", 0.0))
+    if not offset:
+        return ctx.node("Mul", [_src(ctx, layer), scale], layer)
+    scaled = f"{layer.name}/mul"
+    ctx.nodes.append(helper.make_node("Mul", [_src(ctx, layer), scale], [scaled], name=scaled, doc_string=HELPER))
+    return ctx.node("Add", [scaled, ctx.add_initializer(f"{layer.name}.offset", np.asarray(offset, np.float32))],
+                    layer)
 
 
 @converter("global_avg_pool2d", "onnx")

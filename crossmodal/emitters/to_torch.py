@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from crossmodal.ir.graph import IRModel, Layer
+from crossmodal.ir.kinds import is_symmetric, padding, pool_output_size
 from crossmodal.emitters.registry import check_supported, converter, lookup
 
 
@@ -21,38 +22,97 @@ def _tensor(model: IRModel, layer: Layer, role: str):
     return torch.from_numpy(np.array(model.tensor(layer, role), dtype=np.float32, copy=True))
 
 
+def _torch_pads(attrs) -> tuple[int, int, int, int]:
+    """``F.pad``'s order: (left, right, top, bottom)."""
+    (t, b), (l, r) = padding(attrs)
+    return l, r, t, b
+
+
 @converter("conv2d", "torch")
 def _conv(model: IRModel, layer: Layer):
+    """``nn.Conv2d``; asymmetric padding (``pad_end``) as an explicit zero pad inside the same
+    module, so the state dict keys stay ``layers.{name}.weight``."""
     import torch.nn as nn
+    import torch.nn.functional as F
     a = layer.attrs
-    m = nn.Conv2d(a["in_channels"], a["out_channels"], tuple(a["kernel"]), stride=tuple(a["stride"]),
-                  padding=tuple(a["pad"]), dilation=tuple(a.get("dilation", (1, 1))),
-                  groups=int(a.get("groups", 1)), bias="bias" in layer.tensors)
+    symmetric = is_symmetric(a)
+
+    class Conv2d(nn.Conv2d):
+        pads = _torch_pads(a)
+
+        def forward(self, x):
+            return super().forward(x if symmetric else F.pad(x, self.pads))
+    m = Conv2d(a["in_channels"], a["out_channels"], tuple(a["kernel"]), stride=tuple(a["stride"]),
+               padding=tuple(a["pad"]) if symmetric else 0, dilation=tuple(a.get("dilation", (1, 1))),
+               groups=int(a.get("groups", 1)), bias="bias" in layer.tensors)
     m.weight.data = _tensor(model, layer, "weight")
     if "bias" in layer.tensors:
         m.bias.data = _tensor(model, layer, "bias")
     return m
 
 
+def _pool(layer: Layer, cls_name: str, fill: float, **extra):
+    """``nn.MaxPool2d`` / ``nn.AvgPool2d``; asymmetric padding as an explicit pad (−inf for max
+    pooling, which ignores padding; zeros for average pooling, which counts it)."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+    a = layer.attrs
+    kernel, stride, ceil = tuple(a["kernel"]), tuple(a["stride"]), bool(a.get("ceil_mode", False))
+    if is_symmetric(a):
+        return getattr(nn, cls_name)(kernel, stride, tuple(a["pad"]), ceil_mode=ceil, **extra)
+    pads = _torch_pads(a)
+    (t, b), (l, r) = padding(a)
+    pool = getattr(nn, cls_name)(kernel, stride, 0, ceil_mode=ceil, **extra)
+
+    class PaddedPool(nn.Module):
+        def forward(self, x):
+            y = pool(F.pad(x, pads, value=fill))
+            # torch keeps a last ceil-mode window that starts in the end padding; the IR does not
+            ho = pool_output_size(x.shape[2], kernel[0], stride[0], t, ceil, b)
+            wo = pool_output_size(x.shape[3], kernel[1], stride[1], l, ceil, r)
+            return y[:, :, :ho, :wo]
+    return PaddedPool()
+
+
 @converter("max_pool2d", "torch")
 def _max_pool(model, layer):
-    import torch.nn as nn
-    return nn.MaxPool2d(tuple(layer.attrs["kernel"]), tuple(layer.attrs["stride"]), tuple(layer.attrs["pad"]),
-                        ceil_mode=bool(layer.attrs.get("ceil_mode", False)))
+    return _pool(layer, "MaxPool2d", float("-inf"))
 
 
 @converter("avg_pool2d", "torch")
 def _avg_pool(model, layer):
-    import torch.nn as nn
-    return nn.AvgPool2d(tuple(layer.attrs["kernel"]), tuple(layer.attrs["stride"]), tuple(layer.attrs["pad"]),
-                        ceil_mode=bool(layer.attrs.get("ceil_mode", False)), count_include_pad=True)
+    return _pool(layer, "AvgPool2d", 0.0, count_include_pad=True)
 
 
 @converter("relu", "torch")
 def _relu(model, layer):
+    """ReLU, LeakyReLU, ReLU6, or a leaky/clipped one as a small module."""
+    import torch
     import torch.nn as nn
     slope = float(layer.attrs.get("negative_slope", 0.0))
-    return nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
+    top = layer.attrs.get("max_value")
+    if top is None:
+        return nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
+    if slope == 0:
+        return nn.ReLU6() if float(top) == 6.0 else nn.Hardtanh(0.0, float(top))
+
+    class ClippedLeakyReLU(nn.Module):
+        def forward(self, x):
+            return torch.clamp(nn.functional.leaky_relu(x, slope), max=float(top))
+    return ClippedLeakyReLU()
+
+
+@converter("rescale", "torch")
+def _rescale(model, layer):
+    import torch.nn as nn
+    scale, offset = float(layer.attrs["scale"]), float(layer.attrs.get("offset", 0.0))
+
+    class Rescale(nn.Module):
+        """x · scale + offset (Keras' Rescaling)."""
+
+        def forward(self, x):
+            return x * scale + offset if offset else x * scale
+    return Rescale()
 
 
 @converter("global_avg_pool2d", "torch")

@@ -67,7 +67,9 @@ def count_flops(graph: Graph) -> FlopCount:
             kh, kw = a["kernel"]
             flops = _numel(o_shape) * kh * kw
         elif kind == "relu":
-            flops = _numel(o_shape)
+            flops = (1 if a.get("max_value") is None else 2) * _numel(o_shape)
+        elif kind == "rescale":
+            flops = (1 if not float(a.get("offset", 0.0)) else 2) * _numel(o_shape)
         elif kind == "softmax":
             flops = 5 * _numel(o_shape)
         elif kind == "global_avg_pool2d":

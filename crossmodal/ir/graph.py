@@ -34,14 +34,17 @@ from crossmodal.ir.preprocess import Preprocess
 #: 1.1 added ``tensors``: the SHA-256 of tensors no layer owns (the Caffe mean image).
 #: 1.2 added the kinds of the Places365 family (grouped/dilated and bias-free convolution,
 #: LRN, batch norm, scale, element-wise and concat layers, global average pooling, leaky
-#: ReLU), ``keras_names`` and ``feature_blob``. Older 1.x files still load.
+#: ReLU), ``keras_names`` and ``feature_blob``. 1.3 added, for networks read from ONNX and Keras,
+#: asymmetric padding (``pad_end`` of conv and pooling layers), the clipped ReLU (``max_value``)
+#: and the ``rescale`` kind (x · scale + offset). Older 1.x files still load (the new attributes
+#: have defaults that mean what those files meant).
 #:
 #: The compatibility rule: a *minor* version (1.2 → 1.3) only adds optional fields, so a reader
 #: loads a file of a newer minor version, ignoring the fields it does not know with a note
 #: (:class:`~crossmodal.errors.FormatNote`), while the same unknown field in a file of its own or an
 #: older version is an error (a malformed file); a *major* version (2.x) changes meanings and is
 #: refused with a message naming both versions.
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 
 
 def _version(text: str) -> tuple[int, int] | None:

@@ -7,13 +7,19 @@ every target covers every kind.
 
 Shapes are per sample: (C, H, W) for maps, (F,) for vectors. Attributes by kind:
 
-* ``conv2d``: ``kernel`` (kh, kw), ``stride``, ``pad`` (ph, pw, both sides),
+* ``conv2d``: ``kernel`` (kh, kw), ``stride``, ``pad`` (ph, pw: top and left, and both
+  sides unless ``pad_end`` says otherwise), ``pad_end`` (bottom, right; format 1.3, default
+  ``pad``: asymmetric padding such as TensorFlow's SAME with stride 2, (0, 0) + (1, 1)),
   ``dilation`` (default (1, 1)), ``groups`` (default 1), ``in_channels``,
   ``out_channels``; weight OIHW of shape (O, I / groups, kh, kw), bias (O,) optional;
-* ``relu``: ``negative_slope`` (default 0: a plain ReLU; else a leaky one);
-* ``max_pool2d`` / ``avg_pool2d``: ``kernel``, ``stride``, ``pad``, ``ceil_mode``
-  (average pooling counts the zero padding and clips windows that run past it,
-  as Caffe and PyTorch's ``count_include_pad=True`` do);
+* ``relu``: ``negative_slope`` (default 0: a plain ReLU; else a leaky one), ``max_value``
+  (format 1.3, default none: the output is clipped from above, ReLU6 is 6):
+  ``min(x if x > 0 else x · negative_slope, max_value)``;
+* ``rescale`` (format 1.3): ``x · scale + offset`` with scalar ``scale`` and ``offset``
+  (default 0), Keras' Rescaling (a model that takes 0–255 pixels and divides them itself);
+* ``max_pool2d`` / ``avg_pool2d``: ``kernel``, ``stride``, ``pad``, ``pad_end`` (as for
+  ``conv2d``), ``ceil_mode`` (average pooling counts the zero padding and clips windows that
+  run past it, as Caffe and PyTorch's ``count_include_pad=True`` do; max pooling ignores it);
 * ``global_avg_pool2d``: (C, H, W) → (C,), the mean over every position;
 * ``lrn``: ``size`` (odd), ``alpha``, ``beta``, ``k``: across channels,
   ``b_c = a_c / (k + alpha / size · Σ_{|c'−c| ≤ size//2} a_c'²) ** beta`` (Caffe's,
@@ -53,6 +59,7 @@ LAYER_KINDS: dict[str, tuple[str, ...]] = {
     "dense": ("weight", "bias"),
     "dropout": (),
     "softmax": (),
+    "rescale": (),
 }
 
 #: Tensor roles a kind may own in addition to its required ones.
@@ -102,22 +109,39 @@ def _map(name: str, shape: Shape, kind: str) -> Shape:
     return shape
 
 
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool,
+                     pad_end: int | None = None) -> int:
     """Output length of a pooling window sweep (PyTorch/Caffe rule for ceil mode).
 
-    In ceil mode the last window must start inside the input or left padding
-    (a window that would start in the right padding is dropped).
+    ``pad`` cells before the input, ``pad_end`` (default ``pad``) after it. In ceil mode the
+    last window must start inside the input or left padding (a window that would start in
+    the right padding is dropped).
     """
-    span = size + 2 * pad - kernel
+    span = size + pad + (pad if pad_end is None else pad_end) - kernel
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
 
-def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Output length of a convolution: ⌊(n + 2p − d·(k − 1) − 1) / s⌋ + 1."""
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
+                     pad_end: int | None = None) -> int:
+    """Output length of a convolution: ⌊(n + p + p_end − d·(k − 1) − 1) / s⌋ + 1."""
+    return (size + pad + (pad if pad_end is None else pad_end) - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def padding(attrs: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a conv or pooling layer: ``pad`` before, ``pad_end``
+    (default ``pad``) after."""
+    ph, pw = (int(v) for v in attrs["pad"])
+    eh, ew = (int(v) for v in attrs.get("pad_end") or (ph, pw))
+    return (ph, eh), (pw, ew)
+
+
+def is_symmetric(attrs: Mapping[str, Any]) -> bool:
+    """Whether a conv or pooling layer pads both ends of each axis alike (every IR before 1.3)."""
+    (t, b), (l, r) = padding(attrs)
+    return t == b and l == r
 
 
 @shape_rule("conv2d")
@@ -127,20 +151,29 @@ def _conv_shape(name, shapes, a):
     if c != a["in_channels"] or c % groups or a["out_channels"] % groups:
         raise InputError(f"layer {name!r}: a {c}-channel input for a convolution of {a['in_channels']} input "
                          f"and {a['out_channels']} output channels in {groups} group(s)")
-    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    (ph, eh), (pw, ew) = _pads(name, a)
     dh, dw = a.get("dilation", (1, 1))
-    out = (a["out_channels"], conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw))
+    out = (a["out_channels"], conv_output_size(h, kh, sh, ph, dh, eh), conv_output_size(w, kw, sw, pw, dw, ew))
     if min(out[1:]) < 1:
         raise InputError(f"layer {name!r}: a {kh}×{kw} convolution does not fit its {h}×{w} input")
     return out
 
 
+def _pads(name: str, a: Mapping[str, Any]):
+    pads = padding(a)
+    if min(min(p) for p in pads) < 0:
+        raise InputError(f"layer {name!r}: negative padding {pads}")
+    return pads
+
+
 @shape_rule("max_pool2d", "avg_pool2d")
 def _pool_shape(name, shapes, a):
     c, h, w = _map(name, shapes[0], "pooling")
-    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    (ph, eh), (pw, ew) = _pads(name, a)
     ceil = bool(a.get("ceil_mode", False))
-    out = (c, pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil))
+    out = (c, pool_output_size(h, kh, sh, ph, ceil, eh), pool_output_size(w, kw, sw, pw, ceil, ew))
     if min(out[1:]) < 1:
         raise InputError(f"layer {name!r}: a {kh}×{kw} pooling window does not fit its {h}×{w} input")
     return out
@@ -151,8 +184,22 @@ def _global_pool_shape(name, shapes, a):
     return (_map(name, shapes[0], "global_avg_pool2d")[0],)
 
 
-@shape_rule("relu", "dropout", "softmax")
+@shape_rule("dropout", "softmax")
 def _same_shape(name, shapes, a):
+    return shapes[0]
+
+
+@shape_rule("relu")
+def _relu_shape(name, shapes, a):
+    top = a.get("max_value")
+    if top is not None and not float(top) > 0:
+        raise InputError(f"layer {name!r}: a clipped ReLU needs max_value > 0, not {top}")
+    return shapes[0]
+
+
+@shape_rule("rescale")
+def _rescale_shape(name, shapes, a):
+    float(a["scale"]), float(a.get("offset", 0.0))  # KeyError names a missing scale
     return shapes[0]
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from crossmodal.ir.kinds import MULTI_INPUT_KINDS, pool_output_size
+from crossmodal.ir.kinds import MULTI_INPUT_KINDS, padding, pool_output_size
 
 from crossmodal.ir.graph import IRModel, Layer
 
@@ -37,16 +37,18 @@ def reference_op(kind: str) -> Callable[[RefOp], RefOp]:
 def conv2d(x: np.ndarray, layer: Layer, model: IRModel, dtype: np.dtype) -> np.ndarray:
     """(N, C, H, W) → (N, O, H', W'), weight OIHW (O, C / groups, kh, kw), optional bias.
 
-    Summed as kh·kw matmuls in NHWC per group; ``dilation`` spaces the kernel taps.
+    Summed as kh·kw matmuls in NHWC per group; ``dilation`` spaces the kernel taps; zero
+    padding ``pad`` before and ``pad_end`` after each axis.
     """
     w = model.tensor(layer, "weight").astype(dtype)
     a = layer.attrs
-    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["pad"]
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    pads = padding(a)
     (dh, dw), groups = a.get("dilation", (1, 1)), int(a.get("groups", 1))
     if x.shape[1] != w.shape[1] * groups:
         raise InputError(f"layer {layer.name}: input has {x.shape[1]} channels, weight expects "
                          f"{w.shape[1]} × {groups} group(s)")
-    xh = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    xh = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), pads[0], pads[1], (0, 0)))
     n, hp, wp, _ = xh.shape
     ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     out = np.zeros((n, ho, wo, w.shape[0]), dtype=dtype)
@@ -64,16 +66,17 @@ def conv2d(x: np.ndarray, layer: Layer, model: IRModel, dtype: np.dtype) -> np.n
 
 
 def _pool(x: np.ndarray, layer: Layer, reduce: str) -> np.ndarray:
-    (kh, kw), (sh, sw), (ph, pw) = layer.attrs["kernel"], layer.attrs["stride"], layer.attrs["pad"]
+    (kh, kw), (sh, sw) = layer.attrs["kernel"], layer.attrs["stride"]
+    (ph, eh), (pw, ew) = padding(layer.attrs)
     ceil = bool(layer.attrs.get("ceil_mode", False))
     n, c, h, w = x.shape
-    ho, wo = pool_output_size(h, kh, sh, ph, ceil), pool_output_size(w, kw, sw, pw, ceil)
+    ho, wo = pool_output_size(h, kh, sh, ph, ceil, eh), pool_output_size(w, kw, sw, pw, ceil, ew)
     # pad to cover every window; -inf for max, NaN (ignored) for average
     need_h, need_w = (ho - 1) * sh + kh, (wo - 1) * sw + kw
     fill = -np.inf if reduce == "max" else np.nan
-    xp = np.full((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)), fill, dtype=x.dtype)
+    xp = np.full((n, c, max(need_h, h + ph + eh), max(need_w, w + pw + ew)), fill, dtype=x.dtype)
     if reduce == "avg":  # zero padding counts (count_include_pad), beyond it does not (Caffe clips)
-        xp[:, :, : h + 2 * ph, : w + 2 * pw] = 0
+        xp[:, :, : h + ph + eh, : w + pw + ew] = 0
     xp[:, :, ph:ph + h, pw:pw + w] = x
     windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
     windows = windows[:, :, : (ho - 1) * sh + 1:sh, : (wo - 1) * sw + 1:sw]
@@ -93,9 +96,17 @@ def avg_pool2d(x, layer, model, dtype):
 
 @reference_op("relu")
 def relu(x, layer, model, dtype):
-    """max(x, 0), or x · negative_slope where x < 0 (a leaky ReLU)."""
+    """max(x, 0), or x · negative_slope where x < 0 (a leaky ReLU); clipped at ``max_value``."""
     slope = float(layer.attrs.get("negative_slope", 0.0))
-    return np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, x * slope)
+    y = np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, x * slope)
+    top = layer.attrs.get("max_value")
+    return y if top is None else np.minimum(y, float(top))
+
+
+@reference_op("rescale")
+def rescale(x, layer, model, dtype):
+    """x · scale + offset (scalars)."""
+    return x * float(layer.attrs["scale"]) + float(layer.attrs.get("offset", 0.0))
 
 
 @reference_op("global_avg_pool2d")

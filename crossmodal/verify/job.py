@@ -152,6 +152,9 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
     if recorded and recorded != actual:
         raise InputError(f"is not the checkpoint this IR was made from (SHA-256 {actual[:12]}…, the IR "
                          f"records {recorded[:12]}… from {model.graph.provenance.source_file})", source)
+    if source.suffix.lower() == ".onnx":
+        from crossmodal.verify.source_reference_onnx import onnx_source_engine
+        return onnx_source_engine(model, source, device=device)
     if prototxt is not None or source.suffix == ".caffemodel":
         if prototxt is None:
             raise InputError("a .caffemodel source needs --prototxt (the deploy prototxt)", source)
@@ -161,6 +164,8 @@ def _source_engine(model: IRModel, source: Path, prototxt: Path | None, device: 
 
 
 def _reference_label(engine: Engine, source: Path) -> str:
+    if engine.name == "onnx-source":
+        return f"onnx-source ({source.name} on ONNX Runtime {engine.info.get('onnxruntime')}, the source file itself)"
     if engine.name == "torch-source":
         module = engine.info.get("module", "")
         what = module.split(",")[0] if "layout" in module else "plain torchvision VGG"
