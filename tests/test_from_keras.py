@@ -19,7 +19,8 @@ from test_kinds import _dag
 
 
 def _emit(model, path, legacy=False):
-    from crossmodal.emitters.to_keras import build_keras, save_keras
+    from crossmodal.emitters.keras_weights import save_keras
+    from crossmodal.emitters.to_keras import build_keras
     kmodel, _ = build_keras(model)
     if legacy:
         kmodel.save(path)              # Keras' legacy HDF5: model_config + model_weights

@@ -102,8 +102,10 @@ def _net(rng) -> IRModel:
 
 @pytest.mark.parametrize("engine", ["torch", "onnx", "keras"])
 def test_every_engine_runs_the_new_features_like_the_reference(engine, tmp_path, rng):
-    from crossmodal.emitters.to_keras import build_keras, save_keras
-    from crossmodal.emitters.to_onnx import build_onnx, save_onnx
+    from crossmodal.emitters.keras_weights import save_keras
+    from crossmodal.emitters.to_keras import build_keras
+    from crossmodal.emitters.onnx_file import save_onnx
+    from crossmodal.emitters.to_onnx import build_onnx
     from crossmodal.runtime.engine import ALL, open_engine
 
     model = _net(np.random.default_rng(3))

@@ -452,3 +452,24 @@ def test_float32_search_ranking_against_brute_force(same_set):
     np.testing.assert_allclose(res.ap, ap, atol=1e-12, equal_nan=True)
     for k in ks:
         np.testing.assert_allclose(res.precision[k], prec[k], atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("same_set", [False, True])
+def test_torch_device_path_equals_the_numpy_path(metric, same_set):
+    """``device=`` runs the same steps in torch (on a GPU where there is one); on the CPU with
+    integer features (exact products, many exact ties) it must give the NumPy path's numbers."""
+    rng = np.random.default_rng(5)
+    q = rng.integers(-3, 4, (37, 6)).astype(np.float32)
+    t = q if same_set else rng.integers(-3, 4, (53, 6)).astype(np.float32)
+    ql = rng.integers(0, 4, len(q))
+    tl = ql if same_set else rng.integers(0, 5, len(t))
+    ks = (1, 5)
+    ref = retrieval_scores(q, ql, t, tl, same_set=same_set, metric=metric, ks=ks, chunk_size=8)
+    got = retrieval_scores(q, ql, t, tl, same_set=same_set, metric=metric, ks=ks, chunk_size=8, device="cpu")
+    np.testing.assert_allclose(got.ap, ref.ap, rtol=0, atol=1e-14, equal_nan=True)  # summation order only
+    for k in ks:
+        np.testing.assert_array_equal(got.precision[k], ref.precision[k])
+    if metric == "euclidean":  # exact scores: the brute force ranks the same ties
+        ap, _, _ = _brute(_neg_sq_dist(q, t), ql, tl, same_set=same_set, ks=ks)
+        np.testing.assert_allclose(got.ap, ap, atol=1e-12, equal_nan=True)

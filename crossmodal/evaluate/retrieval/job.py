@@ -98,13 +98,14 @@ def as_modality_features(modality: str, dataset: Dataset, fs, layer: str) -> Mod
 
 
 def score_pair(query: ModalityFeatures, target: ModalityFeatures, *, metric: str = "cosine", k: int = 10,
-               chunk_size: int | None = None) -> dict:
+               chunk_size: int | None = None, device: str | None = None) -> dict:
     """Retrieval of ``target`` images for every ``query`` image; within-modal when they are the same.
 
     Returns a JSON-ready dict: ``map``, ``precision_at_k``, ``recall_at_k`` (in
     [0, 1], means over included queries), their chance levels, ``k`` (lowered to the
     ranking length when the targets are fewer), query/target counts, excluded
-    queries (no relevant target) by category, and mAP per query category.
+    queries (no relevant target) by category, and mAP per query category. ``device``: a CUDA
+    device scores there (the similarity matrix never leaves it); otherwise NumPy on the host.
     """
     same = query.modality == target.modality
     pair = f"{query.modality} → {target.modality}"
@@ -117,7 +118,8 @@ def score_pair(query: ModalityFeatures, target: ModalityFeatures, *, metric: str
         raise InputError(f"{pair}: the two modalities share no category name, so no query has a relevant "
                          f"target (e.g. {query.labels[0]!r} vs {target.labels[0]!r})")
     s = retrieval_scores(query.features, query.labels, target.features, target.labels, same_set=same,
-                         metric=metric, ks=(k,), chunk_size=chunk_size)
+                         metric=metric, ks=(k,), chunk_size=chunk_size,
+                         device=device if device and device.startswith("cuda") else None)
     chance_args = (query.labels, None if same else target.labels)
     excl_cats, excl_counts = np.unique(query.labels[s.excluded], return_counts=True)
     inc = ~s.excluded
@@ -288,7 +290,7 @@ def run_retrieval(model_dir: str | os.PathLike, queries: str | Sequence[str] | N
         for q in q_names:
             for t in t_names:
                 step(f"retrieval {q} → {t}")
-                pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k))
+                pairs.append(score_pair(feats[q], feats[t], metric=metric, k=k, device=device))
         results = {
             "format": FORMAT, "version": 1,
             "banner": identity.banner(weights),

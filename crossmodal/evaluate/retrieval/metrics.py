@@ -234,7 +234,8 @@ def default_chunk_size(n_targets: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) 
 
 def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
                      same_set: bool = False, metric: str = "cosine",
-                     ks: Sequence[int] = (10,), chunk_size: int | None = None) -> RetrievalScores:
+                     ks: Sequence[int] = (10,), chunk_size: int | None = None,
+                     device: str | None = None) -> RetrievalScores:
     """Rank all ``targets`` for every query once; return AP, P@k and R@k per query.
 
     ``queries`` ``(Q, D)``, ``query_labels`` ``(Q,)``, ``targets`` ``(N, D)``,
@@ -246,6 +247,8 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
     on ``chunk_size`` beyond the rounding of the BLAS matrix product (none when the
     products are exact, e.g. integer-valued features). The rows of each chunk are
     ranked by up to ``min(8, os.cpu_count())`` threads (NumPy sorts release the GIL).
+    ``device``: a torch device (``cuda``, ``cuda:1``, ``cpu``) runs the same steps there with
+    torch (:mod:`~crossmodal.evaluate.retrieval.ranking_torch`); None (the default): NumPy.
 
     Raises :class:`~crossmodal.errors.InputError` on bad input (see module docs).
     """
@@ -268,13 +271,18 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
     else:
         t_aux = 0.5 * np.einsum("ij,ij->i", t, t)
 
+    groups = target_groups(tcodes, int(max(qcodes.max(), tcodes.max())) + 1)
+    if device is not None:
+        from crossmodal.evaluate.retrieval.ranking_torch import torch_scores
+        ap, hits = torch_scores(q, t, qcodes, groups, n_rel, ks=ks, same_set=same_set, metric=metric,
+                                chunk_size=chunk_size, device=device)
+        return _scores(ap, hits, n_rel, n_keep, ks)
     ap = np.full(n_q, np.nan)
     hits = {k: np.empty(n_q, dtype=np.int64) for k in ks}
     workers = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
     check = not products_bounded(q, t, dtype)  # else no chunk can overflow: no per-chunk check
     raw = np.empty((chunk_size, n_t), dtype=dtype)  # reused: fresh pages cost page faults
     sorted_rows = np.empty_like(raw) if dtype == np.float32 else None
-    groups = target_groups(tcodes, int(max(qcodes.max(), tcodes.max())) + 1)
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, n_q, chunk_size):
             stop = min(start + chunk_size, n_q)
@@ -293,6 +301,10 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
             for job in jobs:
                 job.result()
 
+    return _scores(ap, hits, n_rel, n_keep, ks)
+
+
+def _scores(ap, hits, n_rel, n_keep, ks) -> RetrievalScores:
     excluded = n_rel == 0
     precision, recall = {}, {}
     for k in ks:
