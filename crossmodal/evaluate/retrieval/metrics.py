@@ -281,25 +281,31 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
     hits = {k: np.empty(n_q, dtype=np.int64) for k in ks}
     workers = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
     check = not products_bounded(q, t, dtype)  # else no chunk can overflow: no per-chunk check
-    raw = np.empty((chunk_size, n_t), dtype=dtype)  # reused: fresh pages cost page faults
-    sorted_rows = np.empty_like(raw) if dtype == np.float32 else None
+    # two product buffers, reused (fresh pages cost page faults): the rows of one chunk are
+    # ranked by the threads while the next chunk's product is computed into the other
+    raw = [np.empty((chunk_size, n_t), dtype=dtype) for _ in range(2)]
+    sorted_rows = np.empty_like(raw[0]) if dtype == np.float32 else None
+    pending: list = []
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, n_q, chunk_size):
+        for i, start in enumerate(range(0, n_q, chunk_size)):
             stop = min(start + chunk_size, n_q)
             qc = np.asarray(q[start:stop], dtype=dtype)
-            np.matmul(qc, t.T, out=raw[:stop - start])  # BLAS: every core
+            buf = raw[i % 2]
+            np.matmul(qc, t.T, out=buf[:stop - start])  # BLAS: every core, beside the ranking
+            for job in pending:  # the previous chunk: its buffer and sorted_rows are free again
+                job.result()
             # scaling and ranking in threads over the rows (NumPy's sorts release the GIL)
             bounds = np.linspace(0, stop - start, min(workers, stop - start) + 1).astype(int)
-            jobs = []
+            pending = []
             for a, b in zip(bounds[:-1], bounds[1:]):
                 g = slice(start + a, start + b)
-                jobs.append(pool.submit(
-                    score_part, raw[a:b], qc[a:b], qcodes[g], tcodes, groups, n_rel[g], n_keep, ap[g],
+                pending.append(pool.submit(
+                    score_part, buf[a:b], qc[a:b], qcodes[g], tcodes, groups, n_rel[g], n_keep, ap[g],
                     {k: h[g] for k, h in hits.items()}, t_aux=t_aux, metric=metric,
                     self_cols=np.arange(g.start, g.stop) if same_set else None, check=check,
                     sorted_out=None if sorted_rows is None else sorted_rows[a:b]))
-            for job in jobs:
-                job.result()
+        for job in pending:
+            job.result()
 
     return _scores(ap, hits, n_rel, n_keep, ks)
 
