@@ -34,13 +34,15 @@ Speed: float32 scores are ranked without an argsort: each relevant target's rank
 found by searching the row's sorted scores (a SIMD sort), and an exact tie is ordered by
 index by counting in the row; the work beyond the matrix product and that sort is
 O(relevant targets). float64 scores take the argsort path. Both give the same ranks.
-On 20,500 × 20,500 × 4,096 float32 the whole call costs about 1.1× the matrix
+On 20,500 × 20,500 × 4,096 float32 the whole call costs about 1.1–1.2× the matrix
 product alone (``benchmarks/bench_retrieval.py``).
 
 Memory: the similarity matrix is never held whole. Queries are processed in
 chunks of ``chunk_size`` rows, and each chunk needs about
 ``chunk_size * N * BYTES_PER_PAIR`` (32) bytes of working memory on top of the
-inputs (scores, the int64 ranking, sorted scores, gathered labels). The default chunk size keeps this
+inputs: float32, two product buffers (one chunk is ranked while the next one's product is
+computed) and the sorted rows, 12 bytes a pair; float64, the products, the int64 ranking,
+sorted scores and gathered labels. The default chunk size keeps this
 under ``DEFAULT_CHUNK_BYTES`` (256 MiB). The inputs themselves are not copied when
 they are already C-contiguous float32/float64 arrays.
 """
@@ -281,16 +283,20 @@ def retrieval_scores(queries, query_labels, targets=None, target_labels=None, *,
     hits = {k: np.empty(n_q, dtype=np.int64) for k in ks}
     workers = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
     check = not products_bounded(q, t, dtype)  # else no chunk can overflow: no per-chunk check
-    # two product buffers, reused (fresh pages cost page faults): the rows of one chunk are
-    # ranked by the threads while the next chunk's product is computed into the other
-    raw = [np.empty((chunk_size, n_t), dtype=dtype) for _ in range(2)]
+    # product buffers, reused (fresh pages cost page faults). float32: two, so the rows of one
+    # chunk are ranked by the threads while the next chunk's product is computed into the other;
+    # float64 (the argsort path, 3 more arrays of 8 bytes a pair) one, within BYTES_PER_PAIR
+    raw = [np.empty((chunk_size, n_t), dtype=dtype) for _ in range(2 if dtype == np.float32 else 1)]
     sorted_rows = np.empty_like(raw[0]) if dtype == np.float32 else None
     pending: list = []
     with ThreadPoolExecutor(workers) as pool:
         for i, start in enumerate(range(0, n_q, chunk_size)):
             stop = min(start + chunk_size, n_q)
             qc = np.asarray(q[start:stop], dtype=dtype)
-            buf = raw[i % 2]
+            buf = raw[i % len(raw)]
+            if len(raw) == 1:  # the previous chunk's rows are still being ranked in buf
+                for job in pending:
+                    job.result()
             np.matmul(qc, t.T, out=buf[:stop - start])  # BLAS: every core, beside the ranking
             for job in pending:  # the previous chunk: its buffer and sorted_rows are free again
                 job.result()
