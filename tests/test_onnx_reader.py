@@ -149,3 +149,23 @@ def test_external_data_outside_the_models_folder_is_refused(tiny_converted, tmp_
     onnx.save_model(model, str(tmp_path / "sub" / "evil.onnx"))
     with pytest.raises(InputError, match="outside the model's folder"):
         read_onnx(tmp_path / "sub" / "evil.onnx")
+
+
+@pytest.mark.slow
+def test_a_full_size_resnet18_exported_by_torch_onnx_reads_back(tmp_path):
+    """torchvision's ResNet-18 layout (11.7 M parameters) at 224×224: read, emitted, the same logits."""
+    from plain_zoo import PlainResNet18, randomise
+
+    from crossmodal.ir.store import load_ir
+    from crossmodal.runtime.engine import open_engine
+    module = randomise(PlainResNet18(365), 4)
+    source = export(module, (3, 224, 224), tmp_path / "resnet18.onnx")
+    _convert(source, tmp_path / "out", "--to", "ir,onnx")
+    model = load_ir(tmp_path / "out")
+    kinds = [l.kind for l in model.graph.layers]
+    assert kinds.count("conv2d") == 20 and kinds.count("eltwise") == 8 and kinds[-1] == "dense"
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = module(x).numpy()
+    got = open_engine("onnx", tmp_path / "out", ["logits"], graph=model.graph, device="cpu").run(x.numpy())["logits"]
+    assert rel_err(got, want) < 1e-4
