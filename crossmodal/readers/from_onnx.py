@@ -57,9 +57,7 @@ def _input_shape(f: OnnxFile, input_size: tuple[int, int] | None) -> tuple[tuple
     if len(dims) != 4:
         raise UnsupportedError(f"input {f.input_name!r} has rank {len(dims)}; an N×C×H×W (or N×H×W×C) image is "
                                "supported", f.path)
-    readers = [n for n in f.nodes if f.input_name in n.inputs]
-    nhwc = bool(readers) and all(n.op == "Transpose" and list(n.attrs.get("perm", [])) == [0, 3, 1, 2]
-                                 for n in readers)
+    nhwc = _nhwc_input(f)
     c, h, w = (dims[3], dims[1], dims[2]) if nhwc else (dims[1], dims[2], dims[3])
     if not isinstance(c, int):
         raise InputError(f"input {f.input_name!r} has a dynamic channel count", f.path)
@@ -72,6 +70,25 @@ def _input_shape(f: OnnxFile, input_size: tuple[int, int] | None) -> tuple[tuple
         raise InputError(f"input {f.input_name!r} has a dynamic spatial size ({h}×{w}); give --input-size H or "
                          "HxW", f.path)
     return (int(c), int(h), int(w)), "NHWC" if nhwc else "NCHW"
+
+
+_ELEMENTWISE = {"Mul", "Sub", "Add", "Div", "Relu", "Clip", "Identity", "Cast"}
+
+
+def _nhwc_input(f: OnnxFile) -> bool:
+    """Whether the input is NHWC: every path from it goes through element-wise ops with constants
+    (a model's own rescaling) to a Transpose [0, 3, 1, 2]."""
+    frontier, found = {f.input_name}, False
+    for node in f.nodes:
+        if not frontier & set(node.inputs):
+            continue
+        if node.op == "Transpose" and list(node.attrs.get("perm", [])) == [0, 3, 1, 2]:
+            found = True
+        elif node.op in _ELEMENTWISE and all(i in frontier or i in f.initializers or not i for i in node.inputs):
+            frontier.update(node.outputs)
+        else:
+            return False
+    return found
 
 
 def unsupported_nodes(f: OnnxFile) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from crossmodal.errors import UnsupportedError
+from crossmodal.errors import InputError, UnsupportedError
 from crossmodal.readers.onnx_load import Node
 from crossmodal.readers.onnx_state import NHWC, OnnxBuilder, Value
 
@@ -94,6 +94,9 @@ def conv(b: OnnxBuilder, node: Node) -> None:
 
 def _dense(b: OnnxBuilder, node: Node, x: Value, weight: np.ndarray, bias: np.ndarray) -> None:
     """A dense layer (weight (out, in)); after an HWC-order flatten its rows go back to CHW."""
+    if weight.ndim != 2 or weight.shape[1] != x.shape[0]:
+        raise InputError(f"node {node.name!r} ({node.op}): a weight of shape {list(weight.shape)} for "
+                         f"{x.shape[0]} input features", b.path)
     if x.hwc is not None:
         from crossmodal.ir.layouts import dense_hwc_rows_to_chw
         weight = dense_hwc_rows_to_chw(weight, x.hwc)

@@ -172,7 +172,7 @@ def _merge_rescale(b: OnnxBuilder, node: Node, x: Value, scale: float, offset: f
     layer = b.layer(x.layer)
     s, o = float(layer.attrs["scale"]), float(layer.attrs.get("offset", 0.0))
     layer.attrs.update(scale=s * scale, offset=o * scale + offset)
-    b.set(node, Value(x.layer, x.shape, x.perm, x.pseudo, None, x.hwc, fresh="rescale"))
+    b.set(node, x.viewed(fresh="rescale"))
     return True
 
 
@@ -192,8 +192,7 @@ def _affine(b: OnnxBuilder, node: Node, x: Value, const_index: int, scale, offse
             return
         if not _merge_rescale(b, node, x, s, o):
             out = b.add(node, "rescale", [x], {"scale": s, "offset": o} if o else {"scale": s})
-            b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo, hwc=x.hwc) if not x.canonical or x.pseudo
-                  else out)
+            b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo, hwc=x.hwc, fresh="rescale"))
         return
     if x.hwc is not None:
         raise UnsupportedError("per-feature arithmetic on an HWC-order flatten")
@@ -218,7 +217,7 @@ def _affine(b: OnnxBuilder, node: Node, x: Value, const_index: int, scale, offse
         return
     tensors = {"weight": s} if np.all(o == 0) else {"weight": s, "bias": o}
     out = b.add(node, "scale", [x], {}, tensors)
-    b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo) if x.perm is not None or x.pseudo else out)
+    b.set(node, out.viewed(perm=x.perm, pseudo=x.pseudo, fresh="scale"))
 
 
 @converts("Add", "Sub", "Mul", "Div", "Sum", "Max")
