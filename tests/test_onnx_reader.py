@@ -70,7 +70,8 @@ def test_the_shape_chain_reads_as_a_flatten_and_names_come_from_the_nodes(tmp_pa
 
 
 def _assert_round_trip(model, path, extra_outputs):
-    from crossmodal.emitters.to_onnx import build_onnx, save_onnx
+    from crossmodal.emitters.onnx_file import save_onnx
+    from crossmodal.emitters.to_onnx import build_onnx
     save_onnx(build_onnx(model, extra_outputs=extra_outputs), path)
     read = read_onnx(path)
     assert structural_diff(model, read.model) == []

@@ -7,6 +7,7 @@ megabytes), hashed as it is written, atomically; beyond protobuf's 2 GiB the byt
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def _write_inline(proto, arrays: dict[str, np.ndarray], f) -> None:
     records, graph_len = [], len(graph.SerializeToString())
     for t in inits:
         data = _le_float32(arrays[t.name])
-        if tuple(data.shape) != tuple(t.dims):  # the structure check trusts the dims: keep them true
-            raise ValueError(f"initializer {t.name}: array {data.shape} but dims {tuple(t.dims)}")
+        if data.size != math.prod(t.dims):  # the structure check trusts the dims: keep them true
+            raise ValueError(f"initializer {t.name}: {data.size} values but dims {tuple(t.dims)}")
         head = t.SerializeToString() + len_field(_RAW_DATA, data.nbytes)
         size = len(head) + data.nbytes
         records.append((len_field(_INITIALIZER, size) + head, data))
