@@ -434,6 +434,45 @@ def section_finetune(args, budget) -> list[dict]:
                       steps=2 if args.smoke else 8, peak_batch=32, budget_left=budget.left, log=log)
 
 
+def section_retrieval(args) -> dict:
+    """Retrieval scored on the device (``retrieval_scores(device=…)``, ranking_torch.py): the
+    whole mAP against the similarity matrix product alone there, and equal to the NumPy path on
+    a subset (20,500 × 20,500 × 4,096 float32; 2,000 × 2,000 × 256 with --smoke)."""
+    import torch
+    from crossmodal.evaluate.retrieval.metrics import retrieval_scores
+    n, dim, classes = (2000, 256, 20) if args.smoke else (20500, 4096, 205)
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    centres = (0.15 * rng.standard_normal((classes, dim))).astype(np.float32)
+    q = rng.standard_normal((n, dim), dtype=np.float32) + centres[labels]
+    t = rng.standard_normal((n, dim), dtype=np.float32) + centres[labels]
+    chunk = 4096
+    dev = torch.device(args.device)
+    tq, tt = torch.as_tensor(q, device=dev), torch.as_tensor(t, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    sync()
+    t0 = time.perf_counter()
+    for a in range(0, n, chunk):
+        (tq[a:a + chunk] @ tt.T).sum()
+    sync()
+    gemm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = retrieval_scores(q, labels, t, labels, ks=(10,), chunk_size=chunk, device=args.device)
+    sync()
+    whole = time.perf_counter() - t0
+    sub = slice(0, 500)
+    ref = retrieval_scores(q[sub], labels[sub], t, labels, ks=(10,))
+    diff = float(np.nanmax(np.abs(res.ap[sub] - ref.ap)))
+    out = {"size": [n, n, dim], "gemm_s": round(gemm, 3), "retrieval_s": round(whole, 3),
+           "ratio": round(whole / gemm, 2), "map": res.mean_ap, "max_ap_diff_vs_numpy_subset": diff}
+    log(f"  retrieval on {args.device}: {whole:.2f} s, the product alone {gemm:.2f} s "
+        f"({whole / gemm:.2f}x); max |AP - NumPy's| on 500 queries {diff:.1e}")
+    return out
+
+
 def section_verify(args, model_dir, ckpt, out: Path | None) -> dict:
     from crossmodal.verify.job import run_verify
     from crossmodal.verify.report import console, markdown
@@ -536,13 +575,15 @@ def main(argv=None) -> dict:
         f"{report['setup_seconds']['convert']} s, fp16 model in {report['setup_seconds']['fp16_model']} s")
 
     paths: list[Path] = []
-    for name in ("throughput", "finetune", "decode", "end_to_end", "verify", "zoo"):
+    for name in ("throughput", "finetune", "retrieval", "decode", "end_to_end", "verify", "zoo"):
         log(f"## {name}")
         try:
             if name == "throughput":
                 report[name] = _collect(section_network, args, model_dir, flops, peak, budget)
             elif name == "finetune":
                 report[name] = section_finetune(args, budget)
+            elif name == "retrieval":
+                report[name] = section_retrieval(args)
             elif name == "decode":
                 paths = make_jpegs(args.work / "jpegs", args.images, 256 if not args.smoke else 48)
                 report[name] = section_decode(args, paths, model_dir)
@@ -595,6 +636,10 @@ def markdown(report: dict) -> str:
             frac = f"{100 * m['fp16_peak_fraction']:.1f}" if m.get("fp16_peak_fraction") else "?"
             lines.append(f"| {row['engine']} | {row['precision']} | {bs} | {m['images_per_second']:.1f} | "
                          f"{m['tflops']:.1f} | {frac} | {where} |")
+    r = report.get("retrieval")
+    if isinstance(r, dict) and "ratio" in r:
+        lines += ["", f"## retrieval on the device: {r['retrieval_s']} s for {r['size']}, the product alone "
+                  f"{r['gemm_s']} s ({r['ratio']}×); max |AP − NumPy's| {r['max_ap_diff_vs_numpy_subset']:.1e}"]
     rows = report.get("finetune") if isinstance(report.get("finetune"), list) else []
     if rows:
         lines += ["", "## fine-tuning (tool loop vs bare loop)", "", "| network | train from | precision | batch | "
