@@ -158,3 +158,21 @@ def names_index(model_dir, name):
 def test_settings_are_a_dataclass_of_plain_values():
     d = settings().to_dict()
     assert dataclasses.is_dataclass(Settings) and d["to"] == ["ir", "onnx", "keras"] and d["head"] == "new"
+
+
+def test_a_trial_left_running_without_a_heartbeat_is_failed_and_queued_again_on_resume(tmp_path):
+    """A search killed right after a trial started (before its first heartbeat) leaves a RUNNING trial
+    that never turns stale; opening the study again (one search per folder: the lock) fails it and
+    queues its settings again, as the heartbeat callback does for a stale one."""
+    optuna = pytest.importorskip("optuna")
+    from optuna.trial import TrialState
+    from crossmodal.evaluate.finetune.search import SearchSettings, open_study
+    ss = SearchSettings.parse(4, 2, "random", "1e-4,1e-1", "fc6")
+    frozen = {"a": 1}
+    study = open_study(tmp_path, ss, 0, frozen)
+    orphan = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    assert study.trials[0].state == TrialState.RUNNING
+    again = open_study(tmp_path, ss, 0, frozen)
+    states = [t.state for t in again.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert again.trials[1].params == {"lr": orphan.params["lr"]}

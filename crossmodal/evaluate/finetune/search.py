@@ -7,7 +7,8 @@ first trials).
 
 The study lives in ``OUT/search.db`` (SQLite) with heartbeats: a search killed mid-trial and started
 again with the same command resumes — finished and pruned trials are kept, not repeated; the trial that
-was running is marked failed once its heartbeat is stale and is re-run with the same settings
+was running is marked failed when the search starts again (one search per folder: the folder's lock) or,
+beside a live search, once its heartbeat is stale, and is re-run with the same settings
 (``RetryHeartbeatStaleTrialCallback``). The best trial's weights are kept in ``OUT/search/best.pt`` as trials
 finish, and that trial's run is the one exported. Search trials write no checkpoints of their own.
 """
@@ -92,7 +93,22 @@ def open_study(out_dir: Path, ss: SearchSettings, seed: int, frozen: dict):
         raise InputError("the search in this folder was started with other settings; give the same command, or "
                          "another --out", Path(out_dir) / "search.db")
     study.set_user_attr("frozen", frozen)
+    if previous:
+        _retry_orphans(study, storage)
     return study
+
+
+def _retry_orphans(study, storage) -> None:
+    """Fail (and queue again, as a stale heartbeat would) every trial a previous, killed process left
+    running. One search runs per folder (``finetune`` holds the output folder's lock), so a running
+    trial found at start-up has no process: one killed before its first heartbeat was recorded would
+    otherwise never become stale and stay RUNNING for ever."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            retry(study, storage.get_trial(t._trial_id))
 
 
 def run_search(ctx, ss: SearchSettings, *, log: Callable[[str], None]):
