@@ -164,7 +164,8 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_queued_again_on_
     """A search killed right after a trial started (before its first heartbeat) leaves a RUNNING trial
     that never turns stale; opening the study again (one search per folder: the lock) fails it and
     queues its settings again, as the heartbeat callback does for a stale one."""
-    optuna = pytest.importorskip("optuna")
+    from helpers import require_module
+    optuna = require_module("optuna", "the train extra: crossmodal finetune --search")
     from optuna.trial import TrialState
     from crossmodal.evaluate.finetune.search import SearchSettings, open_study
     ss = SearchSettings.parse(4, 2, "random", "1e-4,1e-1", "fc6")
