@@ -1,4 +1,4 @@
-"""One run per output folder: a second run on a folder another run is writing refuses at once (exit 2,
+"""One run per output folder: a second run on a folder another run is writing refuses (exit 2,
 one line naming the other run), and the folder ends holding exactly one run's files."""
 from __future__ import annotations
 
@@ -48,6 +48,41 @@ def test_a_second_run_refuses_naming_the_first_and_the_lock_dies_with_its_proces
     with output_lock(out, "probe"):  # an OS lock: released when its process died, even killed
         assert json.loads(lock_paths(out)[1].read_text())["command"] == "crossmodal probe"
     assert not lock_paths(out)[1].exists()
+
+
+def _hold_raw(folder: Path, then, after_s: float = 0.3):
+    """Take ``folder``'s lock as a run does, without its description; ``then(lock)`` runs ``after_s`` later."""
+    import threading
+
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_paths(folder)[0]), thread_local=False)  # released from the timer's thread
+    lock.acquire(timeout=0)
+    timer = threading.Timer(after_s, then, args=(lock,))
+    timer.start()
+    return timer
+
+
+def test_a_run_arriving_before_the_holder_describes_itself_still_names_it(tmp_path):
+    out = tmp_path / "out"
+    info = lock_paths(out)[1]
+    record = {"command": "crossmodal convert", "pid": 4242, "started_utc": "2026-12-03T08:00:00+00:00"}
+    timer = _hold_raw(out, lambda lock: info.write_text(json.dumps(record)))
+    try:
+        with pytest.raises(InputError, match=r"another run is writing to this folder: `crossmodal convert` \(pid 4242"):
+            with output_lock(out, "convert"):
+                pass
+    finally:
+        timer.join()
+
+
+def test_a_run_arriving_while_the_holder_finishes_takes_the_folder(tmp_path):
+    out = tmp_path / "out"
+    timer = _hold_raw(out, lambda lock: lock.release())  # description already gone, lock released 0.3 s later
+    with output_lock(out, "convert"):
+        assert json.loads(lock_paths(out)[1].read_text())["command"] == "crossmodal convert"
+    timer.join()
 
 
 def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path):

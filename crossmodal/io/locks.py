@@ -3,10 +3,11 @@
 The lock is a file beside the folder, not inside it (``runs/.baseline.crossmodal.lock`` for
 ``--out runs/baseline``), since a run's staged outputs are renamed into the folder; it is an OS
 lock (:mod:`filelock`), released when its process ends, even killed. A second run on the same
-folder does not wait: it refuses at once with :class:`~crossmodal.errors.InputError` (exit 2),
+folder does not wait for it: it refuses with :class:`~crossmodal.errors.InputError` (exit 2),
 naming the run that holds the folder (its command, process id and start time, read from
-``.NAME.crossmodal-run.json`` beside the lock, written once the lock is held). So a folder always
-ends holding exactly one run's files.
+``.NAME.crossmodal-run.json`` beside the lock, written whole once the lock is held; a run that
+arrives in the instant before it is written, or after it is removed, looks again for up to 2 s).
+So a folder always ends holding exactly one run's files.
 
 The lock file itself stays (0 bytes): deleting it on release would let a process that opened
 it just before the delete hold a lock on a file nobody else sees. When the lock had to create
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -48,18 +50,43 @@ def lock_paths(folder: str | os.PathLike, central: bool = False) -> tuple[Path, 
             folder.with_name(f".{folder.name}.crossmodal-run.json"))
 
 
-def _holder(info: Path) -> str:
+def _holder(info: Path) -> str | None:
+    """The run described in ``info``, or None while there is no complete description."""
     try:
         data = json.loads(info.read_text())
         return f"`{data['command']}` (pid {data['pid']}, started {data['started_utc']} UTC)"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another crossmodal run"
+        return None
+
+
+_SETTLE_S = 2.0  # how long a refused run waits for the holder's description (or its release)
+
+
+def _acquire_or_name_holder(lock, info: Path, folder: Path) -> None:
+    """Take ``lock`` at once, or raise naming its holder.
+
+    The holder writes its description just after taking the lock and removes it just before
+    releasing it; a run that arrives in either gap finds the lock held and no description. It then
+    tries again for up to :data:`_SETTLE_S`: the description appears, or the lock comes free."""
+    from filelock import Timeout
+
+    deadline = time.monotonic() + _SETTLE_S
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            return
+        except Timeout:
+            holder = _holder(info)
+            if holder is not None or time.monotonic() >= deadline:
+                raise InputError(f"another run is writing to this folder: {holder or 'another crossmodal run'}; "
+                                 "wait for it to finish or choose another output folder", folder) from None
+            time.sleep(0.05)
 
 
 @contextmanager
 def output_lock(folder: str | os.PathLike, command: str, *, central: bool = False) -> Iterator[None]:
-    """Hold ``folder``'s lock for the block, or refuse at once naming the run that holds it."""
-    from filelock import FileLock, Timeout
+    """Hold ``folder``'s lock for the block, or refuse (within :data:`_SETTLE_S`) naming the run that holds it."""
+    from filelock import FileLock
 
     folder = Path(os.path.abspath(folder))
     lock_file, info = lock_paths(folder, central)
@@ -67,18 +94,17 @@ def output_lock(folder: str | os.PathLike, command: str, *, central: bool = Fals
     lock = FileLock(str(lock_file))
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise InputError(f"another run is writing to this folder: {_holder(info)}; wait for it to finish or "
-                         "choose another output folder", folder) from None
+        _acquire_or_name_holder(lock, info, folder)
     except OSError:  # no folder can be made or locked here: no other run can write here either, and the
         yield        # command's own check names the problem (a file in the way, a read-only disk)
         return
     try:
         record = {"command": f"crossmodal {command}", "argv": list(sys.argv), "pid": os.getpid(),
                   "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        try:
-            info.write_text(json.dumps(record))
+        try:  # whole or not at all: a run refused meanwhile reads it
+            partial = info.with_name(info.name + f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(record))
+            os.replace(partial, info)
         except OSError:  # the description is a courtesy; the lock is what counts
             pass
         yield
