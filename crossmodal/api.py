@@ -364,11 +364,13 @@ class Model:
 
     def explain_setup(self, method: str = "auto", layer: str | None = None) -> tuple[str, str, Any]:
         """Check ``method`` and ``layer`` before any image is read → (method, layer, head)."""
-        from crossmodal.explain.cam import check_layer, default_layer, find_cam_head, resolve_method
-        head = find_cam_head(self.graph, self.shapes)
-        chosen = check_layer(self.graph, self.shapes, layer) if layer is not None else None
+        from crossmodal.explain.cam import resolve_method
+        from crossmodal.ir.heads import find_pooled_head
+        from crossmodal.ir.receptive_field import check_layer, default_layer
+        head = find_pooled_head(self.graph, self.shapes)
+        chosen = check_layer(self.graph, layer, self.shapes) if layer is not None else None
         method = resolve_method(method, head, chosen)
-        chosen = chosen or (head.features if method == "cam" else default_layer(self.graph, self.shapes, head))
+        chosen = chosen or (head.features if method == "cam" else default_layer(self.graph, self.shapes))
         return method, chosen, head
 
     def cam(self, images: Any, target: str | int | Sequence[str | int] | None = None, top: int = 1,

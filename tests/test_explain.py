@@ -142,8 +142,8 @@ def _structure(kinds_and_attrs):
     return Graph("g", InputSpec(), layers, [prev], blobs={"logits": "fc"})
 
 
-def test_cam_head_is_found_from_the_graph_structure():
-    from crossmodal.explain.cam import find_cam_head
+def test_the_pooled_head_cam_needs_is_found_from_the_graph_structure():
+    from crossmodal.ir.heads import find_pooled_head as find_cam_head
     resnet = _structure([("layer4", "relu", {}), ("gap", "global_avg_pool2d", {}), ("flat", "flatten", {}),
                          ("drop", "dropout", {}), ("fc", "dense", {"out_features": 365})])
     assert find_cam_head(resnet).features == "layer4"
@@ -353,7 +353,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(places_model, photos, t
     _refused(cli("explain", "--model", places_model, photos, "--out", out, "--class", "bedrom"),
              "no class 'bedrom'", "/b/bedroom")
     _refused(cli("explain", "--model", places_model, photos, "--out", out, "--layer", "fc7"),
-             "not spatial", "relu2_1")
+             "no spatial map", "relu2_1")
     _refused(cli("explain", "--model", places_model, photos, "--out", out, "--method", "cam"), "global average")
     broken = tmp_path / "only-broken"
     broken.mkdir()

@@ -101,3 +101,24 @@ def test_spatial_layers_and_bad_layer():
         check_layer(g, "flat")
     with pytest.raises(InputError, match="no layer or blob"):
         check_layer(g, "nope")
+
+
+def test_every_layer_kind_has_a_receptive_field_rule():
+    """A kind added to the IR without a rule here would silently end every map below it
+    (``units`` and ``explain`` would find no spatial layer)."""
+    from crossmodal.ir import receptive_field as rf
+    from crossmodal.ir.kinds import LAYER_KINDS
+    ruled = set(rf.WINDOW_KINDS) | set(rf.PASS_KINDS) | set(rf.MERGE_KINDS) | set(rf.NO_FIELD_KINDS)
+    assert set(LAYER_KINDS) <= ruled, set(LAYER_KINDS) - ruled
+
+
+def test_a_rescaling_input_layer_keeps_every_map_below_it():
+    """A model read from Keras or ONNX often starts with ``rescale`` (Keras ``Rescaling``)."""
+    layers = [Layer("scale_in", "rescale", ["input"], {"scale": 1 / 255, "offset": 0.0}),
+              conv("c1", "scale_in", 3, 4, k=3, pad=1), Layer("r1", "relu", ["c1"], {}),
+              Layer("gap", "global_avg_pool2d", ["r1"], {}), dense("fc", "gap", 4, 2)]
+    g = Graph(name="rescaled", input=InputSpec(shape=(3, 8, 8)), layers=layers, outputs=["fc"], preprocess=PLAIN,
+              labels=Labels(["x", "y"]), blobs={"logits": "fc"}, feature_blob="gap")
+    assert spatial_layers(g) == ["scale_in", "c1", "r1"]
+    assert default_layer(g) == "r1"  # the map the pooled head averages
+    assert receptive_fields(g)["r1"].size == (3, 3)

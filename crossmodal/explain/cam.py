@@ -6,7 +6,7 @@ layer's activations ``A`` are ``(B, C, h, w)``; maps on the layer's grid are
 them to the input crop ``(B, K, H, W)`` in ``[0, 1]``.
 
 * **CAM** (Zhou et al. 2016) needs the head "global average pooling → (flatten /
-  dropout) → one dense = the logits" (:func:`find_cam_head`): map^c = Σ_k w_ck A^k
+  dropout) → one dense = the logits" (:func:`~crossmodal.ir.heads.find_pooled_head`): map^c = Σ_k w_ck A^k
   with ``w`` the dense weight (K_all, C), no bias, no ReLU (the Places365 demo also
   zeroes negative weights; we do not: that is not CAM's definition).
 * **Grad-CAM** (Selvaraju et al. 2017): α_k^c = mean_ij ∂y^c/∂A^k_ij with y^c the
@@ -26,58 +26,15 @@ layers after it (memory of the prefix is freed at once).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from crossmodal.ir.graph import Graph
+from crossmodal.ir.heads import PooledHead
 from crossmodal.errors import InputError
 
 METHODS: tuple[str, ...] = ("auto", "cam", "gradcam", "gradcam++")
-GAP_KINDS = ("global_avg_pool2d", "avg_pool2d")
-PASS_THROUGH = ("flatten", "dropout")
-
-
-@dataclass(frozen=True)
-class CamHead:
-    """``features`` (B, C, h, w) → ``pool`` (global average) → … → ``dense`` = logits."""
-
-    features: str
-    pool: str
-    dense: str
-
-
-def find_cam_head(graph: Graph, shapes: dict[str, tuple[int, ...]] | None = None) -> CamHead | None:
-    """The CAM head of ``graph``, or None when the logits are not "GAP → dense".
-
-    Walks back from the logits layer (a ``dense``) through ``flatten`` / ``dropout``
-    to a ``global_avg_pool2d``, or an ``avg_pool2d`` whose window covers its whole
-    input (no padding, kernel = the input's (h, w); checked when ``shapes`` — per
-    sample output shapes by layer name, e.g. from :func:`layer_shapes` — are given,
-    else assumed from a 1 × 1 output when known).
-    """
-    try:
-        dense = graph.layer(graph.resolve("logits"))
-    except (InputError, KeyError):
-        return None
-    if dense.kind != "dense":
-        return None
-    prev = graph.layer(dense.inputs[0]) if dense.inputs[0] != graph.input.name else None
-    while prev is not None and prev.kind in PASS_THROUGH:
-        prev = graph.layer(prev.inputs[0]) if prev.inputs[0] != graph.input.name else None
-    if prev is None or prev.kind not in GAP_KINDS:
-        return None
-    feats = prev.inputs[0]
-    if prev.kind == "avg_pool2d":
-        a = prev.attrs
-        if any(int(p) != 0 for p in a.get("pad", (0, 0))):
-            return None
-        if shapes is not None:
-            fshape = shapes.get(feats)
-            if fshape is None or len(fshape) != 3 or tuple(int(k) for k in a["kernel"]) != tuple(fshape[1:]):
-                return None
-    return CamHead(features=feats, pool=prev.name, dense=dense.name)
 
 
 def layer_shapes(module, graph: Graph, device="cpu") -> dict[str, tuple[int, ...]]:
@@ -91,37 +48,7 @@ def layer_shapes(module, graph: Graph, device="cpu") -> dict[str, tuple[int, ...
     return {name: tuple(int(v) for v in t.shape[1:]) for name, t in out.items()}
 
 
-def spatial_layers(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Layers whose output is a map ``(C, h, w)`` with h·w > 1, in graph order."""
-    return [l.name for l in graph.layers if len(shapes.get(l.name, ())) == 3
-            and shapes[l.name][1] * shapes[l.name][2] > 1]
-
-
-def default_layer(graph: Graph, shapes: dict[str, tuple[int, ...]], head: CamHead | None) -> str:
-    """The layer Grad-CAM looks at by default: the CAM head's pooled features when there
-    is a head (ResNet's last block, DenseNet's final ReLU), else the last spatial ``relu``
-    (VGG16: ``relu5_3``, conv5_3 after its ReLU), else the last spatial layer."""
-    if head is not None:
-        return head.features
-    spatial = spatial_layers(graph, shapes)
-    if not spatial:
-        raise InputError("the network has no spatial layer (h × w > 1) to explain")
-    relus = [n for n in spatial if graph.layer(n).kind == "relu"]
-    return (relus or spatial)[-1]
-
-
-def check_layer(graph: Graph, shapes: dict[str, tuple[int, ...]], name: str) -> str:
-    """``name`` (a layer or blob) resolved to a spatial layer, or InputError listing the spatial ones."""
-    layer = graph.resolve(name)
-    spatial = spatial_layers(graph, shapes)
-    if layer not in spatial:
-        tail = ", ".join(spatial[-8:])
-        raise InputError(f"layer {name!r} is not spatial (output {shapes.get(layer)}): a map needs "
-                         f"(C, h, w) with h·w > 1; spatial layers end with: {tail}")
-    return layer
-
-
-def resolve_method(method: str, head: CamHead | None, layer: str | None) -> str:
+def resolve_method(method: str, head: PooledHead | None, layer: str | None) -> str:
     """``auto`` → ``cam`` on a CAM head (when no other layer was asked for), else ``gradcam``."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -149,7 +76,7 @@ def target_classes(logits: np.ndarray, classes: Sequence[int] | np.ndarray | Non
 
 
 def compute_maps(module, graph: Graph, x, layer: str, method: str, *, classes=None,
-                 top: int = 1, head: CamHead | None = None):
+                 top: int = 1, head: PooledHead | None = None):
     """Maps on ``layer``'s grid for a batch ``x`` (torch ``(B, 3, H, W)`` on the module's device).
 
     Returns ``(maps, targets, logits)``: ``maps`` float32 ``(B, K, h, w)``, ``targets``

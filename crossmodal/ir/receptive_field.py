@@ -16,7 +16,8 @@ One rule per layer kind, from the input's (r, j, s):
   (pooling: d = 1): r' = r + (d·(k − 1))·j, j' = j·t, s' = s − p·j. Ceil mode only adds a last
   position whose window runs past the input (its box is clipped to the crop), so it changes the
   number of units, not the rule;
-* element-wise kinds (``relu``, ``batch_norm``, ``scale``, ``lrn``, ``dropout``, ``softmax``):
+* element-wise kinds (``relu``, ``batch_norm``, ``scale``, ``lrn``, ``dropout``, ``softmax``,
+  ``rescale``):
   unchanged;
 * ``eltwise`` / ``concat`` (a DAG's merge): the union of the branches' windows — the widest
   path — r' = max end − min start, j' = the largest stride, s' = the smallest start;
@@ -32,12 +33,13 @@ from dataclasses import dataclass
 
 from crossmodal.errors import InputError
 from crossmodal.ir.graph import Graph
+from crossmodal.ir.heads import find_pooled_head
 from crossmodal.ir.kinds import infer_shapes
 
 WINDOW_KINDS = ("conv2d", "max_pool2d", "avg_pool2d")
-PASS_KINDS = ("relu", "batch_norm", "scale", "lrn", "dropout", "softmax")
+PASS_KINDS = ("relu", "batch_norm", "scale", "lrn", "dropout", "softmax", "rescale")
 MERGE_KINDS = ("eltwise", "concat")
-GAP_KINDS = ("global_avg_pool2d", "avg_pool2d")
+NO_FIELD_KINDS = ("global_avg_pool2d", "flatten", "dense")  # no spatial map below them
 
 
 @dataclass(frozen=True)
@@ -117,33 +119,6 @@ def spatial_layers(graph: Graph, shapes: dict | None = None) -> list[str]:
             and shapes[l.name][1] * shapes[l.name][2] > 1]
 
 
-def pooled_features(graph: Graph, shapes: dict | None = None) -> str | None:
-    """The map a "global average pooling → (flatten / dropout) → dense = logits" head pools, or None."""
-    shapes = shapes if shapes is not None else infer_shapes(graph)
-    try:
-        dense = graph.layer(graph.resolve("logits"))
-    except (InputError, KeyError):
-        return None
-    if dense.kind != "dense":
-        return None
-    prev = dense
-    while True:
-        if prev.inputs[0] == graph.input.name:
-            return None
-        prev = graph.layer(prev.inputs[0])
-        if prev.kind not in ("flatten", "dropout"):
-            break
-    if prev.kind not in GAP_KINDS:
-        return None
-    feats = prev.inputs[0]
-    if prev.kind == "avg_pool2d":
-        a = prev.attrs
-        if any(int(p) != 0 for p in _pair(a.get("pad"), 0)) or \
-                tuple(_pair(a.get("kernel"), 1)) != tuple(shapes.get(feats, (0, 0, 0))[1:]):
-            return None
-    return feats
-
-
 def default_layer(graph: Graph, shapes: dict | None = None) -> str:
     """Grad-CAM's default: the map a global-average-pooling head pools (ResNet's last block,
     GoogLeNet's ``inception_5b/output``), else the last spatial ``relu`` (VGG16 ``relu5_3``),
@@ -152,9 +127,9 @@ def default_layer(graph: Graph, shapes: dict | None = None) -> str:
     spatial = spatial_layers(graph, shapes)
     if not spatial:
         raise InputError("the network has no spatial layer (a map with h × w > 1)")
-    pooled = pooled_features(graph, shapes)
-    if pooled in spatial:
-        return pooled
+    head = find_pooled_head(graph, shapes)
+    if head is not None and head.features in spatial:
+        return head.features
     relus = [n for n in spatial if graph.layer(n).kind == "relu"]
     return (relus or spatial)[-1]
 
@@ -165,6 +140,6 @@ def check_layer(graph: Graph, name: str, shapes: dict | None = None) -> str:
     layer = graph.resolve(name)
     spatial = spatial_layers(graph, shapes)
     if layer not in spatial:
-        raise InputError(f"layer {name!r} has no spatial map (output {shapes.get(layer)}): units need "
+        raise InputError(f"layer {name!r} has no spatial map (output {shapes.get(layer)}): a map needs "
                          f"(C, h, w) with h·w > 1; spatial layers end with {', '.join(spatial[-6:])}")
     return layer
