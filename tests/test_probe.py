@@ -190,8 +190,12 @@ def test_mlp_head_on_pool5_exports_a_cut_network(model, root, pair_run, tmp_path
     from crossmodal.data.images import load_batch
     from crossmodal.ir.store import load_graph
     batch, _ = load_batch([p for p, _ in val], load_graph(out / "model").preprocess, None)
-    with open_engine("onnx", out / "model", ["logits"], device="cpu") as onnx:
-        np.testing.assert_allclose(onnx.run(batch)["logits"], head, rtol=1e-4, atol=1e-4)
+    # the cut network's features are what its last dense layer reads (fc7 is gone), an ONNX output too
+    assert graph["feature_blob"] == "probe_relu1"
+    with open_engine("onnx", out / "model", ["logits", "probe_relu1"], device="cpu") as onnx:
+        got = onnx.run(batch)
+        np.testing.assert_allclose(got["logits"], head, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got["probe_relu1"], np.maximum(pool5 @ w1.T + b1, 0), rtol=1e-4, atol=1e-4)
     assert r["top1"] == pytest.approx(np.mean(np.argmax(head, 1) == [DATA_CATEGORIES.index(c) for _, c in val]))
     result = CliRunner().invoke(main, ["verify", str(out / "model"), "--random", "2"])
     assert result.exit_code == 0, result.output

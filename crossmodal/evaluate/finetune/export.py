@@ -1,6 +1,6 @@
 """The trained weights as model folders: the base IR with every layer's tensors taken from the trained
-module (one modality's tower for a tower run), the new head and its labels, written through the convert
-pipeline (IR + ONNX + Keras, ``--to torch`` too), so ``baseline``, ``retrieval``, ``probe``, ``explain``,
+module (one modality's tower for a tower run), the new head and its labels; the job writes it through
+the convert pipeline (IR + ONNX + Keras, ``--to torch`` too; :func:`~crossmodal.evaluate.probe.model.write_adjusted_model`), so ``baseline``, ``retrieval``, ``probe``, ``explain``,
 ``predict`` and ``verify`` read them like any converted model.
 
 Pure part: :func:`trained_ir` (IR + module → IR). Frozen layers keep the base's arrays (bit for bit:
@@ -9,9 +9,6 @@ they are the same arrays), batch-norm layers that trained get their new running 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -79,23 +76,3 @@ def trained_ir(base: IRModel, net, *, classes: Sequence[str] | None, ident: dict
 def _is_trained_bn(layer: Layer, i: int, net) -> bool:
     """A tower's layers are trained even when the network's current stage is the head only."""
     return bool(net.tower_names) and net.tower_lo <= i < net.shared_from
-
-
-def write_model(model: IRModel, out_dir: Path, targets: Sequence[str], *, on_step=None) -> list[dict]:
-    """``model`` as a model folder in ``out_dir`` through the convert pipeline (``targets`` of ir,
-    onnx, keras, torch); returns its artifacts. The feature blobs (fc7, fc6) stay ONNX outputs."""
-    from crossmodal.convert.pipeline import convert
-    from crossmodal.evaluate.probe.model import ONNX_FEATURES
-    from crossmodal.ir.store import save_ir
-
-    out_dir = Path(out_dir)
-    staging = out_dir.parent / f".{out_dir.name}-ir-{os.getpid()}"
-    staging.mkdir(parents=True, exist_ok=True)
-    try:
-        save_ir(model, staging)
-        extra = list(dict.fromkeys([model.graph.feature_blob] + [b for b in ONNX_FEATURES if b in model.graph.blobs]))
-        result = convert(staging, out_dir, targets=list(targets), onnx_outputs=extra if "onnx" in targets else None,
-                         on_step=on_step)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [dataclasses.asdict(a) for a in result.artifacts]

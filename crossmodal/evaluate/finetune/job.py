@@ -123,7 +123,8 @@ def assemble(ctx: Context, outcome, *, started_s: float, search: dict | None) ->
 
 def export_models(ctx: Context, outcome, stage: Path, s: Settings, log) -> dict:
     """The model folder(s) into ``stage``: ``model/`` or, for towers, ``model-<modality>/`` each."""
-    from crossmodal.evaluate.finetune.export import trained_ir, write_model
+    from crossmodal.evaluate.finetune.export import trained_ir
+    from crossmodal.evaluate.probe.model import write_adjusted_model
     ident = {"kind": "finetune", "modalities": ctx.data.modalities, "train_from": s.train_from, "head": s.head,
              "towers": s.towers, "epoch": outcome.chosen.get("epoch")}
     notes = ["fine-tuning settings: " + ", ".join(f"{k}={v}" for k, v in s.to_dict().items()),
@@ -137,7 +138,7 @@ def export_models(ctx: Context, outcome, stage: Path, s: Settings, log) -> dict:
         log(f"exporting {folder}/ ({', '.join(s.to)})")
         model = trained_ir(ctx.ir, outcome.net, classes=classes, ident=ident, notes=notes, tower=tower,
                            base_dir=str(ctx.model_dir), fingerprint=ctx.fingerprint)
-        arts = write_model(model, stage / folder, s.to, on_step=None)
+        arts = write_adjusted_model(model, stage / folder, s.to)
         out[tower or "all"] = {"dir": str(ctx.out_dir / folder), "modality": tower,
                                "weights": identity.describe(model.graph),
                                "artifacts": [{**a, "path": str(ctx.out_dir / folder / Path(a["path"]).name)}

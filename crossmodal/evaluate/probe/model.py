@@ -95,6 +95,7 @@ def adjusted_model(base: IRModel, feature: str, head: Head, class_names: Sequenc
             layers.append(l)
         blobs = dict(g.blobs)
         outputs = list(g.outputs)
+        feature_blob = g.feature_blob
     else:
         keep = g.layers[:names.index(feat_layer) + 1]
         dropped = g.layers[len(keep):]
@@ -109,6 +110,7 @@ def adjusted_model(base: IRModel, feature: str, head: Head, class_names: Sequenc
             src = name
         dense_names = ["probe_fc"] if len(head.layers) == 1 else [f"probe_fc{i + 1}" for i in range(len(head.layers))]
         for i, ((w, b), name) in enumerate(zip(head.layers, dense_names)):
+            feature_blob = src  # what the last dense layer reads: the cut network's features
             layer, arrays = _dense(name, src, w, b)
             layers.append(layer)
             weights.update(arrays)
@@ -138,15 +140,17 @@ def adjusted_model(base: IRModel, feature: str, head: Head, class_names: Sequenc
                   f"layers after {feat_layer} dropped ({', '.join(n for n in names[names.index(feat_layer) + 1:])})"),
                "probe settings: " + ", ".join(f"{k}={v}" for k, v in provenance.items())])
     graph = dataclasses.replace(
-        g, name=f"{g.name}-probe", layers=layers, outputs=outputs, blobs=blobs,
+        g, name=f"{g.name}-probe", layers=layers, outputs=outputs, blobs=blobs, feature_blob=feature_blob,
         labels=Labels(list(class_names), None, "crossmodal probe: the data set's categories"),
         provenance=prov, tensors=dict(g.tensors))
     return IRModel(graph, weights)
 
 
-def write_adjusted_model(model: IRModel, out_dir: Path, *, on_step=None) -> list[dict]:
-    """Write ``model`` as a model folder (IR + ONNX + Keras) in ``out_dir`` through the convert
-    pipeline; returns its artifacts (kind, path, bytes, sha256)."""
+def write_adjusted_model(model: IRModel, out_dir: Path, targets: Sequence[str] = ("ir", "onnx", "keras"), *,
+                         on_step=None) -> list[dict]:
+    """Write ``model`` as a model folder in ``out_dir`` through the convert pipeline (``targets`` of
+    ir, onnx, keras, torch); returns its artifacts (kind, path, bytes, sha256). The ONNX model also
+    outputs the feature blob and whichever of fc7 / fc6 survive."""
     import os
 
     from crossmodal.ir.store import save_ir
@@ -157,8 +161,9 @@ def write_adjusted_model(model: IRModel, out_dir: Path, *, on_step=None) -> list
     staging.mkdir(parents=True, exist_ok=True)
     try:
         save_ir(model, staging)
-        extra = [b for b in ONNX_FEATURES if b in model.graph.blobs]
-        result = convert(staging, out_dir, onnx_outputs=extra, on_step=on_step)
+        extra = list(dict.fromkeys([model.graph.feature_blob] + [b for b in ONNX_FEATURES if b in model.graph.blobs]))
+        result = convert(staging, out_dir, targets=list(targets), onnx_outputs=extra if "onnx" in targets else None,
+                         on_step=on_step)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [dataclasses.asdict(a) for a in result.artifacts]
