@@ -1,10 +1,11 @@
 """A ``.caffemodel``'s blobs matched to a read prototxt (:class:`~crossmodal.readers.from_caffe.CaffeNet`)
 by layer name: counts and shapes checked (the legacy 4-D padding with 1s allowed), BatchNorm's
-statistics divided by their scale-factor blob, every tensor a view of the file's one buffer.
+statistics divided by their scale-factor blob, every tensor a view of the file's read-only map.
 """
 from __future__ import annotations
 
 import hashlib
+import mmap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,22 +19,21 @@ if TYPE_CHECKING:  # the reader imports this module
     from crossmodal.readers.from_caffe import CaffeNet
 
 
-def read_file_sha256(path: Path, chunk: int = 1 << 24) -> tuple[bytearray, str]:
-    """The whole file in one writable buffer (weights become views of it) and its SHA-256."""
+def map_file_sha256(path: Path, chunk: int = 1 << 24) -> tuple[mmap.mmap | bytes, str]:
+    """The whole file as a read-only map (weights become views of it, so a conversion can give its
+    pages back between uses: :func:`~crossmodal.io.mapped.release_pages`) and its SHA-256."""
     size = path.stat().st_size
-    buf, digest = bytearray(size), hashlib.sha256()
-    view, pos = memoryview(buf), 0
+    if size == 0:
+        return b"", hashlib.sha256().hexdigest()
     with open(path, "rb") as f:
-        while pos < size:
-            n = f.readinto(view[pos:pos + chunk])
-            if not n:
-                break
-            digest.update(view[pos:pos + n])
-            pos += n
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    digest, view = hashlib.sha256(), memoryview(mm)
+    for pos in range(0, len(mm), chunk):
+        digest.update(view[pos:pos + chunk])
     view.release()
-    if pos != size:
-        raise InputError(f"file shrank while being read ({pos} of {size} bytes)", path)
-    return buf, digest.hexdigest()
+    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)  # hashed: the pages come back from the page cache when decoded
+    return mm, digest.hexdigest()
 
 
 def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -63,7 +63,7 @@ def load_weights(net: CaffeNet, caffemodel: Path, prototxt_name: str) -> tuple[d
     """
     if not caffemodel.is_file():
         raise InputError("no such file", caffemodel)
-    buf, sha = read_file_sha256(caffemodel)
+    buf, sha = map_file_sha256(caffemodel)
     try:
         decoded, encoding = caffe_wire.decode_caffemodel(buf)
     except caffe_wire.WireError as exc:
