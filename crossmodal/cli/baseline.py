@@ -7,20 +7,16 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
-    batch_size_option,
     csv_list,
-    device_option,
+    data_options,
     echo_json,
+    engine_options,
     fast_decode_option,
     handle_errors,
     json_option,
     label_map_option,
     locks_output,
-    precision_option,
     step_printer,
-    threads_option,
-    trt_option,
-    workers_option,
 )
 
 
@@ -30,23 +26,12 @@ from crossmodal.cli.options import (
 @click.option("--modality", required=True,
               help="natural, clipart, sketch (or a modality of the config); several comma-separated "
                    "run one after the other and add a comparison table and chart.")
-@click.option("--data-root", type=click.Path(path_type=Path),
-              help="Folder with one sub-folder per modality (<root>/<modality>/).")
-@click.option("--config", type=click.Path(path_type=Path),
-              help="crossmodal.toml with [modalities.*] entries (default ./crossmodal.toml when present).")
-@click.option("--split", default="val", show_default=True, help="Which list of the config / convention to use.")
+@data_options()
 @click.option("--images", type=click.Path(path_type=Path), help="Images root of a single modality.")
 @click.option("--list", "list_file", type=click.Path(path_type=Path),
               help="List file of 'path label' lines (label-list layout; needs --categories).")
 @click.option("--categories", type=click.Path(path_type=Path), help="Categories file ('name index' lines).")
-@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
-              help="onnx: ONNX Runtime (CUDA with I/O binding on a GPU); keras: TensorFlow; torch: PyTorch.")
-@device_option()
-@precision_option
-@trt_option
-@batch_size_option(32)
-@workers_option
-@threads_option
+@engine_options(32)
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Evaluate at most N images per modality, evenly spaced over the list (a quick look).")
 @label_map_option

@@ -10,6 +10,7 @@ import click
 
 from crossmodal.cli.options import (
     csv_list,
+    data_options,
     device_option,
     echo_json,
     handle_errors,
@@ -36,8 +37,8 @@ class Bars:
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="A converted model folder (model.json + weights.h5).")
 @click.option("--modality", required=True, help="Modality to train on; several comma-separated (clipart,sketch).")
-@click.option("--data-root", type=click.Path(path_type=Path), help="<root>/<modality>/{categories,train,val}.txt")
-@click.option("--config", type=click.Path(path_type=Path), help="crossmodal.toml with [modalities.*] entries.")
+@data_options(split=False, root_help="Folder with one sub-folder per modality, each with categories.txt, "
+                                     "train.txt and val.txt.")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--val-split", default="val", show_default=True)
 @click.option("--balance", type=click.Choice(["modality", "none"]), default="modality", show_default=True,

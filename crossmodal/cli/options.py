@@ -177,6 +177,48 @@ def trt_option(fn: Callable) -> Callable:
              "engines cached in the cache folder (trt/); the first run builds them (minutes).")(fn)
 
 
+def _stack(*decorators: Callable) -> Callable[[Callable], Callable]:
+    """Apply ``decorators`` so that ``--help`` lists their options in the order given."""
+    def apply(fn: Callable) -> Callable:
+        for decorate in reversed(decorators):
+            fn = decorate(fn)
+        return fn
+    return apply
+
+
+DATA_ROOT_HELP = "Folder with one sub-folder per modality (<root>/<modality>/)."
+
+
+def data_options(split: bool = True, root_help: str = DATA_ROOT_HELP) -> Callable[[Callable], Callable]:
+    """``--data-root``, ``--config`` and (``split``) ``--split``: where a command finds its modalities."""
+    from pathlib import Path
+    options = [click.option("--data-root", type=click.Path(path_type=Path), help=root_help),
+               click.option("--config", type=click.Path(path_type=Path),
+                            help="crossmodal.toml with [modalities.*] entries (default ./crossmodal.toml when present).")]
+    if split:
+        options.append(click.option("--split", default="val", show_default=True,
+                                    help="Which list of the config / convention to use."))
+    return _stack(*options)
+
+
+BACKEND_HELP = "onnx: ONNX Runtime (CUDA with I/O binding on a GPU); keras: TensorFlow; torch: PyTorch."
+
+
+def engine_options(batch_size: int = 32, *, backend_help: str = BACKEND_HELP, device_help: str | None = None,
+                   precision: bool = True, trt: bool = True, workers: bool = True) -> Callable[[Callable], Callable]:
+    """``--backend``, ``--device``, (``--precision``, ``--trt``,) ``--batch-size``, (``--workers``,)
+    ``--threads``: how a command runs the network over its images."""
+    options = [click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx",
+                            show_default=True, help=backend_help),
+               device_option(help=device_help) if device_help else device_option()]
+    options += [precision_option] if precision else []
+    options += [trt_option] if trt else []
+    options += [batch_size_option(batch_size)]
+    options += [workers_option] if workers else []
+    options += [threads_option]
+    return _stack(*options)
+
+
 def source_preprocess_options(fn: Callable) -> Callable:
     """``--mean``, ``--std``, ``--scale``, ``--channel-order``, ``--resize`` and ``--feature-layer``:
     what a source that carries no preprocessing (ONNX, Keras) needs; read them with

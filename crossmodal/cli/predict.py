@@ -7,14 +7,12 @@ import click
 
 from crossmodal.cli.explain import Progress
 from crossmodal.cli.options import (
-    batch_size_option,
-    device_option,
     echo_json,
+    engine_options,
     fast_decode_option,
     handle_errors,
     json_option,
     locks_output,
-    threads_option,
 )
 
 
@@ -32,10 +30,7 @@ from crossmodal.cli.options import (
                                            "(explain's default method and files) into --out.")
 @click.option("--out", "cam_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predict-cam"),
               show_default=True, help="Folder for --cam: cams.npz, overlays/, explain.md.")
-@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True)
-@device_option()
-@batch_size_option(32)
-@threads_option
+@engine_options(32, precision=False, trt=False, workers=False)
 @fast_decode_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option

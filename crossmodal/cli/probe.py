@@ -8,16 +8,14 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
-    batch_size_option,
-    device_option,
+    data_options,
     echo_json,
+    engine_options,
     fast_decode_option,
     handle_errors,
     json_option,
     locks_output,
     step_printer,
-    threads_option,
-    workers_option,
 )
 
 
@@ -28,11 +26,8 @@ from crossmodal.cli.options import (
 @click.option("--train-modality", help="Train on this modality's features instead (cross-modal transfer).")
 @click.option("--all", "all_pairs", is_flag=True,
               help="The whole train × test grid over the modalities present (transfer.png).")
-@click.option("--data-root", type=click.Path(path_type=Path),
-              help="Folder with one sub-folder per modality (<root>/<modality>/ with train.txt, val.txt, "
-                   "categories.txt).")
-@click.option("--config", type=click.Path(path_type=Path),
-              help="crossmodal.toml with [modalities.*] entries (default ./crossmodal.toml when present).")
+@data_options(split=False, root_help="Folder with one sub-folder per modality (<root>/<modality>/ with train.txt, "
+                                     "val.txt, categories.txt).")
 @click.option("--train-split", default="train", show_default=True, help="The list the classifier is trained on.")
 @click.option("--test-split", default="val", show_default=True, help="The list it is scored on.")
 @click.option("--layer", default=None,
@@ -50,12 +45,8 @@ from crossmodal.cli.options import (
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
               help="Draws per few-shot point (mean ± std).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and draws.")
-@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
-              help="Used only for features not yet in the cache.")
-@device_option(help="auto, cpu, cuda or cuda:N: feature extraction and the classifier's fit.")
-@batch_size_option(32)
-@workers_option
-@threads_option
+@engine_options(32, backend_help="Used only for features not yet in the cache.", precision=False, trt=False,
+                device_help="auto, cpu, cuda or cuda:N: feature extraction and the classifier's fit.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache folder, shared with baseline and retrieval "
                    "[default: $CROSSMODAL_CACHE, else <out>/cache].")

@@ -7,18 +7,14 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
-    batch_size_option,
-    device_option,
+    data_options,
     echo_json,
+    engine_options,
     fast_decode_option,
     handle_errors,
     json_option,
     locks_output,
-    precision_option,
     step_printer,
-    threads_option,
-    trt_option,
-    workers_option,
 )
 
 
@@ -39,19 +35,8 @@ from crossmodal.cli.options import (
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
 @click.option("-k", "--k", "k", type=click.IntRange(1), default=10, show_default=True,
               help="Cut-off of P@k and R@k (the papers report P@10).")
-@click.option("--data-root", type=click.Path(path_type=Path),
-              help="Folder with one sub-folder per modality (<root>/<modality>/).")
-@click.option("--config", type=click.Path(path_type=Path),
-              help="crossmodal.toml with [modalities.*] entries (default ./crossmodal.toml when present).")
-@click.option("--split", default="val", show_default=True, help="Which list of the config / convention to use.")
-@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
-              help="Used only for features not yet in the cache.")
-@device_option()
-@precision_option
-@trt_option
-@batch_size_option(32)
-@workers_option
-@threads_option
+@data_options()
+@engine_options(32, backend_help="Used only for features not yet in the cache.")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="At most N images per modality, evenly spaced over the list (as in baseline).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),

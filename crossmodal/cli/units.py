@@ -7,17 +7,14 @@ import click
 
 from crossmodal.cli.options import (
     ProgressBars,
-    batch_size_option,
-    device_option,
+    data_options,
     echo_json,
+    engine_options,
     fast_decode_option,
     handle_errors,
     json_option,
     locks_output,
-    precision_option,
     step_printer,
-    threads_option,
-    workers_option,
 )
 
 
@@ -25,9 +22,7 @@ from crossmodal.cli.options import (
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="A converted model folder (model.json + weights.h5, model.onnx / model.keras).")
 @click.option("--modality", required=True, help="natural, clipart, sketch (comma-separated: one row each).")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Folder with one sub-folder per modality.")
-@click.option("--config", type=click.Path(path_type=Path), help="crossmodal.toml with [modalities.*] entries.")
-@click.option("--split", default="val", show_default=True, help="Which list of the config / convention to use.")
+@data_options()
 @click.option("--images", type=click.Path(path_type=Path), help="Images root of a single modality.")
 @click.option("--list", "list_file", type=click.Path(path_type=Path), help="List file of 'path label' lines.")
 @click.option("--categories", type=click.Path(path_type=Path), help="Categories file ('name index' lines).")
@@ -56,13 +51,7 @@ from crossmodal.cli.options import (
 @click.option("--against", type=click.Path(path_type=Path), default=None,
               help="An earlier units run (folder or units.json): its summary beside this one (e.g. the "
                    "unadjusted network against a fine-tuned one).")
-@click.option("--backend", type=click.Choice(["onnx", "keras", "torch"]), default="onnx", show_default=True,
-              help="Engine of the pass (maximisation always runs on the torch module).")
-@device_option()
-@precision_option
-@batch_size_option(32)
-@workers_option
-@threads_option
+@engine_options(32, backend_help="Engine of the pass (maximisation always runs on the torch module).", trt=False)
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="At most N images per modality, evenly spaced over the list (a quick look).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
