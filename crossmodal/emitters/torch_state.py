@@ -10,11 +10,11 @@ IR's, bit for bit (float32); the file is a plain ``torch.save`` zip readable wit
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from crossmodal.io.atomic import atomic_path
 from crossmodal.ir.graph import IRModel
 
 
@@ -41,10 +41,6 @@ def save_torch_state(model: IRModel, path: Path) -> Path:
 
     path = Path(path)
     state = torchvision_state_dict(model)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -11,10 +11,10 @@ without improvement, epoch-0 and baseline scores, images that failed to decode).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from crossmodal.errors import InputError
+from crossmodal.io.atomic import atomic_path
 
 FORMAT = "crossmodal-finetune-checkpoint"
 LAST, BEST = "last.pt", "best.pt"
@@ -28,13 +28,8 @@ def save(path: Path, data: dict) -> Path:
     """``torch.save`` to a temporary sibling, then rename (a reader never sees half a file)."""
     import torch
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
