@@ -302,6 +302,16 @@ def open_cache(path: Path, *, key: str, layers: Sequence[str], dataset: Dataset,
     return _create_cache(path, key=key, layers=layers, dataset=dataset, **create)
 
 
+def record_backend(f, run) -> dict:
+    """Add ``run.describe()`` (engine, providers, precision) to the open cache ``f``'s ``backends``
+    attribute, once; returns it."""
+    described = run.describe()
+    backends = json.loads(f.attrs["backends"])
+    if described not in backends:
+        f.attrs["backends"] = json.dumps(backends + [described])
+    return described
+
+
 def read_cache(f, layers: Sequence[str]) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     status = f["status"][()]
     reasons = [r.decode() if isinstance(r, bytes) else str(r) for r in f["reason"][()]]

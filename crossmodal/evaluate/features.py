@@ -39,7 +39,7 @@ from crossmodal.data.datasets import Dataset
 from crossmodal.data.images import load_batch
 from crossmodal.evaluate.feature_cache import (
     FAILED, OK, cache_key, cache_lock, cache_name, default_cache_dir, find_cache, model_fingerprint, open_cache,
-    read_cache, read_mean_image,
+    read_cache, read_mean_image, record_backend,
 )
 
 
@@ -178,10 +178,7 @@ def extract_features(model_dir: str | os.PathLike, dataset: Dataset, backend="on
                 missing = [l for l in stored_layers if l not in run.layers]
                 if missing:
                     raise InputError(f"the backend does not return {missing} (it returns {list(run.layers)})")
-                described = run.describe()
-                backends = json.loads(f.attrs["backends"])
-                if described not in backends:
-                    f.attrs["backends"] = json.dumps(backends + [described])
+                described = record_backend(f, run)
                 computed, pass_seconds = _fill(f, run, paths, graph, mean_image, stored_layers, done,
                                                int(f.attrs["batch_size"]), workers, draft, on_batch)
             status, reasons, arrays = read_cache(f, layers if read is None else read)

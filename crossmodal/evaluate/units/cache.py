@@ -22,7 +22,6 @@ held from opening to the last read. :func:`read_top` then streams the rows in bl
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,9 @@ import numpy as np
 
 from crossmodal.data.datasets import Dataset
 from crossmodal.errors import InputError
-from crossmodal.evaluate.feature_cache import FAILED, OK, PENDING, cache_key, cache_lock, model_fingerprint
+from crossmodal.evaluate.feature_cache import (
+    FAILED, OK, PENDING, cache_key, cache_lock, model_fingerprint, record_backend,
+)
 from crossmodal.evaluate.features import prefetched_batches
 from crossmodal.evaluate.units.topk import TopK, unit_max
 
@@ -127,10 +128,7 @@ def run_pass(model_dir: Path, graph, dataset: Dataset, layer: str, shape: tuple[
                 on_start(done, n)
             if done < n:
                 run = engine()
-                described = run.describe()
-                backends = json.loads(f.attrs["backends"])
-                if described not in backends:
-                    f.attrs["backends"] = json.dumps(backends + [described])
+                described = record_backend(f, run)
                 computed, seconds = _fill(f, run, paths, graph, mean_image, layer, done,
                                           int(f.attrs["batch_size"]), workers, draft, on_batch)
             status = f["status"][()]
