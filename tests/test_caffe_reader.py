@@ -636,7 +636,7 @@ def test_full_vgg16_caffemodel_converts_and_matches_pytorch(full, tmp_path):
     spec = create_spec("vgg16_places365")
     net = build_torch_module(spec).eval()
     keys = torchvision_keys(spec)
-    net.load_state_dict({keys[k]: torch.from_numpy(v) for k, v in model.weights.items() if k in keys})
+    net.load_state_dict({keys[k]: torch.from_numpy(np.array(v)) for k, v in model.weights.items() if k in keys})
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     del net
