@@ -480,6 +480,28 @@ def test_missing_and_truncated_caffemodels_are_input_errors(tiny, tmp_path):
         read_caffe(proto, cut)
 
 
+def test_a_caffemodel_that_changes_while_it_is_read_is_refused(tiny, tmp_path, monkeypatch):
+    """The weights are views of the mapped file and its hash was taken first: a file rewritten
+    meanwhile (a download still running) would give weights the recorded hash does not describe."""
+    import os
+    import shutil
+
+    from crossmodal.readers import caffe_wire
+    proto, caffemodel, _ = tiny["layer"]
+    growing = shutil.copy(caffemodel, tmp_path / "growing.caffemodel")
+    decode = caffe_wire.decode_caffemodel
+
+    def decode_while_written(buf):
+        out = decode(buf)
+        with open(growing, "ab") as f:  # as a download appends its next chunk
+            f.write(b"\0" * 16)
+        os.utime(growing, ns=(0, 0))
+        return out
+    monkeypatch.setattr(caffe_wire, "decode_caffemodel", decode_while_written)
+    with pytest.raises(InputError, match="changed while it was being read"):
+        read_caffe(proto, growing)
+
+
 @pytest.mark.parametrize("case", ["truncated", "unsupported-by-keras"])
 def test_failed_convert_leaves_no_files(tiny, tmp_path, case):
     from crossmodal.convert.pipeline import convert

@@ -3,6 +3,7 @@ one line naming the other run), and the folder ends holding exactly one run's fi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -67,14 +68,43 @@ def _hold_raw(folder: Path, then, after_s: float = 0.3):
 def test_a_run_arriving_before_the_holder_describes_itself_still_names_it(tmp_path):
     out = tmp_path / "out"
     info = lock_paths(out)[1]
-    record = {"command": "crossmodal convert", "pid": 4242, "started_utc": "2026-12-03T08:00:00+00:00"}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a killed run's description, left behind: not the holder
+    info.write_text(json.dumps({"command": "crossmodal baseline", "pid": dead.pid,
+                                "started_utc": "2026-12-02T08:00:00+00:00"}))
+    record = {"command": "crossmodal convert", "pid": os.getpid(), "started_utc": "2026-12-03T08:00:00+00:00"}
     timer = _hold_raw(out, lambda lock: info.write_text(json.dumps(record)))
     try:
-        with pytest.raises(InputError, match=r"another run is writing to this folder: `crossmodal convert` \(pid 4242"):
+        with pytest.raises(InputError, match=rf"another run is writing to this folder: `crossmodal convert` "
+                                             rf"\(pid {os.getpid()}"):
             with output_lock(out, "convert"):
                 pass
     finally:
         timer.join()
+
+
+def test_a_lock_taken_on_a_file_a_finishing_run_removed_is_taken_again_on_the_new_file(tmp_path):
+    from filelock import FileLock
+
+    from crossmodal.io.locks import _locks_the_file_at
+    out = tmp_path / "made" / "out"
+    lock_file = lock_paths(out)[0]
+    lock_file.parent.mkdir(parents=True)
+    stale = FileLock(str(lock_file))
+    stale.acquire(timeout=0)
+    lock_file.unlink()  # as a finishing run removes the lock file of folders it made
+    assert not _locks_the_file_at(stale, lock_file)
+    stale.release()
+
+    def finish(lock):  # remove the file while holding it, then let go: as output_lock does
+        lock_file.unlink()
+        lock.release()
+    timer = _hold_raw(out, finish)
+    with output_lock(out, "convert"):
+        assert lock_file.is_file()  # locked again, on the file at the path
+        assert json.loads(lock_paths(out)[1].read_text())["command"] == "crossmodal convert"
+    timer.join()
+    assert not list(lock_file.parent.glob("*.tmp"))
 
 
 def test_a_run_arriving_while_the_holder_finishes_takes_the_folder(tmp_path):

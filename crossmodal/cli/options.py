@@ -194,7 +194,8 @@ def data_options(split: bool = True, root_help: str = DATA_ROOT_HELP) -> Callabl
     from pathlib import Path
     options = [click.option("--data-root", type=click.Path(path_type=Path), help=root_help),
                click.option("--config", type=click.Path(path_type=Path),
-                            help="crossmodal.toml with [modalities.*] entries (default ./crossmodal.toml when present).")]
+                            help="crossmodal.toml with [modalities.*] entries "
+                                 "(default ./crossmodal.toml when present).")]
     if split:
         options.append(click.option("--split", default="val", show_default=True,
                                     help="Which list of the config / convention to use."))

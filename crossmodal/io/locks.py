@@ -50,13 +50,40 @@ def lock_paths(folder: str | os.PathLike, central: bool = False) -> tuple[Path, 
             folder.with_name(f".{folder.name}.crossmodal-run.json"))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):  # someone else's process, or a pid we cannot ask about
+        return True
+    return True
+
+
 def _holder(info: Path) -> str | None:
-    """The run described in ``info``, or None while there is no complete description."""
+    """The run described in ``info``, or None while there is no complete description of a live
+    process (a killed run leaves its description behind; its successor overwrites it)."""
     try:
         data = json.loads(info.read_text())
+        if not _alive(int(data["pid"])):
+            return None
         return f"`{data['command']}` (pid {data['pid']}, started {data['started_utc']} UTC)"
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _locks_the_file_at(lock, path: Path) -> bool:
+    """Whether the file ``lock`` holds is still the one at ``path``: a finishing run that made the
+    folders for its lock removes the lock file again, and a run that locked it just before then
+    must lock the new one instead. True where filelock does not tell its descriptor."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    if not isinstance(fd, int):
+        return True
+    try:
+        held, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 _SETTLE_S = 2.0  # how long a refused run waits for the holder's description (or its release)
@@ -67,14 +94,24 @@ def _acquire_or_name_holder(lock, info: Path, folder: Path) -> None:
 
     The holder writes its description just after taking the lock and removes it just before
     releasing it; a run that arrives in either gap finds the lock held and no description. It then
-    tries again for up to :data:`_SETTLE_S`: the description appears, or the lock comes free."""
+    tries again for up to :data:`_SETTLE_S`: the description appears, or the lock comes free. A run
+    that made the folders for its lock removes the file (and folders) as it finishes; a lock taken on
+    the removed file is let go and taken again on the file now at the path."""
     from filelock import Timeout
 
     deadline = time.monotonic() + _SETTLE_S
     while True:
         try:
+            Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
-            return
+            if _locks_the_file_at(lock, Path(lock.lock_file)):
+                return
+            lock.release()  # a deleted file: lock the one at the path now
+            if time.monotonic() >= deadline:
+                raise InputError("another run keeps replacing this folder's lock file; try again", folder)
+        except FileNotFoundError:  # a finishing run removed the folders it made between our mkdir and open
+            if time.monotonic() >= deadline:
+                raise
         except Timeout:
             holder = _holder(info)
             if holder is not None or time.monotonic() >= deadline:
@@ -101,18 +138,22 @@ def output_lock(folder: str | os.PathLike, command: str, *, central: bool = Fals
     try:
         record = {"command": f"crossmodal {command}", "argv": list(sys.argv), "pid": os.getpid(),
                   "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        partial = info.with_name(info.name + f".{os.getpid()}.tmp")
         try:  # whole or not at all: a run refused meanwhile reads it
-            partial = info.with_name(info.name + f".{os.getpid()}.tmp")
             partial.write_text(json.dumps(record))
             os.replace(partial, info)
         except OSError:  # the description is a courtesy; the lock is what counts
             pass
+        finally:
+            partial.unlink(missing_ok=True)
         yield
     finally:
         info.unlink(missing_ok=True)
+        alone = bool(created) and not central and set(lock_file.parent.iterdir()) == {lock_file}
+        if alone:  # the folders were made for the lock alone: remove the file while still holding it, so a
+            lock_file.unlink(missing_ok=True)  # run that locks it after the release sees it is gone
         lock.release()
-        if created and not central and set(lock_file.parent.iterdir()) == {lock_file}:  # made for the lock alone
-            lock_file.unlink(missing_ok=True)
+        if alone:
             for parent in created:
                 try:
                     parent.rmdir()

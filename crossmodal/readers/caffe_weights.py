@@ -21,7 +21,11 @@ if TYPE_CHECKING:  # the reader imports this module
 
 def map_file_sha256(path: Path, chunk: int = 1 << 24) -> tuple[mmap.mmap | bytes, str]:
     """The whole file as a read-only map (weights become views of it, so a conversion can give its
-    pages back between uses: :func:`~crossmodal.io.mapped.release_pages`) and its SHA-256."""
+    pages back between uses: :func:`~crossmodal.io.mapped.release_pages`) and its SHA-256.
+
+    As for a mapped PyTorch checkpoint, the file must stay as it is while the conversion runs
+    (:func:`load_weights` refuses one whose size or time changed while it was read; one cut short
+    under a running conversion ends it with SIGBUS, as any mapped file would)."""
     size = path.stat().st_size
     if size == 0:
         return b"", hashlib.sha256().hexdigest()
@@ -63,11 +67,16 @@ def load_weights(net: CaffeNet, caffemodel: Path, prototxt_name: str) -> tuple[d
     """
     if not caffemodel.is_file():
         raise InputError("no such file", caffemodel)
+    before = caffemodel.stat()
     buf, sha = map_file_sha256(caffemodel)
     try:
         decoded, encoding = caffe_wire.decode_caffemodel(buf)
     except caffe_wire.WireError as exc:
         raise InputError(f"not a readable caffemodel, truncated or corrupt ({exc})", caffemodel) from None
+    after = caffemodel.stat()
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):  # the hash may not be these bytes
+        raise InputError("the file changed while it was being read (a download still running?); convert it "
+                         "again once it is complete", caffemodel)
     by_name: dict[str, list[np.ndarray]] = {}
     for layer, arrays in decoded:
         by_name.setdefault(layer.name, arrays)
