@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from crossmodal.errors import CrossmodalError
+from crossmodal.errors import CrossmodalError, InputError
 
 #: Files moved into place last (the machine-readable summaries readers look for first).
 LAST = ("metrics.json", "retrieval.json", "comparison.json", "explain.json", "explain.md", "probe.md",
@@ -27,6 +27,25 @@ LAST = ("metrics.json", "retrieval.json", "comparison.json", "explain.json", "ex
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_run_report(path: str | os.PathLike, filename: str, command: str, fmt: str,
+                    option: str = "--against") -> tuple[Path, dict]:
+    """An earlier run's JSON report, for ``option``: ``path`` is the file or the run folder that holds
+    ``filename``; it must be a JSON object of format ``fmt``. Returns (the file, its data); anything
+    else is an :class:`InputError` naming the file."""
+    path = Path(path)
+    file = path / filename if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{option}: no {filename} here (give an earlier `crossmodal {command}` output)",
+                         file) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{option}: cannot read {filename} ({exc})", file) from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise InputError(f"{option}: not a {filename} of `crossmodal {command}`", file)
+    return file, data
 
 
 #: ``<out>/.crossmodal-files.json``: per command, the files (relative paths) its last run wrote there.

@@ -8,7 +8,6 @@ run leaves those and no half-written model. Under torchrun every rank trains, ra
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from crossmodal.errors import InputError
 from crossmodal.evaluate.finetune import ddp
 from crossmodal.evaluate.finetune.prepare import Context, prepare
 from crossmodal.evaluate.finetune.settings import Settings
-from crossmodal.io.runs import staged, utc_now
+from crossmodal.io.runs import read_run_report, staged, utc_now
 from crossmodal.ir import identity
 from crossmodal.reports.runs import RunRecord
 
@@ -35,16 +34,7 @@ class FinetuneRun:
 
 def read_against(run: Path) -> dict:
     """Another fine-tuning run's ``finetune.json`` (``--against``), checked."""
-    path = Path(run) / "finetune.json" if Path(run).is_dir() else Path(run)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("--against: no finetune.json here (a finished crossmodal finetune run)", path) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--against: unreadable finetune.json ({exc})", path) from None
-    if data.get("format") != FORMAT:
-        raise InputError("--against: not a crossmodal finetune report", path)
-    return data
+    return read_run_report(run, "finetune.json", "finetune", FORMAT)[1]
 
 
 def compare(results: dict, other: dict, run: Path) -> dict:

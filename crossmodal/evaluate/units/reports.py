@@ -19,6 +19,7 @@ import numpy as np
 
 from crossmodal.errors import InputError
 from crossmodal.evaluate.units import gallery
+from crossmodal.io.runs import read_run_report
 from crossmodal.ir import identity
 from crossmodal.reports.text import decoding, decoding_lines, decoding_title, run_lines
 
@@ -27,15 +28,8 @@ FORMAT = "crossmodal-units"
 
 def read_against(path: Path) -> dict:
     """An earlier run's ``units.json`` (a file or its folder) → its summary block and identity."""
-    path = Path(path)
-    file = path / "units.json" if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise InputError("--against: no units.json here (give an earlier `crossmodal units` output)", file) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--against: cannot read it ({exc})", file) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or "summary" not in data:
+    file, data = read_run_report(path, "units.json", "units", FORMAT)
+    if "summary" not in data:
         raise InputError("--against: not a units.json of `crossmodal units`", file)
     return {"path": str(file), "layer": data.get("layer"), "summary": data["summary"],
             "weights": (data.get("weights") or {}).get("description"), "modalities": [m["name"] for m in
