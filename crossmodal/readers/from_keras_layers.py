@@ -172,6 +172,27 @@ def _conv_pads(node: Node, x: Value, kernel, strides, dilation) -> tuple[list[tu
     return [(p[0] + o[0], p[1] + o[1]) for p, o in zip(pad, own)], (x.shape[0], h - sum(pad[0]), w - sum(pad[1]))
 
 
+def _conv_window(b: KerasBuilder, node: Node, x: Value):
+    """A Conv2D's or DepthwiseConv2D's (kernel, strides, dilation, per-axis padding, unpadded input
+    shape, weight arrays)."""
+    cfg = node.cfg
+    kernel, strides = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
+    dilation = _pair(cfg.get("dilation_rate", 1))
+    pads, unpadded = _conv_pads(node, x, kernel, strides, dilation)
+    return kernel, strides, dilation, pads, unpadded, b.arrays_of(node, 2 if cfg.get("use_bias", True) else 1)
+
+
+def _conv_attrs(kernel, strides, dilation, pads, in_channels: int, out_channels: int, groups: int = 1) -> dict:
+    """The IR ``conv2d`` attributes; ``groups`` and ``dilation`` only where they are not 1."""
+    attrs = {"kernel": kernel, "stride": strides, **pad_attrs(pads), "in_channels": in_channels,
+             "out_channels": out_channels}
+    if groups != 1:
+        attrs["groups"] = groups
+    if dilation != (1, 1):
+        attrs["dilation"] = dilation
+    return attrs
+
+
 def pad_attrs(pads) -> dict:
     """IR ``pad`` (top, left) and, where it differs, ``pad_end`` (bottom, right) of per-axis
     (start, end) padding."""
@@ -189,17 +210,9 @@ def conv2d(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     x, cfg = xs[0], node.cfg
     if (why := _map_input(b, node, x)):
         return b.refuse(node, why, x)
-    kernel, strides = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
-    dilation, groups = _pair(cfg.get("dilation_rate", 1)), int(cfg.get("groups", 1))
-    pads, unpadded = _conv_pads(node, x, kernel, strides, dilation)
-    arrays = b.arrays_of(node, 2 if cfg.get("use_bias", True) else 1)
+    kernel, strides, dilation, pads, unpadded, arrays = _conv_window(b, node, x)
     weight = layouts.conv_hwio_to_oihw(arrays[0])
-    o, i = int(cfg["filters"]), unpadded[0]
-    attrs = {"kernel": kernel, "stride": strides, **pad_attrs(pads), "in_channels": i, "out_channels": o}
-    if groups != 1:
-        attrs["groups"] = groups
-    if dilation != (1, 1):
-        attrs["dilation"] = dilation
+    attrs = _conv_attrs(kernel, strides, dilation, pads, unpadded[0], int(cfg["filters"]), int(cfg.get("groups", 1)))
     tensors = {"weight": weight, **({"bias": arrays[1]} if len(arrays) == 2 else {})}
     out = b.add(node.name, "conv2d", [_source(x, unpadded)], attrs, tensors, keras=node.name)
     return _with_activation(b, node, out)
@@ -212,21 +225,15 @@ def depthwise(b: KerasBuilder, node: Node, xs: list[Value]) -> Value:
     x, cfg = xs[0], node.cfg
     if (why := _map_input(b, node, x)):
         return b.refuse(node, why, x)
-    kernel, strides = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
-    dilation, m = _pair(cfg.get("dilation_rate", 1)), int(cfg.get("depth_multiplier", 1))
-    pads, unpadded = _conv_pads(node, x, kernel, strides, dilation)
-    arrays = b.arrays_of(node, 2 if cfg.get("use_bias", True) else 1)
-    c = unpadded[0]
+    kernel, strides, dilation, pads, unpadded, arrays = _conv_window(b, node, x)
+    m, c = int(cfg.get("depth_multiplier", 1)), unpadded[0]
     bias = {"bias": arrays[1]} if len(arrays) == 2 else {}
     if kernel == (1, 1) and strides == (1, 1) and m == 1 and not any(a for a, _ in pads):
         out = b.add(node.name, "scale", [_source(x, unpadded)], {}, {"weight": arrays[0].reshape(c), **bias},
                     keras=node.name)
     else:
         weight = arrays[0].transpose(2, 3, 0, 1).reshape(c * m, 1, *kernel)   # (kh, kw, C, m) → (C·m, 1, kh, kw)
-        attrs = {"kernel": kernel, "stride": strides, **pad_attrs(pads), "in_channels": c,
-                 "out_channels": c * m, "groups": c}
-        if dilation != (1, 1):
-            attrs["dilation"] = dilation
+        attrs = _conv_attrs(kernel, strides, dilation, pads, c, c * m, groups=c)
         out = b.add(node.name, "conv2d", [_source(x, unpadded)], attrs, {"weight": weight, **bias}, keras=node.name)
     return _with_activation(b, node, out)
 
