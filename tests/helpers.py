@@ -62,3 +62,21 @@ def require_module(name: str, why: str = ""):
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """max|a − b| / max|b|."""
     return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def emitted_engine(engine: str, model, folder: Path, extra_outputs=("features",)):
+    """An engine on every layer of the in-memory IR ``model``: ``torch`` builds it directly, ``onnx`` and
+    ``keras`` from the emitter's file written into ``folder`` (``extra_outputs``: ONNX outputs besides
+    the logits)."""
+    from crossmodal.runtime.engine import ALL, open_engine
+    if engine == "torch":
+        return open_engine("torch", model, ALL, device="cpu")
+    if engine == "onnx":
+        from crossmodal.emitters.onnx_file import save_onnx
+        from crossmodal.emitters.to_onnx import build_onnx
+        save_onnx(build_onnx(model, extra_outputs=list(extra_outputs)), folder / "model.onnx")
+    else:
+        from crossmodal.emitters.keras_weights import save_keras
+        from crossmodal.emitters.to_keras import build_keras
+        save_keras(build_keras(model)[0], folder / "model.keras")
+    return open_engine(engine, folder, ALL, graph=model.graph, device="cpu")

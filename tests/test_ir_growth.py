@@ -16,6 +16,7 @@ from crossmodal.ir.graph import FORMAT_VERSION, Graph, InputSpec, IRModel, Layer
 from crossmodal.ir.kinds import infer_shapes
 from crossmodal.ir.preprocess import Preprocess
 from crossmodal.ir.validation import with_hashes
+from helpers import emitted_engine
 
 
 def _one(layer: Layer, shape, weights=None) -> IRModel:
@@ -102,23 +103,9 @@ def _net(rng) -> IRModel:
 
 @pytest.mark.parametrize("engine", ["torch", "onnx", "keras"])
 def test_every_engine_runs_the_new_features_like_the_reference(engine, tmp_path, rng):
-    from crossmodal.emitters.keras_weights import save_keras
-    from crossmodal.emitters.to_keras import build_keras
-    from crossmodal.emitters.onnx_file import save_onnx
-    from crossmodal.emitters.to_onnx import build_onnx
-    from crossmodal.runtime.engine import ALL, open_engine
-
     model = _net(np.random.default_rng(3))
     x = rng.uniform(-1, 1, size=(3, 3, 9, 8)).astype(np.float32)
-    if engine == "torch":
-        eng = open_engine("torch", model, ALL, device="cpu")
-    elif engine == "onnx":
-        save_onnx(build_onnx(model, extra_outputs=["features"]), tmp_path / "model.onnx")
-        eng = open_engine("onnx", tmp_path, ALL, graph=model.graph, device="cpu")
-    else:
-        kmodel, _ = build_keras(model)
-        save_keras(kmodel, tmp_path / "model.keras")
-        eng = open_engine("keras", tmp_path, ALL, graph=model.graph, device="cpu")
+    eng = emitted_engine(engine, model, tmp_path)
     names = [l.name for l in model.graph.layers]
     got, ref = eng.run(x, names), reference.run(model, x, names)
     assert {"conv1", "relu6", "pool1", "leaky6", "pool2", "fc"} - {"conv1"} <= set(got)

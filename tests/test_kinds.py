@@ -10,6 +10,7 @@ from crossmodal.ir.graph import Graph, InputSpec, IRModel, Layer, TensorSpec
 from crossmodal.ir.preprocess import Preprocess
 from crossmodal.ir.kinds import infer_shapes
 from crossmodal.ir.validation import validate, with_hashes
+from helpers import emitted_engine
 from crossmodal.errors import InputError
 
 
@@ -166,22 +167,8 @@ def test_even_lrn_and_wrong_tensor_shapes_are_refused(dag):
 
 @pytest.mark.parametrize("engine", ["torch", "onnx", "keras"])
 def test_every_engine_runs_the_dag_like_the_reference(dag, engine, tmp_path, rng):
-    from crossmodal.runtime.engine import ALL, open_engine
-    from crossmodal.emitters.keras_weights import save_keras
-    from crossmodal.emitters.to_keras import build_keras
-    from crossmodal.emitters.onnx_file import save_onnx
-    from crossmodal.emitters.to_onnx import build_onnx
-
     x = rng.normal(size=(3, 3, 9, 11)).astype(np.float32)
-    if engine == "torch":
-        eng = open_engine("torch", dag, ALL, device="cpu")
-    elif engine == "onnx":
-        save_onnx(build_onnx(dag, extra_outputs=["features"]), tmp_path / "model.onnx")
-        eng = open_engine("onnx", tmp_path, ALL, graph=dag.graph, device="cpu")
-    else:
-        kmodel, _ = build_keras(dag)
-        save_keras(kmodel, tmp_path / "model.keras")
-        eng = open_engine("keras", tmp_path, ALL, graph=dag.graph, device="cpu")
+    eng = emitted_engine(engine, dag, tmp_path)
     names = [l.name for l in dag.graph.layers]
     got = eng.run(x, names)
     ref = reference.run(dag, x, names)
