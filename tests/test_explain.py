@@ -17,38 +17,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from crossmodal.cli import main
-from crossmodal.ir.graph import Graph, InputSpec, IRModel, Labels, Layer, TensorSpec
+from crossmodal.ir.graph import Graph, InputSpec, Layer
 from crossmodal.ir.preprocess import Preprocess
 from crossmodal.ir.store import save_ir
 from helpers import require_module, shared_file
-
-PLAIN = Preprocess(resize=(16, 16), crop=(16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), name="plain")
+from units_fixtures import conv, dense, save_graph
 
 
 # --------------------------------------------------------------------------- hand-built graphs
-def _t(name, shape, layout):
-    return TensorSpec(name, tuple(shape), layout)
-
-
-def conv(name, src, cin, cout, k=3, stride=1, pad=1):
-    return Layer(name, "conv2d", [src], {"kernel": (k, k), "stride": (stride, stride), "pad": (pad, pad),
-                                         "in_channels": cin, "out_channels": cout},
-                 {"weight": _t(f"{name}.weight", (cout, cin, k, k), "OIHW"), "bias": _t(f"{name}.bias", (cout,), "O")})
-
-
-def dense(name, src, fin, fout):
-    return Layer(name, "dense", [src], {"in_features": fin, "out_features": fout},
-                 {"weight": _t(f"{name}.weight", (fout, fin), "OI"), "bias": _t(f"{name}.bias", (fout,), "O")})
-
-
-def save_graph(out: Path, layers, weights, labels, size=16, blobs=None) -> Path:
-    graph = Graph(name="hand", input=InputSpec(shape=(3, size, size)), layers=layers, outputs=[layers[-1].name],
-                  preprocess=PLAIN, labels=Labels(list(labels)), blobs=blobs or {"logits": layers[-1].name})
-    out.mkdir(parents=True)
-    save_ir(IRModel(graph, {k: np.asarray(v, np.float32) for k, v in weights.items()}), out)
-    return out
-
-
 def gap_graph(out: Path, pool_kind: str = "avg_pool2d") -> Path:
     """conv 3→4 → relu → conv 4→6 stride 2 (8 × 8 grid) → relu → global average pooling
     (an ``avg_pool2d`` over the whole map + flatten, or ``global_avg_pool2d`` (N, C)) →

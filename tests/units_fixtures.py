@@ -44,9 +44,11 @@ def dense(name, src, fin, fout):
                  {"weight": _t(f"{name}.weight", (fout, fin), "OI"), "bias": _t(f"{name}.bias", (fout,), "O")})
 
 
-def save_graph(out: Path, layers, weights, labels, size=16, preprocess=PLAIN) -> Path:
+def save_graph(out: Path, layers, weights, labels, size=16, preprocess=PLAIN, blobs=None) -> Path:
+    """A hand-built network as a model folder: the last layer the logits (unless ``blobs`` says), the
+    one before it the feature blob. The explain tests build theirs with it too."""
     graph = Graph(name="hand", input=InputSpec(shape=(3, size, size)), layers=layers, outputs=[layers[-1].name],
-                  preprocess=preprocess, labels=Labels(list(labels)), blobs={"logits": layers[-1].name},
+                  preprocess=preprocess, labels=Labels(list(labels)), blobs=blobs or {"logits": layers[-1].name},
                   feature_blob=layers[-2].name)
     out.mkdir(parents=True)
     save_ir(IRModel(graph, {k: np.asarray(v, np.float32) for k, v in weights.items()}), out)
